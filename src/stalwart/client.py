@@ -1,0 +1,242 @@
+"""`Client`: submit, get, list, cancel, approve, reject and redrive, over the store.
+
+The CLI (and later the HTTP API) is a thin shell over this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from stalwart.domain.records import (
+    DeadLetterRecord,
+    EventRecord,
+    JobRecord,
+    ReviewRecord,
+    StepRecord,
+)
+from stalwart.errors import (
+    ConfigurationError,
+    InputValidationError,
+    PayloadTooLargeError,
+    UnknownWorkflowError,
+    UsageError,
+)
+from stalwart.settings import Settings
+from stalwart.store import NewJob, Store
+from stalwart.store.base import PlanRecord
+from stalwart.tools.invoke import validation_details
+from stalwart.types import dumps, new_id
+
+if TYPE_CHECKING:
+    from stalwart.app import App
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(slots=True)
+class Submitted:
+    """A submitted job, and whether this call created it (False: a duplicate in the window)."""
+
+    job: JobRecord
+    created: bool
+
+
+class Client:
+    """Submit and manage jobs. Submitting needs the `App` (schemas and templates); reading and
+    deciding need only the store."""
+
+    def __init__(
+        self, store: Store, *, app: App | None = None, settings: Settings | None = None
+    ) -> None:
+        self.store = store
+        self.app = app
+        self.settings = settings or (app.settings if app else Settings())
+
+    # -- ingestion --------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        workflow: str,
+        input: dict[str, Any] | BaseModel,
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        actor: str = "client",
+    ) -> Submitted:
+        """Validate, plan and store a job in one transaction.
+
+        Raises `UnknownWorkflowError`, `InputValidationError` (naming each bad field),
+        `PayloadTooLargeError`, `PlanValidationError` or `QueueFull` (with `retry_after`); in
+        every case nothing is stored. A duplicate `idempotency_key` inside the dedup window
+        returns the existing job with `created=False`.
+        """
+        if self.app is None:
+            raise ConfigurationError("submitting needs the app: Client(store, app=app)")
+        flow = self.app.workflows.get(workflow)
+        if flow is None:
+            known = ", ".join(sorted(self.app.workflows)) or "none registered"
+            raise UnknownWorkflowError(
+                f"no workflow named {workflow!r} (known: {known})", workflow=workflow
+            )
+        tenant_id = tenant or self.settings.default_tenant
+        _check_key("tenant", tenant_id)
+        if idempotency_key is not None:
+            _check_key("idempotency_key", idempotency_key)
+        raw = input.model_dump(mode="json") if isinstance(input, BaseModel) else input
+        if not isinstance(raw, dict):
+            raise InputValidationError(
+                f"input of workflow {workflow!r} must be a JSON object, not {type(raw).__name__}",
+                field="input",
+            )
+        size = len(dumps(raw).encode())
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"input is {size} bytes; the limit is {self.settings.max_payload_bytes} "
+                "(max_payload_bytes). Store large documents elsewhere and pass a reference.",
+                field="input",
+                size=size,
+                limit=self.settings.max_payload_bytes,
+            )
+        try:
+            model = flow.input_model.model_validate(raw)
+        except ValidationError as exc:
+            details = validation_details(exc)
+            text = "; ".join(f"input.{d['field']}: {d['message']}" for d in details)
+            raise InputValidationError(
+                f"input of workflow {workflow!r} is not valid: {text}",
+                field=f"input.{details[0]['field']}" if details else "input",
+                errors=details,
+            ) from None
+        job_input = model.model_dump(mode="json")
+        plan = self.app.planner().plan(flow, job_input)
+        hashes = {
+            s.tool: spec.schema_hash
+            for s in plan.steps
+            if s.tool and (spec := self.app.tools.get(s.tool)) is not None
+        }
+        job = NewJob(
+            id=new_id("job"),
+            tenant_id=tenant_id,
+            workflow=workflow,
+            input=job_input,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            dedup_window_seconds=self.settings.dedup_window_seconds,
+            max_replans=flow.max_replans,
+            on_reject=flow.approval.on_reject,
+            max_steps=flow.budget.max_steps,
+            max_wall_seconds=flow.budget.max_wall_seconds,
+            review_sla_seconds=flow.approval.sla_seconds or self.settings.review_sla_seconds,
+            tool_schema_hashes=hashes,
+            max_queue_depth=self.settings.max_queue_depth,
+            queue_full_retry_after=self.settings.queue_full_retry_after_seconds,
+        )
+        record, created = await self.store.job_create(job, plan, actor=actor)
+        return Submitted(record, created)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
+        """One job."""
+        return await self.store.job_get(job_id, tenant_id=tenant)
+
+    async def list(
+        self,
+        *,
+        tenant: str | None = None,
+        statuses: Sequence[str] = (),
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs, newest first."""
+        return await self.store.job_list(
+            tenant_id=tenant, statuses=statuses, workflow=workflow, limit=limit, before=before
+        )
+
+    async def steps(
+        self, job_id: str, *, tenant: str | None = None, all_versions: bool = False
+    ) -> list[StepRecord]:
+        """A job's steps."""
+        return await self.store.step_list(job_id, tenant_id=tenant, all_versions=all_versions)
+
+    async def events(
+        self, job_id: str, *, tenant: str | None = None, after_id: int = 0
+    ) -> list[EventRecord]:
+        """A job's events, in order."""
+        return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id)
+
+    async def plans(self, job_id: str, *, tenant: str | None = None) -> list[PlanRecord]:
+        """A job's plan versions."""
+        return await self.store.plan_list(job_id, tenant_id=tenant)
+
+    async def reviews(
+        self,
+        *,
+        tenant: str | None = None,
+        statuses: Sequence[str] = ("pending", "escalated"),
+        limit: int = 50,
+    ) -> list[ReviewRecord]:
+        """Reviews waiting for a decision (by default), oldest first."""
+        return await self.store.review_list(tenant_id=tenant, statuses=statuses, limit=limit)
+
+    async def review(self, review_id: str, *, tenant: str | None = None) -> ReviewRecord:
+        """One review."""
+        return await self.store.review_get(review_id, tenant_id=tenant)
+
+    async def dead_letters(
+        self, *, tenant: str | None = None, statuses: Sequence[str] = ("open",), limit: int = 50
+    ) -> list[DeadLetterRecord]:
+        """Dead letters, newest first."""
+        return await self.store.dead_letter_list(tenant_id=tenant, statuses=statuses, limit=limit)
+
+    async def dead_letter(self, id: str, *, tenant: str | None = None) -> DeadLetterRecord:
+        """One dead letter, by its id or its job's id."""
+        return await self.store.dead_letter_get(id, tenant_id=tenant)
+
+    # -- acting -----------------------------------------------------------------------------------
+
+    async def cancel(
+        self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
+    ) -> JobRecord:
+        """Cancel a job."""
+        return await self.store.job_cancel(job_id, tenant_id=tenant, actor=actor, reason=reason)
+
+    async def approve(
+        self, review_id: str, *, reviewer: str, comment: str = "", tenant: str | None = None
+    ) -> ReviewRecord:
+        """Approve a review: its step becomes ready."""
+        _check_key("reviewer", reviewer)
+        return await self.store.review_decide(
+            review_id, approve=True, reviewer=reviewer, comment=comment, tenant_id=tenant
+        )
+
+    async def reject(
+        self, review_id: str, *, reviewer: str, comment: str = "", tenant: str | None = None
+    ) -> ReviewRecord:
+        """Reject a review: the step is rejected and the job fails or replans, per policy."""
+        _check_key("reviewer", reviewer)
+        return await self.store.review_decide(
+            review_id, approve=False, reviewer=reviewer, comment=comment, tenant_id=tenant
+        )
+
+    async def redrive(
+        self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
+    ) -> JobRecord:
+        """Resume a dead-lettered or escalated job from its failed step (accepts a dead letter's
+        id too); completed steps never run again."""
+        if job_id.startswith("dlq_"):
+            job_id = (await self.store.dead_letter_get(job_id, tenant_id=tenant)).job_id
+        return await self.store.job_redrive(job_id, tenant_id=tenant, actor=actor, reason=reason)
+
+
+def _check_key(field: str, value: str) -> None:
+    if not value or not value.strip():
+        raise UsageError(f"{field} must not be empty", field=field)
+    if len(value) > MAX_KEY_LENGTH:
+        raise UsageError(f"{field} is longer than {MAX_KEY_LENGTH} characters", field=field)

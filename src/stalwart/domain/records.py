@@ -1,0 +1,235 @@
+"""What the store hands back: jobs, steps, reviews, dead letters and claims. Plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stalwart.types import to_datetime
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job as stored."""
+
+    id: str
+    tenant_id: str
+    workflow: str
+    status: str
+    priority: int
+    input: dict[str, Any]
+    idempotency_key: str | None
+    plan_version: int
+    template_name: str | None
+    template_hash: str | None
+    tool_schema_hashes: dict[str, str]
+    replans: int
+    max_replans: int
+    max_steps: int | None
+    steps_executed: int
+    degraded: bool
+    cancel_requested: bool
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    created: float
+    updated: float
+    deadline: float | None
+    finished: float | None
+
+    @property
+    def created_at(self) -> datetime:
+        """When the job was submitted (aware UTC)."""
+        value = to_datetime(self.created)
+        assert value is not None
+        return value
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When the job reached a final status."""
+        return to_datetime(self.finished)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with ISO times."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        for name in ("created", "updated", "deadline", "finished"):
+            moment = to_datetime(out.pop(name))
+            out[f"{name}_at"] = moment.isoformat() if moment else None
+        return out
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step (of one plan version) as stored."""
+
+    id: int
+    job_id: str
+    tenant_id: str
+    plan_version: int
+    key: str
+    kind: str
+    tool: str | None
+    status: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    critical: bool
+    idempotent: bool
+    approved: bool
+    reconcile_pending: bool
+    lease_owner: str | None
+    lease_token: int
+    due: float
+    lease_expires: float | None
+    spec: dict[str, Any]
+    output: Any
+    error: dict[str, Any] | None
+    started: float | None
+    finished: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with ISO times."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        for name in ("due", "lease_expires", "started", "finished"):
+            moment = to_datetime(out.pop(name))
+            out[f"{name}_at"] = moment.isoformat() if moment else None
+        return out
+
+
+@dataclass(slots=True)
+class Claim:
+    """A step a worker holds under lease, with what it needs to run it."""
+
+    step_id: int
+    job_id: str
+    tenant_id: str
+    workflow: str
+    plan_version: int
+    key: str
+    kind: str
+    tool: str | None
+    attempt: int
+    lease_token: int
+    lease_expires: float
+    spec: dict[str, Any]
+    job_input: dict[str, Any]
+    outputs: dict[str, Any]
+    tool_schema_hash: str | None
+    reconcile_pending: bool
+    deadline: float | None
+    cancel_requested: bool = False
+    review: dict[str, Any] | None = None
+    max_replans: int = 0
+
+    @property
+    def idempotency_key(self) -> str:
+        """`tenant:job:step`, stable across attempts (a later plan version adds `:v<n>`)."""
+        base = f"{self.tenant_id}:{self.job_id}:{self.key}"
+        return base if self.plan_version == 1 else f"{base}:v{self.plan_version}"
+
+
+@dataclass(slots=True)
+class ReviewRecord:
+    """An item in the human approval queue."""
+
+    id: str
+    tenant_id: str
+    job_id: str
+    step_id: int | None
+    step_key: str | None
+    kind: str
+    status: str
+    reason: str
+    asked: str
+    options: list[dict[str, Any]]
+    context: dict[str, Any]
+    sla_deadline: float
+    created: float
+    escalated: float | None = None
+    decided: float | None = None
+    decision: str | None = None
+    decided_by: str | None = None
+    comment: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with ISO times."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        for name in ("sla_deadline", "created", "escalated", "decided"):
+            moment = to_datetime(out.pop(name))
+            out[f"{name}_at"] = moment.isoformat() if moment else None
+        return out
+
+
+@dataclass(slots=True)
+class DeadLetterRecord:
+    """A job that exhausted its recovery and waits for an operator."""
+
+    id: str
+    tenant_id: str
+    job_id: str
+    workflow: str
+    step_id: int | None
+    step_key: str | None
+    reason: str
+    error: dict[str, Any] | None
+    context: dict[str, Any]
+    status: str
+    created: float
+    redriven: float | None = None
+    redriven_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with ISO times."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        for name in ("created", "redriven"):
+            moment = to_datetime(out.pop(name))
+            out[f"{name}_at"] = moment.isoformat() if moment else None
+        return out
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """A stored event."""
+
+    id: int
+    kind: str
+    tenant_id: str
+    job_id: str
+    step_id: int | None
+    step_key: str | None
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    reason: str
+    data: dict[str, Any] | None
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with an ISO time."""
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        moment = to_datetime(out.pop("at"))
+        out["at"] = moment.isoformat() if moment else None
+        return out
+
+
+@dataclass(slots=True)
+class StepError:
+    """A step's failure as stored: class, code, message, and what the engine decided."""
+
+    error_class: str
+    message: str
+    code: str | None = None
+    retry_after: float | None = None
+    exception_type: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "error_class": self.error_class,
+            "message": self.message,
+            "code": self.code,
+            "retry_after": self.retry_after,
+            "exception_type": self.exception_type,
+            "details": self.details,
+        }

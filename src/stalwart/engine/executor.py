@@ -1,0 +1,252 @@
+"""The executor: drives one claimed step through its attempt and records the outcome.
+
+It resolves the step's references, checks the tool still matches the schemas the job was
+planned with, runs the tool (or its reconcile function) under its timeout, checks the output
+against size and success criteria, and hands the store either the output or a classified error
+with the decision `domain.failures.decide` made for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from stalwart.domain.conditions import evaluate
+from stalwart.domain.failures import Decision, Outcome, decide
+from stalwart.domain.records import Claim, StepError
+from stalwart.domain.refs import UnresolvedReferenceError, resolve
+from stalwart.domain.retry import RetryPolicy
+from stalwart.errors import ErrorClass, PlanValidationError
+from stalwart.planning.planner import TemplatePlanner
+from stalwart.planning.workflows import Workflow
+from stalwart.settings import Settings
+from stalwart.store.base import ReplanClaim, Store
+from stalwart.tools.context import ToolContext
+from stalwart.tools.invoke import ToolOutcome, invoke_tool
+from stalwart.tools.registry import ToolRegistry
+from stalwart.types import dumps
+
+log = logging.getLogger("stalwart.engine")
+
+
+class Executor:
+    """Runs claimed steps and replans jobs, through the store, one step at a time."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tools: ToolRegistry,
+        workflows: Mapping[str, Workflow],
+        planner: TemplatePlanner,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.tools = tools
+        self.workflows = workflows
+        self.planner = planner
+        self.settings = settings
+
+    def context_for(self, claim: Claim) -> ToolContext:
+        """The ToolContext for one attempt of a claimed step."""
+        timeout = float(claim.spec.get("timeout_seconds") or self.settings.lease_seconds)
+        ctx = ToolContext(
+            tenant_id=claim.tenant_id,
+            job_id=claim.job_id,
+            step_id=claim.key,
+            attempt=claim.attempt,
+            idempotency_key=claim.idempotency_key,
+            deadline=time.time() + timeout,
+            workflow=claim.workflow,
+        )
+        if claim.cancel_requested:
+            ctx.cancel()
+        return ctx
+
+    async def run(
+        self, claim: Claim, ctx: ToolContext, *, worker_id: str, claim_next: bool = True
+    ) -> Claim | None:
+        """Execute one attempt and record it; return the job's next step if the completion
+        claimed one for this worker."""
+        started = time.perf_counter()
+        outcome = await self.attempt(claim, ctx)
+        if outcome.error is None:
+            completion = await self.store.step_complete(
+                claim,
+                outcome.output,
+                worker_id=worker_id,
+                claim_next=claim_next,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            if not completion.recorded:
+                log.warning(
+                    "lease lost; result discarded",
+                    extra={"action": "step_lease_lost", "job": claim.job_id, "step": claim.key},
+                )
+            return completion.next_claim
+        error = outcome.error
+        if ctx.cancelled and error.error_class != ErrorClass.CANCELLED:
+            error = StepError(ErrorClass.CANCELLED, f"job cancelled ({error.message})", "cancelled")
+        decision = self.decide(claim, error)
+        recorded = await self.store.step_fail(claim, error, decision, worker_id=worker_id)
+        log.info(
+            "step failed: %s -> %s",
+            error.message,
+            decision.outcome,
+            extra={
+                "action": "step_failed",
+                "job": claim.job_id,
+                "step": claim.key,
+                "attempt": claim.attempt,
+                "error_class": error.error_class,
+                "outcome": decision.outcome.value,
+                "recorded": recorded,
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+        if recorded and decision.outcome is Outcome.REPLAN:
+            await self.replan_waiting(worker_id)
+        return None
+
+    def decide(self, claim: Claim, error: StepError) -> Decision:
+        """What follows this failure (domain.failures.decide with the step's policy)."""
+        policy = RetryPolicy.model_validate(claim.spec.get("retry") or {})
+        return decide(
+            error,
+            attempt=claim.attempt,
+            policy=policy,
+            critical=bool(claim.spec.get("critical", True)),
+            replans=claim.plan_version - 1,  # every replan makes the next plan version
+            max_replans=claim.max_replans,
+        )
+
+    async def attempt(self, claim: Claim, ctx: ToolContext) -> ToolOutcome:
+        """Run the step's work and return its output or its classified error."""
+        if ctx.cancelled:
+            return ToolOutcome(error=StepError(ErrorClass.CANCELLED, "job cancelled", "cancelled"))
+        if claim.kind == "human":
+            review = claim.review or {}
+            return ToolOutcome(
+                output={
+                    "approved": True,
+                    "reviewer": review.get("reviewer"),
+                    "comment": review.get("comment"),
+                }
+            )
+        if claim.kind != "tool" or not claim.tool:
+            return _critical(f"step kind {claim.kind!r} cannot run in this worker")
+        spec = self.tools.get(claim.tool)
+        if spec is None:
+            return _critical(f"tool {claim.tool!r} is not registered in this worker")
+        if claim.tool_schema_hash and claim.tool_schema_hash != spec.schema_hash:
+            return _critical(
+                f"tool {claim.tool!r} changed since this job was planned (schema hash "
+                f"{claim.tool_schema_hash[:12]} became {spec.schema_hash[:12]}); failing closed",
+                code="schema_changed",
+            )
+        context = {
+            "input": claim.job_input,
+            "steps": {key: {"output": value} for key, value in claim.outputs.items()},
+        }
+        try:
+            args = resolve(claim.spec.get("args") or {}, context)
+        except UnresolvedReferenceError as exc:
+            return ToolOutcome(
+                error=StepError(ErrorClass.INVALID_ARGUMENTS, exc.message, "unresolved_reference")
+            )
+        timeout = max(0.001, ctx.deadline - time.time())
+        if claim.reconcile_pending and spec.reconcile is not None:
+            found = await invoke_tool(spec, args, ctx, timeout_seconds=timeout, reconcile=True)
+            if found.error is not None or found.output is not None:
+                return self._checked(claim, found, context)
+            timeout = max(0.001, ctx.deadline - time.time())
+        outcome = await invoke_tool(spec, args, ctx, timeout_seconds=timeout)
+        return self._checked(claim, outcome, context)
+
+    def _checked(self, claim: Claim, outcome: ToolOutcome, context: dict[str, Any]) -> ToolOutcome:
+        if outcome.error is not None or outcome.output is None:
+            return outcome
+        size = len(dumps(outcome.output).encode())
+        if size > self.settings.max_payload_bytes:
+            return ToolOutcome(
+                error=StepError(
+                    ErrorClass.NON_RETRIABLE,
+                    f"output of step {claim.key} is {size} bytes, over max_payload_bytes "
+                    f"({self.settings.max_payload_bytes})",
+                    "payload_too_large",
+                )
+            )
+        criteria = claim.spec.get("success")
+        if criteria and not evaluate(criteria, {**context, "output": outcome.output}):
+            return ToolOutcome(
+                error=StepError(
+                    ErrorClass.SEMANTIC,
+                    f"output of step {claim.key} does not meet its success criteria {criteria}",
+                    "success_criteria",
+                    details={"output": outcome.output},
+                )
+            )
+        return outcome
+
+    async def replan_waiting(self, worker_id: str, *, limit: int = 5) -> int:
+        """Claim jobs in `replanning` and give each a new plan, or escalate it. Returns how many
+        jobs were handled."""
+        claims = await self.store.job_claim_replanning(
+            worker_id, lease_seconds=self.settings.lease_seconds, limit=limit
+        )
+        for claim in claims:
+            await self._replan(claim, worker_id)
+        return len(claims)
+
+    async def _replan(self, claim: ReplanClaim, worker_id: str) -> None:
+        job = claim.job
+        workflow = self.workflows.get(job.workflow)
+        if workflow is None:
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=f"workflow {job.workflow!r} is not registered here"
+            )
+            return
+        if job.replans >= job.max_replans:
+            await self.store.job_escalate(
+                claim,
+                actor=worker_id,
+                reason=f"no replans left (max_replans={job.max_replans})",
+            )
+            return
+        try:
+            plan = self.planner.plan(
+                workflow,
+                job.input,
+                version=job.plan_version + 1,
+                tried_hashes=claim.tried_hashes,
+                feedback=claim.feedback,
+            )
+        except PlanValidationError as exc:
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=f"replanning produced an invalid plan: {exc.message}"
+            )
+            return
+        if plan.plan_hash() in claim.tried_hashes:
+            await self.store.job_escalate(
+                claim,
+                actor=worker_id,
+                reason=f"the planner produced a plan already tried (hash {plan.plan_hash()[:12]}); "
+                "escalating instead of looping",
+            )
+            return
+        hashes = {
+            s.tool: self.tools.get(s.tool).schema_hash  # type: ignore[union-attr]
+            for s in plan.steps
+            if s.tool and s.tool in self.tools
+        }
+        plan = plan.model_copy(update={"notes": {**plan.notes, "tool_schema_hashes": hashes}})
+        await self.store.job_replan(claim, plan, actor=worker_id)
+
+
+def _critical(message: str, code: str = "critical") -> ToolOutcome:
+    return ToolOutcome(error=StepError(ErrorClass.CRITICAL, message, code))
+
+
+__all__ = ["Executor", "Outcome"]

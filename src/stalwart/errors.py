@@ -1,0 +1,279 @@
+"""Every error Stalwart raises, in three families kept apart.
+
+```
+StalwartError                      base: `message` plus typed fields; the docstring is the default
+├── ConfigurationError             a developer mistake found at definition or start-up time
+│   ├── ToolDefinitionError        a tool registered wrongly (missing annotations, no idempotency)
+│   ├── WorkflowDefinitionError    a workflow registered wrongly
+│   ├── TemplateError              a plan template that cannot be parsed (names the file and field)
+│   └── AppImportError             `--app module:attr` could not be imported
+├── UsageError                     a caller asked for something that cannot be done; nothing stored
+│   ├── InputValidationError       the job input does not match the workflow's schema
+│   ├── UnknownWorkflowError       no workflow of that name
+│   ├── PayloadTooLargeError       an input or output over the configured size limit
+│   ├── PlanValidationError        a plan with problems; `problems` lists each with its step id
+│   ├── QueueFull                  the tenant's queue is over its cap; `retry_after` seconds
+│   ├── NotFoundError              a job, review or dead letter not found (for this tenant)
+│   ├── InvalidTransitionError     a state change the state machine does not allow
+│   ├── ReviewAlreadyDecidedError  a review that was already approved or rejected
+│   └── NotRedrivableError         redrive asked for a job that is not dead-lettered or escalated
+├── StoreError                     the database failed or holds something it should not
+│   ├── MigrationError             migrations could not be applied, or the schema is newer than us
+│   └── CorruptStateError          malformed or tampered stored state; we fail closed
+└── ToolError                      raised by tools (or by Stalwart on their behalf); has an
+    │                              `error_class` that decides what the engine does next
+    ├── TransientError             timeout, 429, 5xx, connection reset: durable retry with backoff
+    │   └── RetryStep              a signal: retry this step, optionally after `after` seconds
+    ├── NonRetriableError          permission denied, not found, policy violation: no retry
+    │   └── AuthorizationError     always escalated to a human
+    ├── InvalidArgumentsError      arguments failed the tool schema: replan, bounded
+    ├── SemanticError              output failed its schema or success criteria: replan, bounded
+    └── CriticalError              an invariant broke: halt the job and escalate
+```
+
+Driver errors are kept as `__cause__`. Error classes are the lowercase strings of
+`ErrorClass`, the same word in the database, the API and the log line.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorClass(StrEnum):
+    """What kind of failure a step had; decides retry, replan, escalate or halt."""
+
+    TRANSIENT = "transient"
+    NON_RETRIABLE = "non_retriable"
+    AUTHORIZATION = "authorization"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    SEMANTIC = "semantic"
+    BUDGET = "budget"
+    CRITICAL = "critical"
+    CANCELLED = "cancelled"
+
+
+class StalwartError(Exception):
+    """Stalwart failed."""
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.message = message or (self.__doc__ or type(self).__name__).strip().splitlines()[0]
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description: the error type, message and fields."""
+        out: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        for key, value in self.fields.items():
+            out[key] = value
+        return out
+
+
+# -- developer mistakes ---------------------------------------------------------------------------
+
+
+class ConfigurationError(StalwartError):
+    """Stalwart is configured wrongly."""
+
+
+class ToolDefinitionError(ConfigurationError):
+    """A tool is defined wrongly."""
+
+
+class WorkflowDefinitionError(ConfigurationError):
+    """A workflow is defined wrongly."""
+
+
+class TemplateError(ConfigurationError):
+    """A plan template cannot be read."""
+
+
+class AppImportError(ConfigurationError):
+    """The Stalwart app could not be imported."""
+
+
+# -- caller mistakes ------------------------------------------------------------------------------
+
+
+class UsageError(StalwartError):
+    """The request cannot be carried out."""
+
+
+class InputValidationError(UsageError):
+    """The job input does not match the workflow's input schema."""
+
+
+class UnknownWorkflowError(UsageError):
+    """No workflow has that name."""
+
+
+class PayloadTooLargeError(UsageError):
+    """A payload is larger than the configured limit."""
+
+
+class PlanValidationError(UsageError):
+    """The plan is not valid."""
+
+    problems: list[dict[str, str]]
+
+    def __init__(self, problems: list[dict[str, str]], message: str | None = None) -> None:
+        lines = [f"{p['step'] or '<plan>'}: {p['problem']}" for p in problems]
+        text = message or f"plan has {len(problems)} problem(s): " + "; ".join(lines)
+        super().__init__(text, problems=problems)
+
+
+class QueueFull(UsageError):
+    """The tenant's queue is full; try again later."""
+
+    retry_after: float
+
+
+class NotFoundError(UsageError):
+    """Not found."""
+
+
+class InvalidTransitionError(UsageError):
+    """That state change is not allowed."""
+
+
+class ReviewAlreadyDecidedError(UsageError):
+    """The review was already decided."""
+
+
+class NotRedrivableError(UsageError):
+    """Only dead-lettered or escalated jobs can be redriven."""
+
+
+# -- run-time failures of the database ------------------------------------------------------------
+
+
+class StoreError(StalwartError):
+    """The database failed."""
+
+
+class MigrationError(StoreError):
+    """The database schema could not be migrated."""
+
+
+class CorruptStateError(StoreError):
+    """Stored state is malformed; refusing to use it."""
+
+
+# -- failures of tools ----------------------------------------------------------------------------
+
+
+class ToolError(StalwartError):
+    """A tool failed."""
+
+    error_class: ErrorClass = ErrorClass.NON_RETRIABLE
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after, details=details or {})
+        self.code = code
+        self.retry_after = retry_after
+        self.details = details or {}
+
+
+class TransientError(ToolError):
+    """A transient failure; the step will be retried with backoff."""
+
+    error_class = ErrorClass.TRANSIENT
+
+
+class RetryStep(TransientError):
+    """Retry this step."""
+
+    def __init__(self, message: str | None = None, *, after: float | None = None) -> None:
+        super().__init__(message, code="retry_requested", retry_after=after)
+
+
+class NonRetriableError(ToolError):
+    """A failure that retrying cannot fix."""
+
+    error_class = ErrorClass.NON_RETRIABLE
+
+
+class AuthorizationError(NonRetriableError):
+    """The tool was not allowed to do this; a human must look."""
+
+    error_class = ErrorClass.AUTHORIZATION
+
+
+class InvalidArgumentsError(ToolError):
+    """The tool's arguments are not valid."""
+
+    error_class = ErrorClass.INVALID_ARGUMENTS
+
+
+class SemanticError(ToolError):
+    """The tool's output is not acceptable."""
+
+    error_class = ErrorClass.SEMANTIC
+
+
+class CriticalError(ToolError):
+    """An invariant broke; the job must halt."""
+
+    error_class = ErrorClass.CRITICAL
+
+
+def error_for_status(
+    status: int, message: str | None = None, *, retry_after: float | None = None
+) -> ToolError:
+    """Map an HTTP status from an external API to the right tool error.
+
+    429 and 5xx are transient (a 429's `retry_after` is kept), 401/403 are authorization
+    failures, 400/422 invalid arguments, any other 4xx non-retriable.
+    """
+    text = message or f"HTTP {status}"
+    code = f"http_{status}"
+    if status == 429 or status >= 500 or status == 408:
+        return TransientError(text, code=code, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthorizationError(text, code=code)
+    if status in (400, 422):
+        return InvalidArgumentsError(text, code=code)
+    return NonRetriableError(text, code=code)
+
+
+__all__ = [
+    "AppImportError",
+    "AuthorizationError",
+    "ConfigurationError",
+    "CorruptStateError",
+    "CriticalError",
+    "ErrorClass",
+    "InputValidationError",
+    "InvalidArgumentsError",
+    "InvalidTransitionError",
+    "MigrationError",
+    "NonRetriableError",
+    "NotFoundError",
+    "NotRedrivableError",
+    "PayloadTooLargeError",
+    "PlanValidationError",
+    "QueueFull",
+    "RetryStep",
+    "ReviewAlreadyDecidedError",
+    "SemanticError",
+    "StalwartError",
+    "StoreError",
+    "TemplateError",
+    "ToolDefinitionError",
+    "ToolError",
+    "TransientError",
+    "UnknownWorkflowError",
+    "UsageError",
+    "WorkflowDefinitionError",
+    "error_for_status",
+]

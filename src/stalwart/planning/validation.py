@@ -1,0 +1,209 @@
+"""Plan validation: every plan is checked before any of its steps runs.
+
+`plan_problems` returns every problem, each with its step id; `validate_plan` raises
+`PlanValidationError` listing them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from stalwart.domain.conditions import condition_problems
+from stalwart.domain.plans import Plan, PlanStep
+from stalwart.domain.refs import find_refs
+from stalwart.errors import PlanValidationError
+from stalwart.tools.registry import ToolRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """The bounds a plan must stay within (from settings)."""
+
+    max_steps: int = 100
+    max_attempts: int = 20
+    max_retry_cap_seconds: float = 3600.0
+
+
+def _problem(step: str | None, text: str) -> dict[str, str]:
+    return {"step": step or "", "problem": text}
+
+
+def plan_problems(
+    plan: Plan,
+    tools: ToolRegistry,
+    *,
+    allowed_tools: frozenset[str] | None = None,
+    limits: PlanLimits | None = None,
+) -> list[dict[str, str]]:
+    """Every problem of `plan`, each with its step id (empty for plan-wide problems)."""
+    limits = limits or PlanLimits()
+    problems: list[dict[str, str]] = []
+    if not plan.steps:
+        problems.append(_problem(None, "the plan has no steps"))
+    if len(plan.steps) > limits.max_steps:
+        problems.append(
+            _problem(None, f"the plan has {len(plan.steps)} steps; the cap is {limits.max_steps}")
+        )
+    ids = [s.id for s in plan.steps]
+    seen: set[str] = set()
+    for step_id in ids:
+        if step_id in seen:
+            problems.append(_problem(step_id, "step id is used more than once"))
+        seen.add(step_id)
+    for step in plan.steps:
+        problems.extend(_step_problems(step, seen, tools, allowed_tools, limits))
+    problems.extend(_cycle_problems(plan))
+    return problems
+
+
+def validate_plan(
+    plan: Plan,
+    tools: ToolRegistry,
+    *,
+    allowed_tools: frozenset[str] | None = None,
+    limits: PlanLimits | None = None,
+) -> None:
+    """Raise `PlanValidationError` listing every problem of `plan`; return if it is valid."""
+    problems = plan_problems(plan, tools, allowed_tools=allowed_tools, limits=limits)
+    if problems:
+        raise PlanValidationError(problems)
+
+
+def _step_problems(
+    step: PlanStep,
+    ids: set[str],
+    tools: ToolRegistry,
+    allowed: frozenset[str] | None,
+    limits: PlanLimits,
+) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    sid = step.id
+    if step.kind == "llm":
+        out.append(_problem(sid, "llm steps need the LLM gateway, which is not configured"))
+    elif step.kind == "human":
+        if step.tool:
+            out.append(_problem(sid, "a human step does not call a tool; remove 'tool'"))
+    else:
+        out.extend(_tool_problems(step, tools, allowed))
+    for dep in step.depends_on:
+        if dep == sid:
+            out.append(_problem(sid, "the step depends on itself"))
+        elif dep not in ids:
+            out.append(_problem(sid, f"depends_on names unknown step {dep!r}"))
+    for path in find_refs(step.args):
+        out.extend(_ref_problems(sid, path, ids))
+    if step.kind == "tool" and step.timeout_seconds is None:
+        out.append(
+            _problem(sid, "no timeout: set timeout_seconds on the step or timeout= on the tool")
+        )
+    if step.retry.max_attempts > limits.max_attempts:
+        out.append(
+            _problem(
+                sid,
+                f"retry.max_attempts is {step.retry.max_attempts}; retries must be bounded "
+                f"(at most {limits.max_attempts})",
+            )
+        )
+    if step.retry.cap_seconds > limits.max_retry_cap_seconds:
+        out.append(
+            _problem(
+                sid,
+                f"retry.cap_seconds is {step.retry.cap_seconds:g}; at most "
+                f"{limits.max_retry_cap_seconds:g}",
+            )
+        )
+    for name, condition in (
+        ("requires_approval", step.requires_approval),
+        ("success", step.success),
+    ):
+        if isinstance(condition, dict):
+            out.extend(_problem(sid, f"{name}: {p}") for p in condition_problems(condition))
+    return out
+
+
+def _ref_problems(sid: str, path: str, ids: set[str]) -> list[dict[str, str]]:
+    parts = path.split(".")
+    if parts[0] == "input":
+        return [_problem(sid, f"reference ${{{path}}} was not bound: the input has no such field")]
+    if parts[0] != "steps":
+        return [
+            _problem(sid, f"reference ${{{path}}}: references start with input. or steps.<id>.")
+        ]
+    if len(parts) < 3 or parts[2] != "output":
+        return [_problem(sid, f"reference ${{{path}}}: write steps.<id>.output[.field]")]
+    if parts[1] not in ids:
+        return [_problem(sid, f"reference ${{{path}}} names unknown step {parts[1]!r}")]
+    if parts[1] == sid:
+        return [_problem(sid, f"reference ${{{path}}} refers to the step's own output")]
+    return []
+
+
+def _tool_problems(
+    step: PlanStep, tools: ToolRegistry, allowed: frozenset[str] | None
+) -> list[dict[str, str]]:
+    sid = step.id
+    if not step.tool:
+        return [_problem(sid, "a tool step must name its tool")]
+    spec = tools.get(step.tool)
+    if spec is None:
+        known = ", ".join(tools.names()) or "none registered"
+        return [_problem(sid, f"unknown tool {step.tool!r} (known: {known})")]
+    out: list[dict[str, str]] = []
+    if allowed is not None and step.tool not in allowed:
+        out.append(_problem(sid, f"tool {step.tool!r} is not allowed in this workflow"))
+    fields = spec.args_model.model_fields
+    for name in step.args:
+        if name not in fields:
+            out.append(
+                _problem(
+                    sid,
+                    f"unknown argument {name!r} for tool {step.tool!r} "
+                    f"(accepts: {', '.join(fields) or 'nothing'})",
+                )
+            )
+    for name, info in fields.items():
+        if info.is_required() and name not in step.args:
+            out.append(_problem(sid, f"missing required argument {name!r} for tool {step.tool!r}"))
+    for name, value in step.args.items():
+        if name in fields and not find_refs(value):
+            out.extend(_static_arg_problems(sid, step.tool, name, fields[name].annotation, value))
+    return out
+
+
+def _static_arg_problems(
+    sid: str, tool: str, name: str, annotation: Any, value: Any
+) -> list[dict[str, str]]:
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        messages = "; ".join(e["msg"] for e in exc.errors(include_url=False, include_input=False))
+        return [_problem(sid, f"argument {name!r} of tool {tool!r} is not valid: {messages}")]
+    except Exception:  # an annotation TypeAdapter cannot build: leave it to run time
+        return []
+    return []
+
+
+def _cycle_problems(plan: Plan) -> list[dict[str, str]]:
+    graph = {s.id: [d for d in s.depends_on if d != s.id] for s in plan.steps}
+    state: dict[str, int] = {}
+    cycles: list[dict[str, str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, []):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                loop = [*path[path.index(dep) :], dep] if dep in path else [node, dep]
+                cycles.append(_problem(dep, "dependency cycle: " + " -> ".join(loop)))
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    return cycles

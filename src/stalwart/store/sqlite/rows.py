@@ -1,0 +1,184 @@
+"""Turning SQLite rows into records; JSON decoded here, failing closed on bad data."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from stalwart.domain.records import (
+    DeadLetterRecord,
+    EventRecord,
+    JobRecord,
+    ReviewRecord,
+    StepRecord,
+)
+from stalwart.errors import CorruptStateError
+
+
+def loads(text: str | None, what: str) -> Any:
+    """Decode stored JSON; malformed data raises `CorruptStateError` naming what it was."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise CorruptStateError(f"stored {what} is not valid JSON; refusing to use it") from exc
+
+
+JOB_COLUMNS = (
+    "id, tenant_id, workflow, status, priority, input, idempotency_key, plan_version, "
+    "template_name, template_hash, tool_schema_hashes, replans, max_replans, max_steps, "
+    "steps_executed, degraded, cancel_requested, error, result, created, updated, deadline, "
+    "finished"
+)
+
+
+def job_from_row(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+    """A `JobRecord` from a row selected with `JOB_COLUMNS`."""
+    r = tuple(row)
+    return JobRecord(
+        id=r[0],
+        tenant_id=r[1],
+        workflow=r[2],
+        status=r[3],
+        priority=r[4],
+        input=loads(r[5], f"input of job {r[0]}"),
+        idempotency_key=r[6],
+        plan_version=r[7],
+        template_name=r[8],
+        template_hash=r[9],
+        tool_schema_hashes=loads(r[10], f"tool schema hashes of job {r[0]}") or {},
+        replans=r[11],
+        max_replans=r[12],
+        max_steps=r[13],
+        steps_executed=r[14],
+        degraded=bool(r[15]),
+        cancel_requested=bool(r[16]),
+        error=loads(r[17], f"error of job {r[0]}"),
+        result=loads(r[18], f"result of job {r[0]}"),
+        created=r[19],
+        updated=r[20],
+        deadline=r[21],
+        finished=r[22],
+    )
+
+
+STEP_COLUMNS = (
+    "id, job_id, tenant_id, plan_version, key, kind, tool, status, priority, attempt, "
+    "max_attempts, critical, idempotent, approved, reconcile_pending, lease_owner, lease_token, "
+    "due, lease_expires, spec, output, error, started, finished"
+)
+
+
+def step_from_row(row: tuple[Any, ...]) -> StepRecord:
+    """A `StepRecord` from a row selected with `STEP_COLUMNS`."""
+    r = tuple(row)
+    return StepRecord(
+        id=r[0],
+        job_id=r[1],
+        tenant_id=r[2],
+        plan_version=r[3],
+        key=r[4],
+        kind=r[5],
+        tool=r[6],
+        status=r[7],
+        priority=r[8],
+        attempt=r[9],
+        max_attempts=r[10],
+        critical=bool(r[11]),
+        idempotent=bool(r[12]),
+        approved=bool(r[13]),
+        reconcile_pending=bool(r[14]),
+        lease_owner=r[15],
+        lease_token=r[16],
+        due=r[17],
+        lease_expires=r[18],
+        spec=loads(r[19], f"spec of step {r[0]}"),
+        output=loads(r[20], f"output of step {r[0]}"),
+        error=loads(r[21], f"error of step {r[0]}"),
+        started=r[22],
+        finished=r[23],
+    )
+
+
+REVIEW_COLUMNS = (
+    "id, tenant_id, job_id, step_id, step_key, kind, status, reason, asked, options, context, "
+    "sla_deadline, created, escalated, decided, decision, decided_by, comment"
+)
+
+
+def review_from_row(row: tuple[Any, ...]) -> ReviewRecord:
+    """A `ReviewRecord` from a row selected with `REVIEW_COLUMNS`."""
+    r = tuple(row)
+    return ReviewRecord(
+        id=r[0],
+        tenant_id=r[1],
+        job_id=r[2],
+        step_id=r[3],
+        step_key=r[4],
+        kind=r[5],
+        status=r[6],
+        reason=r[7],
+        asked=r[8],
+        options=loads(r[9], f"options of review {r[0]}") or [],
+        context=loads(r[10], f"context of review {r[0]}") or {},
+        sla_deadline=r[11],
+        created=r[12],
+        escalated=r[13],
+        decided=r[14],
+        decision=r[15],
+        decided_by=r[16],
+        comment=r[17],
+    )
+
+
+DEAD_LETTER_COLUMNS = (
+    "id, tenant_id, job_id, workflow, step_id, step_key, reason, error, context, status, "
+    "created, redriven, redriven_by"
+)
+
+
+def dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetterRecord:
+    """A `DeadLetterRecord` from a row selected with `DEAD_LETTER_COLUMNS`."""
+    r = tuple(row)
+    return DeadLetterRecord(
+        id=r[0],
+        tenant_id=r[1],
+        job_id=r[2],
+        workflow=r[3],
+        step_id=r[4],
+        step_key=r[5],
+        reason=r[6],
+        error=loads(r[7], f"error of dead letter {r[0]}"),
+        context=loads(r[8], f"context of dead letter {r[0]}") or {},
+        status=r[9],
+        created=r[10],
+        redriven=r[11],
+        redriven_by=r[12],
+    )
+
+
+EVENT_COLUMNS = (
+    "id, kind, tenant_id, job_id, step_id, step_key, from_status, to_status, actor, reason, "
+    "data, at"
+)
+
+
+def event_from_row(row: tuple[Any, ...]) -> EventRecord:
+    """An `EventRecord` from a row selected with `EVENT_COLUMNS`."""
+    r = tuple(row)
+    return EventRecord(
+        id=r[0],
+        kind=r[1],
+        tenant_id=r[2],
+        job_id=r[3],
+        step_id=r[4],
+        step_key=r[5],
+        from_status=r[6],
+        to_status=r[7],
+        actor=r[8],
+        reason=r[9],
+        data=loads(r[10], f"data of event {r[0]}"),
+        at=r[11],
+    )

@@ -1,0 +1,67 @@
+"""ToolContext: what a running tool knows about its step, and how it learns it was cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from stalwart.errors import ErrorClass, ToolError
+from stalwart.types import to_datetime
+
+
+class StepCancelledError(ToolError):
+    """The job was cancelled while this step ran."""
+
+    error_class = ErrorClass.CANCELLED
+
+
+@dataclass(slots=True)
+class ToolContext:
+    """Passed to every tool call.
+
+    `idempotency_key` is `tenant:job:step`, stable across attempts: pass it to external APIs so
+    a retried call does not repeat its effect. `cancelled` turns true within one heartbeat of
+    `stalwart jobs cancel`; long tools should check it (or call `raise_if_cancelled`).
+    """
+
+    tenant_id: str
+    job_id: str
+    step_id: str
+    attempt: int
+    idempotency_key: str
+    deadline: float
+    workflow: str = ""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("stalwart.tool"))
+    _cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def deadline_at(self) -> datetime:
+        """When this attempt times out (aware UTC)."""
+        value = to_datetime(self.deadline)
+        assert value is not None
+        return value
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled."""
+        return self._cancel.is_set()
+
+    def seconds_left(self) -> float:
+        """Seconds until this attempt's timeout."""
+        return max(0.0, self.deadline - time.time())
+
+    def cancel(self) -> None:
+        """Set the cancellation flag (done by the worker, not by tools)."""
+        self._cancel.set()
+
+    async def wait_cancelled(self) -> None:
+        """Wait until the job is cancelled."""
+        await self._cancel.wait()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `StepCancelledError` if the job was cancelled."""
+        if self.cancelled:
+            raise StepCancelledError("the job was cancelled", code="cancelled")
