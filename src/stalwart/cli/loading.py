@@ -1,0 +1,65 @@
+"""Finding the app (`--app module:attr`) and the store for a CLI command."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from stalwart.app import App
+from stalwart.errors import AppImportError, ConfigurationError, StoreError
+from stalwart.settings import Settings
+from stalwart.store import Store, open_store
+from stalwart.store.sqlite.connection import path_from_url
+
+
+def load_app(spec: str, settings: Settings) -> App:
+    """Import `module:attribute` (the current directory is on the path) and point the app at the
+    CLI's database URL."""
+    if ":" not in spec:
+        raise AppImportError(
+            f"--app {spec!r} must look like module:attribute (e.g. examples.app:app)", field="app"
+        )
+    module_name, attr = spec.split(":", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppImportError(
+            f"cannot import {module_name!r} for --app: {exc}", field="app"
+        ) from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise AppImportError(
+            f"{spec} is not a stalwart App (found {type(app).__name__})", field="app"
+        )
+    app.settings = app.settings.model_copy(update={"database_url": settings.database_url})
+    app._store = None
+    return app
+
+
+def _exists(url: str) -> bool:
+    return not url.startswith("sqlite:///") or Path(path_from_url(url)).exists()
+
+
+async def open_existing(settings: Settings) -> Store:
+    """The store at `database_url`, which must exist and be migrated (reads never create one)."""
+    url = settings.database_url
+    if not _exists(url):
+        raise ConfigurationError(
+            f"no database at {path_from_url(url)}; run `stalwart db migrate` first, or pass "
+            "--database-url",
+            field="database_url",
+        )
+    store = open_store(url, settings)
+    status = await store.migration_status()
+    if not status.current:
+        await store.close()
+        raise StoreError(
+            f"the database at {url} has {len(status.pending)} pending migration(s); run "
+            "`stalwart db migrate`"
+        )
+    return store

@@ -1,0 +1,786 @@
+"""`stalwart`: submit and run jobs, review risky steps, redrive dead letters, migrate.
+
+Global options come once, before the command: `stalwart --database-url sqlite:///x.db --json
+jobs list`. Each is also an environment variable (`STALWART_DATABASE_URL`, `STALWART_APP`).
+Every user error prints one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from stalwart.app import App
+from stalwart.cli import output as ui
+from stalwart.cli.loading import load_app, open_existing
+from stalwart.client import Client
+from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
+from stalwart.errors import PlanValidationError, StalwartError, UsageError
+from stalwart.settings import Settings
+from stalwart.store import Store, open_store
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="stalwart",
+    help="A durable runtime for production LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+jobs_cli = typer.Typer(help="List, inspect and cancel jobs.", no_args_is_help=True)
+review_cli = typer.Typer(help="The human approval queue.", no_args_is_help=True)
+dlq_cli = typer.Typer(help="Dead letters: inspect and redrive.", no_args_is_help=True)
+plan_cli = typer.Typer(help="Validate templates and show plans.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(review_cli, name="review")
+cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(plan_cli, name="plan")
+cli.add_typer(db_cli, name="db")
+
+
+@dataclass
+class State:
+    """What the global options chose."""
+
+    settings: Settings
+    app_spec: str | None
+    json: bool
+    tenant: str | None
+
+    def app(self) -> App:
+        """The app named by --app / STALWART_APP; a clear error if none."""
+        if not self.app_spec:
+            raise UsageError(
+                "this command needs your app: pass --app module:attribute (or set STALWART_APP)",
+                field="app",
+            )
+        return load_app(self.app_spec, self.settings)
+
+
+def _state(ctx: typer.Context) -> State:
+    state = ctx.find_root().obj
+    assert isinstance(state, State)
+    return state
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except StalwartError as exc:
+        _fail(exc)
+    except ValidationError as exc:
+        ui.err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: StalwartError) -> Any:
+    state = None
+    try:
+        state = click_state()
+    except Exception:
+        state = None
+    if state is not None and state.json:
+        print(json.dumps(exc.to_dict(), default=str), file=sys.stderr)
+    else:
+        ui.err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        if isinstance(exc, PlanValidationError) and len(exc.problems) > 1:
+            for problem in exc.problems:
+                ui.err.print(f"  - {problem['step'] or '<plan>'}: {problem['problem']}")
+    raise typer.Exit(1)
+
+
+def click_state() -> State | None:
+    """The current command's State, if a click context is active."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, State) else None
+
+
+@cli.callback()
+def main_options(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="sqlite:///path.db [env: STALWART_DATABASE_URL]", show_default=False),
+    ] = None,
+    app: Annotated[
+        str | None,
+        typer.Option(help="Your app as module:attribute [env: STALWART_APP]", show_default=False),
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Act for this tenant (default: all for reads).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """A durable runtime for production LLM agents."""
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        ui.err.print(f"[red]error:[/] invalid setting: {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from None
+    ctx.obj = State(settings, app or settings.app, json_output, tenant)
+
+
+# -- demo and worker ------------------------------------------------------------------------------
+
+
+@cli.command()
+def demo(
+    ctx: typer.Context,
+    resume: Annotated[
+        bool, typer.Option(help="Keep the demo database; run the workers again until quiet.")
+    ] = False,
+) -> None:
+    """Run the example workflows offline against a flaky local service (from the repo root)."""
+    state = _state(ctx)
+    url = state.settings.database_url
+    if url == Settings.model_fields["database_url"].default:
+        url = "sqlite:///.demo/stalwart.db"
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        from examples import demo as demo_module  # type: ignore[import-not-found]
+    except ImportError as exc:
+        ui.err.print(
+            f"[red]error:[/] the demo lives in examples/ of the repository ({exc}); run it from "
+            "the repository root"
+        )
+        raise typer.Exit(1) from None
+    raise typer.Exit(demo_module.run(database_url=url, resume=resume))
+
+
+@cli.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Steps run at once.")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="Default: host:pid.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a worker until SIGTERM or Ctrl-C (then drain: finish or release running steps)."""
+    state = _state(ctx)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    async def go() -> None:
+        app = state.app()
+        store = app.store()
+        await store.migrate()
+        w = app.worker(store=store, concurrency=concurrency, worker_id=worker_id)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.stop)
+        ui.err.print(
+            f"worker {w.worker_id} (pid {_pid()}) on {store.url}, concurrency {w.concurrency}; "
+            "Ctrl-C or SIGTERM to drain and stop"
+        )
+        await w.run()
+        await store.close()
+
+    _run(go)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# -- submit ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+def submit(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(help="The workflow's name.")],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Input as JSON, or @file.json.")
+    ] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Deduplicate on this key.")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the job finishes or waits for a human.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
+) -> None:
+    """Submit a job (validated and planned now; a worker runs it)."""
+    state = _state(ctx)
+    data = _read_input(input)
+
+    async def go() -> None:
+        app = state.app()
+        store = app.store()
+        await store.migrate()
+        result = await Client(store, app=app).submit(
+            workflow,
+            data,
+            tenant=state.tenant,
+            idempotency_key=idempotency_key,
+            priority=priority,
+        )
+        job = result.job
+        if wait:
+            job = await _wait(Client(store), job.id, timeout, quiet=state.json)
+        if state.json:
+            ui.dump_json({"created": result.created, "job": job.to_dict()})
+        else:
+            verb = "submitted" if result.created else "duplicate of"
+            ui.out.print(f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}")
+        await store.close()
+
+    _run(go)
+
+
+def _read_input(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _usage(f"--input is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(value, dict):
+        raise _usage("--input must be a JSON object")
+    return value
+
+
+def _usage(message: str) -> typer.Exit:
+    ui.err.print(f"[red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool) -> Any:
+    deadline = time.monotonic() + wait_seconds
+    job = await client.get(job_id)
+    with ui.err.status(f"job {job_id}: {job.status}", spinner="dots") as spinner:
+        while job.status not in JOB_TERMINAL | JOB_PARKED and job.status != "waiting_approval":
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+            job = await client.get(job_id)
+            steps = await client.steps(job_id)
+            done = sum(1 for s in steps if s.status in ("succeeded", "skipped"))
+            if not quiet:
+                spinner.update(f"job {job_id}: {job.status} ({done}/{len(steps)} steps done)")
+    return job
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+
+def _client(state: State, fn: Callable[[Client], Awaitable[T]]) -> T:
+    async def go() -> T:
+        store: Store = await open_existing(state.settings)
+        try:
+            return await fn(Client(store, settings=state.settings))
+        finally:
+            await store.close()
+
+    return _run(go)
+
+
+@jobs_cli.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[list[str] | None, typer.Option(help="Filter by status (repeatable).")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Filter by workflow.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before: Annotated[str | None, typer.Option(help="Page: jobs older than this id.")] = None,
+) -> None:
+    """Jobs, newest first."""
+    state = _state(ctx)
+    jobs = _client(
+        state,
+        lambda c: c.list(
+            tenant=state.tenant,
+            statuses=status or (),
+            workflow=workflow,
+            limit=limit,
+            before=before,
+        ),
+    )
+    if state.json:
+        ui.dump_json([j.to_dict() for j in jobs])
+        return
+    if not jobs:
+        ui.out.print("no jobs" + (" match" if status or workflow else " yet"))
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["id", "workflow", "status", "tenant", "plan", "steps run", "created"],
+            [
+                (
+                    j.id,
+                    j.workflow,
+                    ui.status(j.status),
+                    j.tenant_id,
+                    f"v{j.plan_version}",
+                    j.steps_executed,
+                    ui.when(j.created),
+                )
+                for j in jobs
+            ],
+        )
+    )
+
+
+@jobs_cli.command("show")
+def jobs_show(ctx: typer.Context, job_id: str) -> None:
+    """A job: its steps, attempts, outputs and event timeline."""
+    state = _state(ctx)
+
+    async def fetch(c: Client) -> tuple[Any, Any, Any]:
+        return (
+            await c.get(job_id, tenant=state.tenant),
+            await c.steps(job_id, tenant=state.tenant),
+            await c.events(job_id, tenant=state.tenant),
+        )
+
+    job, steps, events = _client(state, fetch)
+    if state.json:
+        ui.dump_json(
+            {
+                "job": job.to_dict(),
+                "steps": [s.to_dict() for s in steps],
+                "events": [e.to_dict() for e in events],
+            }
+        )
+        return
+    ui.out.print(
+        f"[bold]{job.id}[/]  {job.workflow}  {ui.status(job.status)}"
+        + ("  [yellow](degraded)[/]" if job.degraded else "")
+    )
+    ui.out.print(
+        f"tenant {job.tenant_id}  plan v{job.plan_version} ({job.template_name}, "
+        f"{(job.template_hash or '')[:12]})  replans {job.replans}/{job.max_replans}  "
+        f"created {ui.when(job.created)}"
+    )
+    if job.error:
+        ui.out.print(f"[red]error:[/] {job.error.get('message')}")
+    ui.out.print(
+        ui.table(
+            "steps",
+            ["step", "kind/tool", "status", "attempts", "output / error"],
+            [
+                (
+                    s.key,
+                    s.tool or s.kind,
+                    ui.status(s.status),
+                    f"{s.attempt}/{s.max_attempts}",
+                    ui.short(
+                        s.error.get("message") if s.error and s.status != "succeeded" else s.output
+                    ),
+                )
+                for s in steps
+            ],
+        )
+    )
+    ui.out.print(
+        ui.table(
+            "timeline",
+            ["at", "event", "step", "actor", "reason"],
+            [
+                (f"{ui.when(e.at)}", e.kind, e.step_key or "", e.actor, ui.short(e.reason, 70))
+                for e in events
+            ],
+        )
+    )
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(
+    ctx: typer.Context,
+    job_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded in the audit trail.")] = "",
+    actor: Annotated[str, typer.Option(help="Who cancels.")] = "cli",
+) -> None:
+    """Cancel a job: pending steps stop; running tools see the flag within one heartbeat."""
+    state = _state(ctx)
+    job = _client(
+        state, lambda c: c.cancel(job_id, tenant=state.tenant, actor=actor, reason=reason)
+    )
+    if state.json:
+        ui.dump_json(job.to_dict())
+    else:
+        ui.out.print(f"job {job.id}: {ui.status(job.status)}")
+
+
+# -- review ---------------------------------------------------------------------------------------
+
+
+@review_cli.command("list")
+def review_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Include decided reviews.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Reviews waiting for a decision, oldest first, with time left on their SLA."""
+    state = _state(ctx)
+    statuses = () if all_ else ("pending", "escalated")
+    reviews = _client(
+        state, lambda c: c.reviews(tenant=state.tenant, statuses=statuses, limit=limit)
+    )
+    if state.json:
+        ui.dump_json([r.to_dict() for r in reviews])
+        return
+    if not reviews:
+        ui.out.print("no reviews waiting" if not all_ else "no reviews")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["id", "job", "step", "kind", "status", "asked", "SLA"],
+            [
+                (
+                    r.id,
+                    r.job_id,
+                    r.step_key,
+                    r.kind,
+                    ui.status(r.status),
+                    ui.short(r.asked, 60),
+                    ui.ago(r.sla_deadline),
+                )
+                for r in reviews
+            ],
+        )
+    )
+
+
+@review_cli.command("show")
+def review_show(ctx: typer.Context, review_id: str) -> None:
+    """One review: why, what is asked, the options and their impact, the context."""
+    state = _state(ctx)
+    review = _client(state, lambda c: c.review(review_id, tenant=state.tenant))
+    if state.json:
+        ui.dump_json(review.to_dict())
+        return
+    ui.out.print(
+        f"[bold]{review.id}[/]  {ui.status(review.status)}  job {review.job_id}  "
+        f"step {review.step_key}  ({review.kind})"
+    )
+    ui.out.print(f"why:    {review.reason}")
+    ui.out.print(f"asked:  {review.asked}")
+    for option in review.options:
+        ui.out.print(f"  - {option.get('name')}: {option.get('impact', '')}")
+    ui.out.print(f"SLA:    {ui.when(review.sla_deadline)}")
+    if review.decision:
+        ui.out.print(
+            f"decided {review.decision} by {review.decided_by} "
+            f"{ui.when(review.decided)}: {review.comment or ''}"
+        )
+    ui.out.print("context:")
+    ui.out.print_json(json.dumps(review.context, default=str))
+
+
+def _decide(ctx: typer.Context, review_id: str, approve: bool, reviewer: str, comment: str) -> None:
+    state = _state(ctx)
+
+    async def go(c: Client) -> Any:
+        if approve:
+            return await c.approve(
+                review_id, reviewer=reviewer, comment=comment, tenant=state.tenant
+            )
+        return await c.reject(review_id, reviewer=reviewer, comment=comment, tenant=state.tenant)
+
+    review = _client(state, go)
+    if state.json:
+        ui.dump_json(review.to_dict())
+    else:
+        ui.out.print(
+            f"review {review.id}: {ui.status(review.status)} by {review.decided_by}; "
+            f"job {review.job_id} step {review.step_key}"
+        )
+
+
+@review_cli.command("approve")
+def review_approve(
+    ctx: typer.Context,
+    review_id: str,
+    reviewer: Annotated[str, typer.Option(help="Who approves (recorded).")],
+    comment: Annotated[str, typer.Option(help="Recorded in the audit trail.")] = "",
+) -> None:
+    """Approve: the step becomes ready and a worker runs it."""
+    _decide(ctx, review_id, True, reviewer, comment)
+
+
+@review_cli.command("reject")
+def review_reject(
+    ctx: typer.Context,
+    review_id: str,
+    reviewer: Annotated[str, typer.Option(help="Who rejects (recorded).")],
+    comment: Annotated[
+        str, typer.Option(help="Why; fed to the replanner if the policy replans.")
+    ] = "",
+) -> None:
+    """Reject: the step does not run; the job fails or replans, per the workflow's policy."""
+    _decide(ctx, review_id, False, reviewer, comment)
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+
+
+@dlq_cli.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Include redriven and closed.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Dead-lettered and escalated jobs waiting for an operator."""
+    state = _state(ctx)
+    statuses = () if all_ else ("open",)
+    letters = _client(
+        state, lambda c: c.dead_letters(tenant=state.tenant, statuses=statuses, limit=limit)
+    )
+    if state.json:
+        ui.dump_json([d.to_dict() for d in letters])
+        return
+    if not letters:
+        ui.out.print("no dead letters")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["id", "job", "workflow", "step", "reason", "status", "created"],
+            [
+                (
+                    d.id,
+                    d.job_id,
+                    d.workflow,
+                    d.step_key,
+                    ui.short(d.reason, 70),
+                    ui.status(d.status),
+                    ui.ago(d.created),
+                )
+                for d in letters
+            ],
+        )
+    )
+
+
+@dlq_cli.command("show")
+def dlq_show(ctx: typer.Context, dead_letter_id: str) -> None:
+    """One dead letter (by its id or its job's id): the error and its full context."""
+    state = _state(ctx)
+    letter = _client(state, lambda c: c.dead_letter(dead_letter_id, tenant=state.tenant))
+    if state.json:
+        ui.dump_json(letter.to_dict())
+        return
+    ui.out.print(
+        f"[bold]{letter.id}[/]  {ui.status(letter.status)}  job {letter.job_id} "
+        f"({letter.workflow})  step {letter.step_key}"
+    )
+    ui.out.print(f"reason: {letter.reason}")
+    if letter.error:
+        ui.out.print(f"error:  [{letter.error.get('error_class')}] {letter.error.get('message')}")
+    ui.out.print("context:")
+    ui.out.print_json(json.dumps(letter.context, default=str))
+    ui.out.print(f"redrive with: stalwart dlq redrive {letter.job_id}")
+
+
+@dlq_cli.command("redrive")
+def dlq_redrive(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The job's id (or the dead letter's id).")],
+    actor: Annotated[str, typer.Option(help="Who redrives (recorded).")] = "cli",
+    reason: Annotated[str, typer.Option(help="Recorded in the audit trail.")] = "",
+) -> None:
+    """Resume from the failed step; completed steps never run again."""
+    state = _state(ctx)
+    job = _client(
+        state, lambda c: c.redrive(job_id, tenant=state.tenant, actor=actor, reason=reason)
+    )
+    if state.json:
+        ui.dump_json(job.to_dict())
+    else:
+        ui.out.print(f"job {job.id}: {ui.status(job.status)}; a worker picks up its failed step")
+
+
+# -- plans ----------------------------------------------------------------------------------------
+
+
+@plan_cli.command("validate")
+def plan_validate(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Template YAML files.")],
+    workflow: Annotated[
+        str | None, typer.Option(help="Check against this workflow's allowed tools.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Bind this input (JSON or @file).")
+    ] = None,
+) -> None:
+    """Validate templates against your app's tools; every problem listed with its step id."""
+    from stalwart.planning.templates import load_template
+    from stalwart.planning.workflows import Workflow
+
+    state = _state(ctx)
+    data = _read_input(input)
+
+    def check() -> list[dict[str, Any]]:
+        app = state.app()
+        results = []
+        for file in files:
+            template = load_template(file)
+            flow = app.workflows.get(workflow) if workflow else None
+            if workflow and flow is None:
+                raise UsageError(f"no workflow named {workflow!r}", field="workflow")
+            base = flow or Workflow(name="<template>", input_model=BaseModel, templates=(template,))
+            problems: list[dict[str, str]] = []
+            try:
+                app.planner().bind(base, template, data)
+            except PlanValidationError as exc:
+                problems = [
+                    p
+                    for p in exc.problems
+                    if input is not None
+                    or (
+                        "the input has no" not in p["problem"]
+                        and "was not bound" not in p["problem"]
+                    )
+                ]
+            results.append({"file": str(file), "template": template.name, "problems": problems})
+        return results
+
+    async def go() -> list[dict[str, Any]]:
+        return check()
+
+    results = _run(go)
+    bad = sum(len(r["problems"]) for r in results)
+    if state.json:
+        ui.dump_json(results)
+    else:
+        for r in results:
+            if r["problems"]:
+                ui.out.print(
+                    f"[red]✗[/] {r['file']} ({r['template']}): {len(r['problems'])} problem(s)"
+                )
+                for p in r["problems"]:
+                    ui.out.print(f"    {p['step'] or '<plan>'}: {p['problem']}")
+            else:
+                ui.out.print(f"[green]✓[/] {r['file']} ({r['template']})")
+    if bad:
+        raise typer.Exit(1)
+
+
+@plan_cli.command("show")
+def plan_show(
+    ctx: typer.Context,
+    job_id: str,
+    all_versions: Annotated[bool, typer.Option("--all", help="Every plan version.")] = False,
+) -> None:
+    """A job's plan: steps, dependencies, tools, approvals; with hashes."""
+    state = _state(ctx)
+    plans = _client(state, lambda c: c.plans(job_id, tenant=state.tenant))
+    chosen = plans if all_versions else plans[-1:]
+    if state.json:
+        ui.dump_json([dataclasses.asdict(p) for p in chosen])
+        return
+    for p in chosen:
+        ui.out.print(
+            f"[bold]plan v{p.version}[/] of {p.job_id}: template {p.template_name} "
+            f"({p.template_hash[:12]}), plan hash {p.plan_hash[:12]}"
+        )
+        ui.out.print(
+            ui.table(
+                None,
+                ["step", "kind/tool", "depends on", "critical", "approval", "timeout", "retries"],
+                [
+                    (
+                        s["id"],
+                        s.get("tool") or s["kind"],
+                        ", ".join(s["depends_on"]) or "-",
+                        "yes" if s["critical"] else "no",
+                        ui.short(s["requires_approval"], 40) if s["requires_approval"] else "-",
+                        f"{s['timeout_seconds']}s" if s.get("timeout_seconds") else "-",
+                        s["retry"]["max_attempts"],
+                    )
+                    for s in p.plan["steps"]
+                ],
+            )
+        )
+
+
+# -- database -------------------------------------------------------------------------------------
+
+
+@db_cli.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply pending migrations (safe to run from several processes at once)."""
+    state = _state(ctx)
+
+    async def go() -> list[int]:
+        store = open_store(state.settings.database_url, state.settings)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    applied = _run(go)
+    if state.json:
+        ui.dump_json({"applied": applied})
+    elif applied:
+        ui.out.print(
+            f"applied migration(s) {', '.join(map(str, applied))} to {state.settings.database_url}"
+        )
+    else:
+        ui.out.print(f"{state.settings.database_url} is up to date")
+
+
+@db_cli.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """Applied and pending migrations."""
+    state = _state(ctx)
+
+    async def go() -> Any:
+        store = open_store(state.settings.database_url, state.settings)
+        try:
+            return await store.migration_status()
+        finally:
+            await store.close()
+
+    status = _run(go)
+    if state.json:
+        ui.dump_json(
+            {"applied": status.applied, "pending": status.pending, "current": status.current}
+        )
+        return
+    for version, name, applied in status.applied:
+        ui.out.print(f"[green]applied[/]  {version:04d} {name}  {ui.when(applied)}")
+    for version, name in status.pending:
+        ui.out.print(f"[yellow]pending[/]  {version:04d} {name}")
+    if not status.applied and not status.pending:
+        ui.out.print("no migrations known")
+
+
+def main() -> None:
+    """Entry point of the `stalwart` command."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()
