@@ -5,6 +5,7 @@ The CLI (and later the HTTP API) is a thin shell over this class.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -153,7 +154,7 @@ class Client:
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         """Jobs, newest first."""
         return await self.store.job_list(
             tenant_id=tenant, statuses=statuses, workflow=workflow, limit=limit, before=before
@@ -161,17 +162,17 @@ class Client:
 
     async def steps(
         self, job_id: str, *, tenant: str | None = None, all_versions: bool = False
-    ) -> list[StepRecord]:
+    ) -> builtins.list[StepRecord]:
         """A job's steps."""
         return await self.store.step_list(job_id, tenant_id=tenant, all_versions=all_versions)
 
     async def events(
         self, job_id: str, *, tenant: str | None = None, after_id: int = 0
-    ) -> list[EventRecord]:
+    ) -> builtins.list[EventRecord]:
         """A job's events, in order."""
         return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id)
 
-    async def plans(self, job_id: str, *, tenant: str | None = None) -> list[PlanRecord]:
+    async def plans(self, job_id: str, *, tenant: str | None = None) -> builtins.list[PlanRecord]:
         """A job's plan versions."""
         return await self.store.plan_list(job_id, tenant_id=tenant)
 
@@ -181,7 +182,7 @@ class Client:
         tenant: str | None = None,
         statuses: Sequence[str] = ("pending", "escalated"),
         limit: int = 50,
-    ) -> list[ReviewRecord]:
+    ) -> builtins.list[ReviewRecord]:
         """Reviews waiting for a decision (by default), oldest first."""
         return await self.store.review_list(tenant_id=tenant, statuses=statuses, limit=limit)
 
@@ -191,7 +192,7 @@ class Client:
 
     async def dead_letters(
         self, *, tenant: str | None = None, statuses: Sequence[str] = ("open",), limit: int = 50
-    ) -> list[DeadLetterRecord]:
+    ) -> builtins.list[DeadLetterRecord]:
         """Dead letters, newest first."""
         return await self.store.dead_letter_list(tenant_id=tenant, statuses=statuses, limit=limit)
 

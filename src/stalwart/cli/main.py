@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -71,6 +73,9 @@ class State:
         return load_app(self.app_spec, self.settings)
 
 
+_CURRENT: ContextVar[State | None] = ContextVar("stalwart_cli_state", default=None)
+
+
 def _state(ctx: typer.Context) -> State:
     state = ctx.find_root().obj
     assert isinstance(state, State)
@@ -78,8 +83,11 @@ def _state(ctx: typer.Context) -> State:
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
     try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+        return asyncio.run(main())
     except StalwartError as exc:
         _fail(exc)
     except ValidationError as exc:
@@ -87,12 +95,8 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(2) from None
 
 
-def _fail(exc: StalwartError) -> Any:
-    state = None
-    try:
-        state = click_state()
-    except Exception:
-        state = None
+def _fail(exc: StalwartError) -> NoReturn:
+    state = _CURRENT.get()
     if state is not None and state.json:
         print(json.dumps(exc.to_dict(), default=str), file=sys.stderr)
     else:
@@ -101,17 +105,6 @@ def _fail(exc: StalwartError) -> Any:
             for problem in exc.problems:
                 ui.err.print(f"  - {problem['step'] or '<plan>'}: {problem['problem']}")
     raise typer.Exit(1)
-
-
-def click_state() -> State | None:
-    """The current command's State, if a click context is active."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, State) else None
 
 
 @cli.callback()
@@ -140,6 +133,7 @@ def main_options(
         ui.err.print(f"[red]error:[/] invalid setting: {exc.errors()[0]['msg']}")
         raise typer.Exit(2) from None
     ctx.obj = State(settings, app or settings.app, json_output, tenant)
+    _CURRENT.set(ctx.obj)
 
 
 # -- demo and worker ------------------------------------------------------------------------------
@@ -159,7 +153,7 @@ def demo(
         url = "sqlite:///.demo/stalwart.db"
     sys.path.insert(0, str(Path.cwd()))
     try:
-        from examples import demo as demo_module  # type: ignore[import-not-found]
+        demo_module: Any = importlib.import_module("examples.demo")
     except ImportError as exc:
         ui.err.print(
             f"[red]error:[/] the demo lives in examples/ of the repository ({exc}); run it from "

@@ -51,7 +51,7 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         for name in ("created", "updated", "deadline", "finished"):
             moment = to_datetime(out.pop(name))
             out[f"{name}_at"] = moment.isoformat() if moment else None
@@ -89,7 +89,7 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         for name in ("due", "lease_expires", "started", "finished"):
             moment = to_datetime(out.pop(name))
             out[f"{name}_at"] = moment.isoformat() if moment else None
@@ -153,7 +153,7 @@ class ReviewRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         for name in ("sla_deadline", "created", "escalated", "decided"):
             moment = to_datetime(out.pop(name))
             out[f"{name}_at"] = moment.isoformat() if moment else None
@@ -180,7 +180,7 @@ class DeadLetterRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         for name in ("created", "redriven"):
             moment = to_datetime(out.pop(name))
             out[f"{name}_at"] = moment.isoformat() if moment else None
@@ -206,7 +206,7 @@ class EventRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with an ISO time."""
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}
         moment = to_datetime(out.pop("at"))
         out["at"] = moment.isoformat() if moment else None
         return out
