@@ -14,6 +14,9 @@ from stalwart.errors import UsageError
 
 _REF = re.compile(r"(?<!\$)\$\{\s*([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\s*\}")
 _WHOLE = re.compile(r"^\$\{\s*([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\s*\}$")
+# One pass over a template string: an escaped `$${` or a reference. Substituted values are
+# never rescanned, so data that contains `${` or `$${` is never read as a reference or escape.
+_TOKEN = re.compile(r"\$\$\{|\$\{\s*([A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\s*\}")
 
 
 class _Missing:
@@ -110,19 +113,36 @@ def _get(context: dict[str, Any], path: str) -> Any:
 def _resolve_str(text: str, context: dict[str, Any], roots: tuple[str, ...] | None) -> Any:
     if "${" not in text:
         return text
+    # With `roots` (a partial binding), the result is resolved again later: escapes stay as
+    # written and substituted data is escaped, so a `${...}` inside the data stays literal.
+    partial = roots is not None
     whole = _WHOLE.match(text)
     if whole and _wanted(whole.group(1), roots):
-        return _get(context, whole.group(1))
+        found = _get(context, whole.group(1))
+        return _escape(found) if partial else found
 
     def replace(match: re.Match[str]) -> str:
         path = match.group(1)
+        if path is None:  # `$${`
+            return match.group(0) if partial else "${"
         if not _wanted(path, roots):
             return match.group(0)
         found = _get(context, path)
-        return found if isinstance(found, str) else _text(found)
+        out = found if isinstance(found, str) else _text(found)
+        return _escape(out) if partial else out
 
-    out = _REF.sub(replace, text)
-    return out.replace("$${", "${") if roots is None else out
+    return _TOKEN.sub(replace, text)
+
+
+def _escape(value: Any) -> Any:
+    """`value` with every `${` in its strings written `$${`, so resolving it again is a no-op."""
+    if isinstance(value, str):
+        return value.replace("${", "$${")
+    if isinstance(value, dict):
+        return {key: _escape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escape(item) for item in value]
+    return value
 
 
 def _text(value: Any) -> str:

@@ -70,8 +70,19 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
             J.ESCALATED,
         }
     ),
+    # waiting_approval -> evaluating: the last parked step ended (skipped, reconciled);
+    # -> dead_lettered: a rejected interrupted step on the critical path.
     J.WAITING_APPROVAL: frozenset(
-        {J.EXECUTING, J.REPLANNING, J.REJECTED, J.FAILED, J.CANCELLED, J.ESCALATED}
+        {
+            J.EXECUTING,
+            J.EVALUATING,
+            J.REPLANNING,
+            J.REJECTED,
+            J.FAILED,
+            J.CANCELLED,
+            J.DEAD_LETTERED,
+            J.ESCALATED,
+        }
     ),
     J.REPLANNING: frozenset({J.EXECUTING, J.ESCALATED, J.FAILED, J.CANCELLED}),
     J.EVALUATING: frozenset({J.COMPLETED, J.REPLANNING, J.FAILED, J.ESCALATED}),

@@ -62,9 +62,13 @@ async def invoke_tool(
             )
         )
     fn = spec.reconcile if reconcile and spec.reconcile is not None else spec.fn
+    deadline = asyncio.timeout(timeout_seconds)
     try:
-        result = await asyncio.wait_for(fn(args, ctx), timeout=timeout_seconds)
-    except TimeoutError:
+        async with deadline:
+            result = await fn(args, ctx)
+    except TimeoutError as exc:
+        if not deadline.expired():  # the tool's own timeout (a socket, a client): not ours
+            return ToolOutcome(error=classify(exc))
         return ToolOutcome(
             error=StepError(
                 ErrorClass.TRANSIENT,

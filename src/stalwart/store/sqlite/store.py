@@ -486,7 +486,20 @@ class SqliteStore:
                 (tx.now, limit),
             ).fetchall()
             claims = []
+            touched: set[str] = set()
             for row in rows:
+                if row[1] in touched:
+                    # An earlier claim of this batch changed the job (steps executed, a budget
+                    # that failed it, a park): read the candidate again, not the stale row.
+                    row = tx.con.execute(
+                        f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+                        "WHERE s.id = ? AND s.status IN ('ready', 'retry_wait') "
+                        "AND j.status IN ('executing', 'waiting_approval')",
+                        (row[0],),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                touched.add(row[1])
                 claim = claim_candidate(tx, row, worker_id, lease_seconds)
                 if claim is not None:
                     claims.append(claim)
@@ -521,10 +534,13 @@ class SqliteStore:
             tx.events.append(
                 _step_event(claim, "step_succeeded", S.RUNNING, S.SUCCEEDED, tx, claim.attempt)
             )
-            if job.status not in LIVE_JOB or job.plan_version != claim.plan_version:
+            if job.status in JOB_TERMINAL or job.plan_version != claim.plan_version:
                 return Completion(recorded=True, job_status=job.status)
             dependents = json.loads(row[0])
             ready = release_dependents(tx, job, job.tenant_id, claim.plan_version, dependents)
+            if job.status not in LIVE_JOB:
+                # Parked: the released steps wait, and run when the job is redriven or approved.
+                return Completion(recorded=True, job_status=job.status)
             if not ready or job.status != J.EXECUTING.value:
                 advance_job(tx, job)
             next_claim = None
@@ -674,8 +690,9 @@ class SqliteStore:
         if refund:
             clear += ", attempt = max(attempt - 1, 0)"
             step.attempt = max(step.attempt - 1, 0)
-        live = job.status in LIVE_JOB and job.plan_version == step.plan_version
-        if not live:
+        # A parked job's steps stay recoverable: its redrive (or approval) resumes them.
+        resumable = job.status in LIVE_JOB or job.status in JOB_PARKED
+        if not resumable or job.plan_version != step.plan_version:
             move_step(tx, step, S.CANCELLED, f"{why}; job is {job.status}", sets=clear)
             return
         exhausted = not refund and step.attempt >= step.max_attempts

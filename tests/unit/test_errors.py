@@ -1,0 +1,237 @@
+"""The error families, the HTTP status table, and the curated public exports."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+import pytest
+
+import stalwart
+import stalwart.errors as errors_module
+from stalwart.errors import (
+    AuthorizationError,
+    ConfigurationError,
+    CriticalError,
+    ErrorClass,
+    InvalidArgumentsError,
+    InvalidTransitionError,
+    NonRetriableError,
+    NotFoundError,
+    PlanValidationError,
+    QueueFull,
+    RetryStep,
+    SemanticError,
+    StalwartError,
+    StoreError,
+    TemplateError,
+    ToolError,
+    TransientError,
+    UsageError,
+    error_for_status,
+)
+from stalwart.tools.context import StepCancelledError
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, InvalidArgumentsError),
+        (401, AuthorizationError),
+        (403, AuthorizationError),
+        (404, NonRetriableError),
+        (405, NonRetriableError),
+        (408, TransientError),
+        (409, NonRetriableError),
+        (410, NonRetriableError),
+        (418, NonRetriableError),
+        (422, InvalidArgumentsError),
+        (429, TransientError),
+        (500, TransientError),
+        (502, TransientError),
+        (503, TransientError),
+        (504, TransientError),
+        (599, TransientError),
+    ],
+)
+def test_error_for_status(status: int, cls: type[ToolError]) -> None:
+    error = error_for_status(status)
+    assert type(error) is cls
+    assert error.code == f"http_{status}"
+    assert error.message == f"HTTP {status}"
+
+
+def test_error_for_status_keeps_the_message_and_retry_after_of_transients() -> None:
+    busy = error_for_status(429, "slow down", retry_after=7.5)
+    assert (busy.message, busy.retry_after) == ("slow down", 7.5)
+    assert error_for_status(503, retry_after=3).retry_after == 3
+    assert error_for_status(403, retry_after=3).retry_after is None
+    assert error_for_status(404, retry_after=3).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("cls", "error_class"),
+    [
+        (ToolError, ErrorClass.NON_RETRIABLE),
+        (TransientError, ErrorClass.TRANSIENT),
+        (RetryStep, ErrorClass.TRANSIENT),
+        (NonRetriableError, ErrorClass.NON_RETRIABLE),
+        (AuthorizationError, ErrorClass.AUTHORIZATION),
+        (InvalidArgumentsError, ErrorClass.INVALID_ARGUMENTS),
+        (SemanticError, ErrorClass.SEMANTIC),
+        (CriticalError, ErrorClass.CRITICAL),
+        (StepCancelledError, ErrorClass.CANCELLED),
+    ],
+)
+def test_error_class_of_each_tool_error(cls: type[ToolError], error_class: ErrorClass) -> None:
+    assert cls.error_class is error_class
+    assert cls().error_class is error_class
+
+
+def test_every_tool_error_subclass_is_covered() -> None:
+    def subclasses(cls: type) -> set[type]:
+        out = set(cls.__subclasses__())
+        for sub in list(out):
+            out |= subclasses(sub)
+        return out
+
+    covered = {
+        TransientError,
+        RetryStep,
+        NonRetriableError,
+        AuthorizationError,
+        InvalidArgumentsError,
+        SemanticError,
+        CriticalError,
+        StepCancelledError,
+    }
+    assert {c for c in subclasses(ToolError) if c.__module__.startswith("stalwart.")} <= covered
+
+
+def test_error_class_values_are_the_stored_strings() -> None:
+    assert [c.value for c in ErrorClass] == [
+        "transient",
+        "non_retriable",
+        "authorization",
+        "invalid_arguments",
+        "semantic",
+        "budget",
+        "critical",
+        "cancelled",
+    ]
+    assert ErrorClass.TRANSIENT == "transient"
+
+
+def test_message_defaults_to_the_first_docstring_line() -> None:
+    assert StalwartError().message == "Stalwart failed."
+    assert str(QueueFull()) == "The tenant's queue is full; try again later."
+    assert RetryStep().message == "Retry this step."
+    assert NotFoundError("job j1 not found").message == "job j1 not found"
+
+
+def test_fields_become_attributes() -> None:
+    error = QueueFull("full", retry_after=4.0, depth=100)
+    assert (error.retry_after, error.depth) == (4.0, 100)  # type: ignore[attr-defined]
+    assert error.fields == {"retry_after": 4.0, "depth": 100}
+
+
+def test_to_dict() -> None:
+    error = InvalidTransitionError("nope", entity="job", current="completed", target="executing")
+    assert error.to_dict() == {
+        "error": "InvalidTransitionError",
+        "message": "nope",
+        "entity": "job",
+        "current": "completed",
+        "target": "executing",
+    }
+    assert NotFoundError().to_dict() == {"error": "NotFoundError", "message": "Not found."}
+
+
+def test_tool_error_to_dict_and_attributes() -> None:
+    error = TransientError("busy", code="http_503", retry_after=2.0, details={"host": "a"})
+    assert (error.code, error.retry_after, error.details) == ("http_503", 2.0, {"host": "a"})
+    assert error.to_dict() == {
+        "error": "TransientError",
+        "message": "busy",
+        "code": "http_503",
+        "retry_after": 2.0,
+        "details": {"host": "a"},
+    }
+    assert ToolError().details == {}
+
+
+def test_plan_validation_error_lists_every_problem() -> None:
+    problems = [
+        {"step": "fetch", "problem": "unknown tool 'x'"},
+        {"step": "", "problem": "dependency cycle: a -> b -> a"},
+    ]
+    error = PlanValidationError(problems)
+    assert error.problems == problems
+    assert error.message == (
+        "plan has 2 problem(s): fetch: unknown tool 'x'; <plan>: dependency cycle: a -> b -> a"
+    )
+    assert error.to_dict()["problems"] == problems
+    assert PlanValidationError(problems, "custom").message == "custom"
+
+
+def test_families() -> None:
+    assert issubclass(TemplateError, ConfigurationError)
+    assert issubclass(PlanValidationError, UsageError)
+    assert issubclass(InvalidTransitionError, UsageError)
+    assert issubclass(RetryStep, TransientError)
+    assert issubclass(AuthorizationError, NonRetriableError)
+    for family in (ConfigurationError, UsageError, StoreError, ToolError):
+        assert issubclass(family, StalwartError)
+    assert not issubclass(ToolError, UsageError)
+    assert not issubclass(StoreError, (UsageError, ConfigurationError, ToolError))
+
+
+def test_driver_errors_are_kept_as_cause() -> None:
+    try:
+        try:
+            raise OSError("disk")
+        except OSError as exc:
+            raise StoreError("write failed") from exc
+    except StoreError as err:
+        assert isinstance(err.__cause__, OSError)
+
+
+# -- curated exports, in the spirit of httpx's test_exported_members ------------------------
+
+
+@pytest.mark.parametrize("module", [stalwart, errors_module], ids=lambda m: m.__name__)
+def test_all_is_sorted_and_unique(module: object) -> None:
+    names = module.__all__  # type: ignore[attr-defined]
+    assert names == sorted(names)
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("module", [stalwart, errors_module], ids=lambda m: m.__name__)
+def test_every_exported_name_is_importable(module: object) -> None:
+    reloaded = importlib.import_module(module.__name__)  # type: ignore[attr-defined]
+    for name in reloaded.__all__:
+        assert hasattr(reloaded, name), name
+        namespace: dict[str, object] = {}
+        exec(f"from {reloaded.__name__} import {name}", namespace)
+        assert namespace[name] is getattr(reloaded, name)
+
+
+def test_exported_members_are_stalwarts_own() -> None:
+    for name in stalwart.__all__:
+        if name.startswith("__"):
+            continue
+        member = getattr(stalwart, name)
+        assert member.__module__.startswith("stalwart"), name
+
+
+def test_every_public_error_is_exported_from_errors() -> None:
+    public = {
+        name
+        for name, value in vars(errors_module).items()
+        if isinstance(value, type) and issubclass(value, Exception) and not name.startswith("_")
+    }
+    assert public <= set(errors_module.__all__)
+
+
+def test_version_matches_the_installed_distribution() -> None:
+    assert stalwart.__version__ == importlib.metadata.version("stalwart")
