@@ -121,7 +121,10 @@ JOB_TERMINAL = frozenset(s for s, targets in JOB_TRANSITIONS.items() if not targ
 JOB_PARKED = frozenset({J.DEAD_LETTERED, J.ESCALATED})
 """Statuses that wait for an operator (redrive or cancel)."""
 JOB_OPEN = frozenset(JobStatus) - JOB_TERMINAL
-"""Statuses that count toward a tenant's queue depth."""
+"""Statuses of jobs that are not finished (parked ones included)."""
+JOB_QUEUED = JOB_OPEN - JOB_PARKED
+"""Statuses that count toward a tenant's queue depth: parked jobs wait for an operator, not
+for a worker, so they do not hold the queue."""
 
 STEP_TERMINAL = frozenset(s for s, targets in STEP_TRANSITIONS.items() if not targets)
 STEP_DONE = frozenset({S.SUCCEEDED, S.SKIPPED})

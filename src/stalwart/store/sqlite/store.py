@@ -27,12 +27,14 @@ from stalwart.domain.records import (
 )
 from stalwart.domain.states import (
     JOB_PARKED,
+    JOB_QUEUED,
     JOB_TERMINAL,
     JobStatus,
     StepStatus,
     check_step_transition,
 )
 from stalwart.errors import (
+    CorruptStateError,
     NotFoundError,
     NotRedrivableError,
     QueueFull,
@@ -89,9 +91,7 @@ from stalwart.types import dumps, epoch_now
 T = TypeVar("T")
 J = JobStatus
 S = StepStatus
-ACTIVE_JOB_STATUSES = tuple(
-    s.value for s in JobStatus if s not in JOB_TERMINAL and s not in JOB_PARKED
-)
+ACTIVE_JOB_STATUSES = tuple(sorted(s.value for s in JOB_QUEUED))
 
 
 class SqliteStore:
@@ -330,18 +330,29 @@ class SqliteStore:
     async def job_claim_replanning(
         self, worker_id: str, *, lease_seconds: float, limit: int = 1
     ) -> list[ReplanClaim]:
-        """Claim jobs waiting in `replanning` for a new plan."""
+        """Claim jobs waiting in `replanning` for a new plan, once no step of their current plan
+        is still running: a step in flight finishes (and its output can be reused) before the
+        next plan could run it a second time, under another idempotency key."""
 
         def run(tx: Tx) -> list[tuple[str, int, Any]]:
             rows = tx.con.execute(
                 "UPDATE jobs SET lease_owner = ?, lease_expires = ?, lease_token = lease_token + 1 "
                 "WHERE id IN (SELECT id FROM jobs WHERE status = 'replanning' AND "
-                "(lease_expires IS NULL OR lease_expires < ?) LIMIT ?) "
+                "(lease_expires IS NULL OR lease_expires < ?) AND NOT EXISTS (SELECT 1 FROM "
+                "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
+                "s.status = 'running') LIMIT ?) "
                 "RETURNING id, lease_token, replan_feedback",
                 (worker_id, tx.now + lease_seconds, tx.now, limit),
             ).fetchall()
             return [(r[0], r[1], r[2]) for r in rows]
 
+        waiting = self._read(
+            "SELECT 1 FROM jobs WHERE status = 'replanning' "
+            "AND (lease_expires IS NULL OR lease_expires < ?) LIMIT 1",
+            (epoch_now(),),
+        )
+        if not waiting:
+            return []
         claims = []
         for job_id, token, feedback in self._write(worker_id, run):
             job = await self.job_get(job_id)
@@ -442,6 +453,12 @@ class SqliteStore:
                 )
             return ids
 
+        if not self._read(
+            "SELECT 1 FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
+            "AND deadline < ? LIMIT 1",
+            (epoch_now(),),
+        ):
+            return []
         return self._write(actor, run)
 
     async def plan_list(self, job_id: str, *, tenant_id: str | None = None) -> list[PlanRecord]:
@@ -500,12 +517,53 @@ class SqliteStore:
                     if row is None:
                         continue
                 touched.add(row[1])
-                claim = claim_candidate(tx, row, worker_id, lease_seconds)
+                claim = self._claim_or_quarantine(tx, row, worker_id, lease_seconds)
                 if claim is not None:
                     claims.append(claim)
             return claims
 
+        if not self._due_steps():
+            return []
         return self._write(worker_id, run)
+
+    def _due_steps(self) -> bool:
+        """A read before the write lock: idle workers never queue for it."""
+        return bool(
+            self._read(
+                "SELECT 1 FROM steps WHERE status IN ('ready', 'retry_wait') AND due <= ? LIMIT 1",
+                (epoch_now(),),
+            )
+        )
+
+    def _claim_or_quarantine(
+        self, tx: Tx, row: tuple[Any, ...], worker_id: str, lease_seconds: float
+    ) -> Claim | None:
+        """Claim one candidate. If its stored state is corrupt, undo that claim alone and park
+        the job (escalated, with a dead letter saying why) so one bad row cannot stall the
+        queue for everybody."""
+        mark = len(tx.events)
+        tx.con.execute("SAVEPOINT claim_one")
+        try:
+            claim = claim_candidate(tx, row, worker_id, lease_seconds)
+        except CorruptStateError as exc:
+            tx.con.execute("ROLLBACK TO claim_one")
+            del tx.events[mark:]
+            job = tx.job(row[1])
+            if job is not None:
+                park_job(
+                    tx,
+                    job,
+                    J.ESCALATED,
+                    f"corrupt stored state: {exc.message}",
+                    error={
+                        "error_class": "critical",
+                        "message": exc.message,
+                        "code": "corrupt_state",
+                    },
+                )
+            claim = None
+        tx.con.execute("RELEASE claim_one")
+        return claim
 
     async def step_complete(
         self,
@@ -679,6 +737,11 @@ class SqliteStore:
                 self._recover(tx, step_head(row), "lease expired", refund=False)
             return len(rows)
 
+        if not self._read(
+            "SELECT 1 FROM steps WHERE status = 'running' AND lease_expires < ? LIMIT 1",
+            (epoch_now(),),
+        ):
+            return 0
         return self._write(actor, run)
 
     def _recover(self, tx: Tx, step: StepHead, why: str, *, refund: bool) -> None:
@@ -823,7 +886,9 @@ class SqliteStore:
         return await self.review_get(review_id)
 
     def _approve(self, tx: Tx, job: JobHead, step: StepHead, reviewer: str) -> None:
-        if job.status == J.ESCALATED.value:
+        if job.status == J.ESCALATED.value and not _has_failed_steps(tx, job):
+            # Escalated only because this review passed its SLA: the decision resolves it. A
+            # job escalated by a failed step stays parked until an operator redrives it.
             move_job(tx, job, J.EXECUTING, f"approved by {reviewer}")
             resolve_dead_letters(tx, job, "resolved", reviewer)
         if step.status in (S.AWAITING_APPROVAL.value, S.INTERRUPTED.value):
@@ -852,6 +917,8 @@ class SqliteStore:
             return
         if job.on_reject == "replan" and job.replans < job.max_replans:
             feedback = {"step": step.key, "rejected_by": reviewer, "comment": comment}
+            if job.status == J.ESCALATED.value:
+                resolve_dead_letters(tx, job, "resolved", reviewer)
             move_job(
                 tx,
                 job,
@@ -899,6 +966,11 @@ class SqliteStore:
                     park_job(tx, job, J.ESCALATED, f"review {review_id} passed its SLA", step=step)
             return ids
 
+        if not self._read(
+            "SELECT 1 FROM reviews WHERE status = 'pending' AND sla_deadline < ? LIMIT 1",
+            (epoch_now(),),
+        ):
+            return []
         ids = self._write(actor, run)
         return [await self.review_get(i) for i in ids]
 
@@ -947,6 +1019,15 @@ class SqliteStore:
             (job_id, after_id, limit),
         )
         return [event_from_row(r) for r in rows]
+
+
+def _has_failed_steps(tx: Tx, job: JobHead) -> bool:
+    row = tx.con.execute(
+        "SELECT 1 FROM steps WHERE job_id = ? AND plan_version = ? "
+        "AND status IN ('failed', 'dead_lettered') LIMIT 1",
+        (job.id, job.plan_version),
+    ).fetchone()
+    return row is not None
 
 
 def await_review(tx: Tx, review_id: str, tenant_id: str | None) -> ReviewRecord:

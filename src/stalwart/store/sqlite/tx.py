@@ -632,11 +632,7 @@ def insert_plan(
         ),
     )
     dependents = plan.dependents()
-    reused = {
-        s.id: reuse[s.id][1]
-        for s in plan.steps
-        if s.id in reuse and reuse[s.id][0] == s.spec_hash()
-    }
+    reused = _reused(plan, reuse)
     rows = []
     for s in plan.steps:
         spec = s.model_dump(mode="json")
@@ -707,6 +703,21 @@ def insert_plan(
                 at=tx.now,
             )
         )
+
+
+def _reused(plan: Plan, reuse: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Steps whose output carries over: the spec is unchanged and so is everything upstream (a
+    step whose dependency runs again must run again too, since its inputs may change)."""
+    keep = {s.id for s in plan.steps if s.id in reuse and reuse[s.id][0] == s.spec_hash()}
+    deps = {s.id: s.depends_on for s in plan.steps}
+    changed = True
+    while changed:
+        changed = False
+        for step_id in list(keep):
+            if any(d not in keep for d in deps[step_id]):
+                keep.discard(step_id)
+                changed = True
+    return {step_id: reuse[step_id][1] for step_id in keep}
 
 
 def reusable_outputs(tx: Tx, job_id: str) -> dict[str, tuple[str, str]]:
