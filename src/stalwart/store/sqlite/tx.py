@@ -250,17 +250,20 @@ def release_dependents(
         return []
     job_id = job if isinstance(job, str) else job.id
     marks = ",".join("?" * len(keys))
-    tx.con.execute(
-        "UPDATE steps SET deps_remaining = deps_remaining - 1 "
-        f"WHERE job_id = ? AND plan_version = ? AND status = 'pending' AND key IN ({marks})",
-        (job_id, plan_version, *keys),
-    )
-    rows = tx.con.execute(
-        "UPDATE steps SET status = 'ready', due = ? WHERE job_id = ? AND plan_version = ? "
-        f"AND status = 'pending' AND deps_remaining <= 0 AND key IN ({marks}) "
-        "RETURNING id, key",
-        (tx.now, job_id, plan_version, *keys),
-    ).fetchall()
+    # One statement: the right-hand side sees the old row, so `deps_remaining <= 1` means
+    # "this was the last dependency"; only those rows come back.
+    rows = [
+        (step_id, key)
+        for step_id, key, status in tx.con.execute(
+            "UPDATE steps SET deps_remaining = deps_remaining - 1, "
+            "status = CASE WHEN deps_remaining <= 1 THEN 'ready' ELSE status END, "
+            "due = CASE WHEN deps_remaining <= 1 THEN ? ELSE due END "
+            f"WHERE job_id = ? AND plan_version = ? AND status = 'pending' AND key IN ({marks}) "
+            "RETURNING id, key, status",
+            (tx.now, job_id, plan_version, *keys),
+        ).fetchall()
+        if status == S.READY.value
+    ]
     check_step_transition(S.PENDING, S.READY)
     ready = []
     for step_id, key in rows:
