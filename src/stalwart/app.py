@@ -223,7 +223,7 @@ def _load(source: TemplateSource, base: Path | None) -> Template:
     if isinstance(source, dict):
         return template_from_data(source)
     path = Path(source)
-    if not path.is_absolute() and not path.exists() and base is not None:
+    if not path.is_absolute() and base is not None and (base / path).exists():
         path = base / path
     if not path.exists():
         raise TemplateError(f"template file {source} not found", path=str(source))

@@ -77,7 +77,7 @@ def test_whole_string_ref_keeps_the_type(ref: str, expected: Any) -> None:
 
 def test_ref_inside_a_longer_string_is_interpolated_as_text() -> None:
     assert resolve("Hi ${input.user.id}, age ${input.user.age}!", CONTEXT) == "Hi u-42, age 37!"
-    assert resolve("vip=${input.user.vip} n=${input.nothing}", CONTEXT) == "vip=True n=None"
+    assert resolve("vip=${input.user.vip} n=${input.nothing}", CONTEXT) == "vip=true n=null"
     assert resolve("tags: ${input.user.tags}", CONTEXT) == 'tags: ["a", "b", "c"]'
     assert resolve(" ${input.user.age}", CONTEXT) == " 37"
 

@@ -14,9 +14,9 @@ from stalwart.store import Store, open_store
 from stalwart.store.sqlite.connection import path_from_url
 
 
-def load_app(spec: str, settings: Settings) -> App:
-    """Import `module:attribute` (the current directory is on the path) and point the app at the
-    CLI's database URL."""
+def load_app(spec: str, database_url: str | None = None) -> App:
+    """Import `module:attribute` (the current directory is on the path); a `database_url` given
+    on the command line (or in the environment) replaces the app's own."""
     if ":" not in spec:
         raise AppImportError(
             f"--app {spec!r} must look like module:attribute (e.g. examples.app:app)", field="app"
@@ -36,8 +36,9 @@ def load_app(spec: str, settings: Settings) -> App:
         raise AppImportError(
             f"{spec} is not a stalwart App (found {type(app).__name__})", field="app"
         )
-    app.settings = app.settings.model_copy(update={"database_url": settings.database_url})
-    app._store = None
+    if database_url is not None and database_url != app.settings.database_url:
+        app.settings = app.settings.model_copy(update={"database_url": database_url})
+        app._store = None
     return app
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -62,6 +63,7 @@ class State:
     app_spec: str | None
     json: bool
     tenant: str | None
+    url_given: bool = False
 
     def app(self) -> App:
         """The app named by --app / STALWART_APP; a clear error if none."""
@@ -70,7 +72,7 @@ class State:
                 "this command needs your app: pass --app module:attribute (or set STALWART_APP)",
                 field="app",
             )
-        return load_app(self.app_spec, self.settings)
+        return load_app(self.app_spec, self.settings.database_url if self.url_given else None)
 
 
 _CURRENT: ContextVar[State | None] = ContextVar("stalwart_cli_state", default=None)
@@ -112,11 +114,11 @@ def main_options(
     ctx: typer.Context,
     database_url: Annotated[
         str | None,
-        typer.Option(help="sqlite:///path.db [env: STALWART_DATABASE_URL]", show_default=False),
+        typer.Option(help="sqlite:///path.db (env: STALWART_DATABASE_URL)", show_default=False),
     ] = None,
     app: Annotated[
         str | None,
-        typer.Option(help="Your app as module:attribute [env: STALWART_APP]", show_default=False),
+        typer.Option(help="Your app as module:attribute (env: STALWART_APP)", show_default=False),
     ] = None,
     tenant: Annotated[
         str | None, typer.Option(help="Act for this tenant (default: all for reads).")
@@ -132,7 +134,13 @@ def main_options(
     except ValidationError as exc:
         ui.err.print(f"[red]error:[/] invalid setting: {exc.errors()[0]['msg']}")
         raise typer.Exit(2) from None
-    ctx.obj = State(settings, app or settings.app, json_output, tenant)
+    ctx.obj = State(
+        settings,
+        app or settings.app,
+        json_output,
+        tenant,
+        url_given=bool(database_url) or "STALWART_DATABASE_URL" in os.environ,
+    )
     _CURRENT.set(ctx.obj)
 
 
@@ -195,8 +203,6 @@ def worker(
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()
 
 
@@ -590,7 +596,10 @@ def dlq_show(ctx: typer.Context, dead_letter_id: str) -> None:
     )
     ui.out.print(f"reason: {letter.reason}")
     if letter.error:
-        ui.out.print(f"error:  [{letter.error.get('error_class')}] {letter.error.get('message')}")
+        ui.out.print(
+            f"error:  {letter.error.get('error_class')}: {letter.error.get('message')}",
+            markup=False,
+        )
     ui.out.print("context:")
     ui.out.print_json(json.dumps(letter.context, default=str))
     ui.out.print(f"redrive with: stalwart dlq redrive {letter.job_id}")

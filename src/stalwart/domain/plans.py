@@ -69,11 +69,15 @@ class StepSpec(BaseModel):
     success: Condition | None = None
 
     def dependencies(self) -> list[str]:
-        """Declared dependencies plus every step the arguments reference, in order, once."""
+        """Declared dependencies plus every step the arguments or the approval condition
+        reference, in order, once (a condition on `steps.x.output` needs x's output)."""
         deps = list(self.depends_on)
-        for path in find_refs(self.args):
+        paths = find_refs(self.args)
+        if isinstance(self.requires_approval, dict):
+            paths += list(self.requires_approval)
+        for path in paths:
             step = ref_step(path)
-            if step is not None and step not in deps:
+            if step is not None and step != self.id and step not in deps:
                 deps.append(step)
         return deps
 

@@ -148,4 +148,7 @@ def _escape(value: Any) -> Any:
 def _text(value: Any) -> str:
     import json
 
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    # JSON spelling for everything but plain numbers: true, null, {"a": 1}.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)

@@ -348,7 +348,9 @@ class SqliteStore:
 
         waiting = self._read(
             "SELECT 1 FROM jobs WHERE status = 'replanning' "
-            "AND (lease_expires IS NULL OR lease_expires < ?) LIMIT 1",
+            "AND (lease_expires IS NULL OR lease_expires < ?) AND NOT EXISTS (SELECT 1 FROM "
+            "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
+            "s.status = 'running') LIMIT 1",
             (epoch_now(),),
         )
         if not waiting:
