@@ -69,12 +69,13 @@ class StepSpec(BaseModel):
     success: Condition | None = None
 
     def dependencies(self) -> list[str]:
-        """Declared dependencies plus every step the arguments or the approval condition
-        reference, in order, once (a condition on `steps.x.output` needs x's output)."""
+        """Declared dependencies plus every step the arguments or the conditions reference, in
+        order, once (a condition on `steps.x.output` needs x's output)."""
         deps = list(self.depends_on)
         paths = find_refs(self.args)
         if isinstance(self.requires_approval, dict):
             paths += list(self.requires_approval)
+        paths += list(self.success or {})
         for path in paths:
             step = ref_step(path)
             if step is not None and step != self.id and step not in deps:

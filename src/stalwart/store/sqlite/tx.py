@@ -640,8 +640,10 @@ def insert_plan(
     for s in plan.steps:
         spec = s.model_dump(mode="json")
         needs = [k for k in (ref_step(p) for p in find_refs(s.args)) if k]
+        conditions = list(s.success or {})
         if isinstance(s.requires_approval, dict):
-            needs += [p.split(".")[1] for p in s.requires_approval if p.startswith("steps.")]
+            conditions += list(s.requires_approval)
+        needs += [p.split(".")[1] for p in conditions if p.startswith("steps.") and "." in p[6:]]
         remaining = sum(1 for d in s.depends_on if d not in reused)
         if s.id in reused:
             status, output = S.SUCCEEDED.value, reused[s.id]
