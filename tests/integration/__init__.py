@@ -1,0 +1,1 @@
+"""Integration tests: real SQLite files, real worker processes."""

@@ -1,0 +1,1 @@
+"""Apps the worker subprocesses load (`--app tests.integration.apps.X:app`)."""
