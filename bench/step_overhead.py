@@ -97,7 +97,7 @@ async def worker_us(app: App, steps: int) -> float:
     job = (await app.client(store).submit("chain", {})).job
     start = time.perf_counter()
     task = asyncio.create_task(worker.run())
-    while worker.steps_run < steps:
+    while worker.steps_run < steps:  # noqa: ASYNC110 - a benchmark polls a counter
         await asyncio.sleep(0.0005)
     elapsed = time.perf_counter() - start
     worker.stop()
@@ -115,13 +115,17 @@ def main() -> None:
         bare = statistics.median(bare_commit_us(Path(tmp) / f"bare{i}.db") for i in range(3))
         chain, whole = [], []
         for i in range(args.repeat):
-            chain.append(asyncio.run(chain_us(build_app(Path(tmp) / f"c{i}.db", args.steps),
-                                              args.steps)))
-            whole.append(asyncio.run(worker_us(build_app(Path(tmp) / f"w{i}.db", args.steps),
-                                               args.steps)))
+            chain.append(
+                asyncio.run(chain_us(build_app(Path(tmp) / f"c{i}.db", args.steps), args.steps))
+            )
+            whole.append(
+                asyncio.run(worker_us(build_app(Path(tmp) / f"w{i}.db", args.steps), args.steps))
+            )
     c, w = statistics.median(chain), statistics.median(whole)
-    print(f"sqlite {sqlite3.sqlite_version}, WAL, synchronous=FULL, {os.cpu_count()} cores, "
-          f"{args.steps} sequential no-op steps, median of {args.repeat}")
+    print(
+        f"sqlite {sqlite3.sqlite_version}, WAL, synchronous=FULL, {os.cpu_count()} cores, "
+        f"{args.steps} sequential no-op steps, median of {args.repeat}"
+    )
     print(f"bare commit (INSERT ~100 B + UPDATE):  {bare:8.1f} µs")
     print(f"durable step, executor chain:          {c:8.1f} µs   ({c / bare:.1f}x a bare commit)")
     print(f"durable step, whole worker:            {w:8.1f} µs   ({w / bare:.1f}x a bare commit)")

@@ -36,8 +36,14 @@ def rss_mib() -> float:
 
 def build_app(db: Path) -> App:
     """Two-step jobs: a tool and its dependent."""
-    app = App(Settings(database_url=f"sqlite:///{db}", sqlite_synchronous="NORMAL",
-                       poll_interval_seconds=0.01, max_queue_depth=100_000))
+    app = App(
+        Settings(
+            database_url=f"sqlite:///{db}",
+            sqlite_synchronous="NORMAL",
+            poll_interval_seconds=0.01,
+            max_queue_depth=100_000,
+        )
+    )
 
     @app.tool(timeout=5, idempotent=True)
     async def double(args: Item, ctx: ToolContext) -> Item:
@@ -76,12 +82,14 @@ async def run(first: int, total: int) -> None:
                 for i in range(batch):
                     await client.submit("pair", {"n": done + i})
                 done += batch
-                while worker.steps_run < done * 2:
+                while worker.steps_run < done * 2:  # noqa: ASYNC110 - polls a counter
                     await asyncio.sleep(0.01)
             gc.collect()
             marks[target] = rss_mib()
-            print(f"{target:>6} jobs completed: worker process RSS {marks[target]:7.1f} MiB "
-                  f"({time.perf_counter() - start:5.1f} s)")
+            print(
+                f"{target:>6} jobs completed: worker process RSS {marks[target]:7.1f} MiB "
+                f"({time.perf_counter() - start:5.1f} s)"
+            )
         worker.stop()
         await task
         growth = marks[total] - marks[first]
