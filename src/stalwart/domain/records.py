@@ -9,6 +9,15 @@ from typing import Any
 from stalwart.types import to_datetime
 
 
+def _json_ready(record: Any, times: tuple[str, ...]) -> dict[str, Any]:
+    """A record's fields as a dict; each epoch field in `times` becomes `<name>_at` in ISO."""
+    out = {k: getattr(record, k) for k in record.__slots__}
+    for name in times:
+        moment = to_datetime(out.pop(name))
+        out[f"{name}_at"] = moment.isoformat() if moment else None
+    return out
+
+
 @dataclass(slots=True)
 class JobRecord:
     """One job as stored."""
@@ -51,11 +60,7 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}
-        for name in ("created", "updated", "deadline", "finished"):
-            moment = to_datetime(out.pop(name))
-            out[f"{name}_at"] = moment.isoformat() if moment else None
-        return out
+        return _json_ready(self, ("created", "updated", "deadline", "finished"))
 
 
 @dataclass(slots=True)
@@ -89,11 +94,7 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}
-        for name in ("due", "lease_expires", "started", "finished"):
-            moment = to_datetime(out.pop(name))
-            out[f"{name}_at"] = moment.isoformat() if moment else None
-        return out
+        return _json_ready(self, ("due", "lease_expires", "started", "finished"))
 
 
 @dataclass(slots=True)
@@ -153,11 +154,7 @@ class ReviewRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}
-        for name in ("sla_deadline", "created", "escalated", "decided"):
-            moment = to_datetime(out.pop(name))
-            out[f"{name}_at"] = moment.isoformat() if moment else None
-        return out
+        return _json_ready(self, ("sla_deadline", "created", "escalated", "decided"))
 
 
 @dataclass(slots=True)
@@ -180,11 +177,7 @@ class DeadLetterRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        out = {k: getattr(self, k) for k in self.__slots__}
-        for name in ("created", "redriven"):
-            moment = to_datetime(out.pop(name))
-            out[f"{name}_at"] = moment.isoformat() if moment else None
-        return out
+        return _json_ready(self, ("created", "redriven"))
 
 
 @dataclass(slots=True)

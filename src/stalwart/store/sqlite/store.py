@@ -31,7 +31,7 @@ from stalwart.domain.states import (
     JOB_TERMINAL,
     JobStatus,
     StepStatus,
-    check_step_transition,
+    step_transition,
 )
 from stalwart.errors import (
     CorruptStateError,
@@ -580,7 +580,6 @@ class SqliteStore:
         payload = dumps(output)
 
         def run(tx: Tx) -> Completion:
-            check_step_transition(S.RUNNING, S.SUCCEEDED)
             row = tx.con.execute(
                 "UPDATE steps SET status = 'succeeded', output = ?, finished = ?, "
                 "lease_owner = NULL, lease_expires = NULL, reconcile_pending = 0 "
@@ -592,7 +591,17 @@ class SqliteStore:
             job = tx.job(claim.job_id)
             assert job is not None
             tx.events.append(
-                _step_event(claim, "step_succeeded", S.RUNNING, S.SUCCEEDED, tx, claim.attempt)
+                step_transition(
+                    claim.job_id,
+                    claim.tenant_id,
+                    claim.step_id,
+                    claim.key,
+                    S.RUNNING,
+                    S.SUCCEEDED,
+                    actor=tx.actor,
+                    at=tx.now,
+                    data={"attempt": claim.attempt},
+                )
             )
             if job.status in JOB_TERMINAL or job.plan_version != claim.plan_version:
                 return Completion(recorded=True, job_status=job.status)
@@ -1040,25 +1049,6 @@ def await_review(tx: Tx, review_id: str, tenant_id: str | None) -> ReviewRecord:
     if row is None or (tenant_id is not None and row[1] != tenant_id):
         raise NotFoundError(f"no review {review_id!r}", entity="review", id=review_id)
     return review_from_row(row)
-
-
-def _step_event(
-    claim: Claim, kind: str, source: StepStatus, target: StepStatus, tx: Tx, attempt: int
-) -> Any:
-    from stalwart.domain.events import Event
-
-    return Event(
-        kind=kind,
-        tenant_id=claim.tenant_id,
-        job_id=claim.job_id,
-        step_id=claim.step_id,
-        step_key=claim.key,
-        from_status=source.value,
-        to_status=target.value,
-        actor=tx.actor,
-        at=tx.now,
-        data={"attempt": attempt},
-    )
 
 
 __all__ = ["SqliteStore"]

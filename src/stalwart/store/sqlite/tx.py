@@ -13,16 +13,16 @@ from typing import Any
 
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.events import Event, note
-from stalwart.domain.plans import Plan
+from stalwart.domain.plans import Plan, PlanStep
 from stalwart.domain.progress import job_target
 from stalwart.domain.records import Claim, StepError
-from stalwart.domain.refs import find_refs, ref_step
+from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step, resolve
 from stalwart.domain.states import (
     JOB_PARKED,
     JOB_TERMINAL,
+    STEP_TRANSITIONS,
     JobStatus,
     StepStatus,
-    check_step_transition,
     job_transition,
     step_transition,
 )
@@ -264,18 +264,16 @@ def release_dependents(
         ).fetchall()
         if status == S.READY.value
     ]
-    check_step_transition(S.PENDING, S.READY)
     ready = []
     for step_id, key in rows:
         tx.events.append(
-            Event(
-                kind="step_ready",
-                tenant_id=tenant_id,
-                job_id=job_id,
-                step_id=step_id,
-                step_key=key,
-                from_status=S.PENDING.value,
-                to_status=S.READY.value,
+            step_transition(
+                job_id,
+                tenant_id,
+                step_id,
+                key,
+                S.PENDING,
+                S.READY,
                 actor=tx.actor,
                 reason="dependencies done",
                 at=tx.now,
@@ -340,8 +338,6 @@ def close_open_steps(tx: Tx, job: JobHead, target: StepStatus, reason: str) -> N
 
 
 def _allowed(status: str) -> frozenset[StepStatus]:
-    from stalwart.domain.states import STEP_TRANSITIONS
-
     return STEP_TRANSITIONS[StepStatus(status)]
 
 
@@ -575,8 +571,6 @@ def _needs_approval(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> boo
 def _park_for_approval(
     tx: Tx, job: JobHead, step: StepHead, inputs: Any, outputs: dict[str, Any]
 ) -> None:
-    from stalwart.domain.refs import UnresolvedReferenceError, resolve
-
     review = step.spec.get("review") or {}
     try:
         preview = resolve(step.spec.get("args") or {}, _context(inputs, outputs))
@@ -688,21 +682,18 @@ def insert_plan(
         steps=len(plan.steps),
         reused=sorted(reused),
     )
-    check_step_transition(S.PENDING, S.READY)
-    for step_id, key, status in tx.con.execute(
-        "SELECT id, key, status FROM steps WHERE job_id = ? AND plan_version = ? "
-        "AND status = 'ready'",
+    for step_id, key in tx.con.execute(
+        "SELECT id, key FROM steps WHERE job_id = ? AND plan_version = ? AND status = 'ready'",
         (job.id, plan.version),
     ).fetchall():
         tx.events.append(
-            Event(
-                kind="step_ready",
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                step_id=step_id,
-                step_key=key,
-                from_status=S.PENDING.value,
-                to_status=status,
+            step_transition(
+                job.id,
+                job.tenant_id,
+                step_id,
+                key,
+                S.PENDING,
+                S.READY,
                 actor=tx.actor,
                 reason="no dependencies",
                 at=tx.now,
@@ -727,8 +718,6 @@ def _reused(plan: Plan, reuse: dict[str, tuple[str, str]]) -> dict[str, str]:
 
 def reusable_outputs(tx: Tx, job_id: str) -> dict[str, tuple[str, str]]:
     """Succeeded steps of earlier plan versions: key -> (spec hash, output JSON), newest wins."""
-    from stalwart.domain.plans import PlanStep
-
     out: dict[str, tuple[str, str]] = {}
     for key, spec, output in tx.con.execute(
         "SELECT key, spec, output FROM steps WHERE job_id = ? AND status = 'succeeded' "
