@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel
 
+from stalwart.domain.limits import Breaker, LimitSpec, parse_rate, tenant_key, tool_key
 from stalwart.domain.plans import Template
 from stalwart.domain.retry import RetryPolicy
 from stalwart.errors import TemplateError, WorkflowDefinitionError
@@ -57,6 +58,7 @@ class App:
         self.tools = ToolRegistry()
         self.workflows: dict[str, Workflow] = {}
         self.on_review_escalated = on_review_escalated
+        self.limits: dict[str, LimitSpec] = {}
         self._store: Store | None = None
 
     # -- definitions ------------------------------------------------------------------------------
@@ -76,6 +78,10 @@ class App:
         idempotent: bool | None = None,
         reconcile: ReconcileFunction | None = None,
         description: str | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | float | None = None,
+        burst: float | None = None,
+        breaker: Breaker | None = None,
     ) -> Callable[[ToolFunction], ToolFunction]: ...
 
     def tool(
@@ -89,15 +95,33 @@ class App:
         idempotent: bool | None = None,
         reconcile: ReconcileFunction | None = None,
         description: str | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | float | None = None,
+        burst: float | None = None,
+        breaker: Breaker | None = None,
     ) -> Any:
         """Register an async tool `(args: Model, ctx: ToolContext) -> Model`.
 
         `idempotent` must be declared: True if running it twice is harmless, or False, with a
         `reconcile(args, ctx) -> Result | None` that finds out whether an interrupted call took
         effect. `risk="high"` tools need approval under the default approval policy.
+
+        Limits shared by every worker: `concurrency` (at most this many of its steps running
+        at once, across all workers), `rate_limit` (`"20/s"`, `"600/min"`; a token bucket of
+        `burst` tokens, one second's worth by default) and `breaker` (open after N failures in
+        a window, one probe after a cool-down). Steps a limit holds back wait, ready; they do
+        not fail and use up no attempt.
         """
 
         def register(func: ToolFunction) -> ToolFunction:
+            tool_name = name or func.__name__
+            spec = LimitSpec(
+                tool_key(tool_name),
+                concurrency=concurrency,
+                rate=parse_rate(rate_limit) if rate_limit is not None else None,
+                burst=burst,
+                breaker=breaker,
+            )
             self.tools.register(
                 func,
                 name=name,
@@ -108,9 +132,29 @@ class App:
                 reconcile=reconcile,
                 description=description,
             )
+            self.limits[spec.key] = spec
             return func
 
         return register(fn) if fn is not None else register
+
+    def tenant_limit(
+        self,
+        tenant_id: str,
+        *,
+        concurrency: int | None = None,
+        rate_limit: str | float | None = None,
+        burst: float | None = None,
+    ) -> LimitSpec:
+        """Limit one tenant's steps across all workers: at most `concurrency` running at once,
+        at most `rate_limit` started (`"10/s"`)."""
+        spec = LimitSpec(
+            tenant_key(tenant_id),
+            concurrency=concurrency,
+            rate=parse_rate(rate_limit) if rate_limit is not None else None,
+            burst=burst,
+        )
+        self.limits[spec.key] = spec
+        return spec
 
     def workflow(
         self,
@@ -208,6 +252,7 @@ class App:
             worker_id=worker_id,
             concurrency=concurrency,
             on_review_escalated=self.on_review_escalated,
+            limits=list(self.limits.values()),
         )
 
 

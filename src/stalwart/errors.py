@@ -18,6 +18,8 @@ StalwartError                      base: `message` plus typed fields; the docstr
 │   ├── ReviewAlreadyDecidedError  a review that was already approved or rejected
 │   └── NotRedrivableError         redrive asked for a job that is not dead-lettered or escalated
 ├── StoreError                     the database failed or holds something it should not
+│   ├── StoreUnavailableError      the database cannot be reached right now; workers wait and retry
+│   ├── EffectFailedError          a tool's on_commit write failed; its completion rolled back
 │   ├── MigrationError             migrations could not be applied, or the schema is newer than us
 │   └── CorruptStateError          malformed or tampered stored state; we fail closed
 └── ToolError                      raised by tools (or by Stalwart on their behalf); has an
@@ -154,6 +156,14 @@ class StoreError(StalwartError):
     """The database failed."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached (down, restarting, or the network failed); try again."""
+
+
+class EffectFailedError(StoreError):
+    """A tool's on_commit write failed inside its completion; nothing of the step was recorded."""
+
+
 class MigrationError(StoreError):
     """The database schema could not be migrated."""
 
@@ -252,6 +262,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptStateError",
     "CriticalError",
+    "EffectFailedError",
     "ErrorClass",
     "InputValidationError",
     "InvalidArgumentsError",
@@ -268,6 +279,7 @@ __all__ = [
     "SemanticError",
     "StalwartError",
     "StoreError",
+    "StoreUnavailableError",
     "TemplateError",
     "ToolDefinitionError",
     "ToolError",

@@ -34,3 +34,14 @@ class Settings(BaseSettings):
     review_sla_seconds: float = Field(86400.0, gt=0, description="Default approval SLA.")
     sqlite_synchronous: str = Field("FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     sqlite_busy_timeout_ms: int = Field(10_000, ge=0)
+    pg_pool_size: int = Field(
+        12, ge=2, description="Most PostgreSQL connections one process opens (plus one to listen)."
+    )
+    pg_connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long to wait for a PostgreSQL connection before failing."
+    )
+    notify_poll_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Idle polling floor when the database sends wake-ups (PostgreSQL).",
+    )

@@ -48,11 +48,17 @@ review_cli = typer.Typer(help="The human approval queue.", no_args_is_help=True)
 dlq_cli = typer.Typer(help="Dead letters: inspect and redrive.", no_args_is_help=True)
 plan_cli = typer.Typer(help="Validate templates and show plans.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+workers_cli = typer.Typer(help="Workers: who is alive and what each holds.", no_args_is_help=True)
+limits_cli = typer.Typer(
+    help="Shared limits: concurrency caps, rate limits, pauses, breakers.", no_args_is_help=True
+)
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(review_cli, name="review")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(plan_cli, name="plan")
 cli.add_typer(db_cli, name="db")
+cli.add_typer(workers_cli, name="workers")
+cli.add_typer(limits_cli, name="limits")
 
 
 @dataclass
@@ -192,18 +198,122 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.stop)
+        await w.start()
         ui.err.print(
-            f"worker {w.worker_id} (pid {_pid()}) on {store.url}, concurrency {w.concurrency}; "
-            "Ctrl-C or SIGTERM to drain and stop"
+            f"worker {w.worker_id} (host {w.host}, pid {w.pid}) on {_safe_url(store.url)}, "
+            f"concurrency {w.concurrency}"
+            + (f"; recovered {w.reclaimed} leases of its earlier life" if w.reclaimed else "")
+            + "; Ctrl-C or SIGTERM to drain and stop"
         )
-        await w.run()
-        await store.close()
+        try:
+            await w.run()
+        finally:
+            await store.close()
 
     _run(go)
 
 
-def _pid() -> int:
-    return os.getpid()
+def _safe_url(url: str) -> str:
+    """The URL without its password, for printing."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+# -- workers and limits ---------------------------------------------------------------------------
+
+
+@workers_cli.command("list")
+def workers_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Include workers that stopped.")] = False,
+) -> None:
+    """Live and dead workers (a worker is dead when its heartbeat is older than the lease time),
+    with the steps each holds."""
+    state = _state(ctx)
+
+    async def go() -> list[Any]:
+        store = await open_existing(state.settings)
+        try:
+            return await store.worker_list(
+                live_seconds=state.settings.lease_seconds, include_stopped=all_
+            )
+        finally:
+            await store.close()
+
+    found = _run(go)
+    if state.json:
+        ui.dump_json([w.to_dict() for w in found])
+        return
+    if not found:
+        ui.out.print("no workers registered")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["id", "host", "pid", "status", "heartbeat", "started", "slots", "holding"],
+            [
+                (
+                    w.id,
+                    w.host,
+                    str(w.pid),
+                    ui.status(w.status),
+                    ui.ago(w.heartbeat),
+                    ui.ago(w.started),
+                    f"{len(w.holding)}/{w.concurrency}",
+                    ui.short(", ".join(f"{h['job_id']}/{h['step']}" for h in w.holding), 60),
+                )
+                for w in found
+            ],
+        )
+    )
+
+
+def _breaker(lim: Any) -> str:
+    if not lim.breaker_failures:
+        return str(lim.breaker_state) if lim.breaker_state != "closed" else "-"
+    return f"{lim.breaker_state} ({lim.breaker_count}/{lim.breaker_failures} failures)"
+
+
+@limits_cli.command("list")
+def limits_list(ctx: typer.Context) -> None:
+    """Every limited tool and tenant: slots in use, tokens left, pauses, breaker state."""
+    state = _state(ctx)
+
+    async def go() -> list[Any]:
+        store = await open_existing(state.settings)
+        try:
+            return await store.limit_list()
+        finally:
+            await store.close()
+
+    found = _run(go)
+    if state.json:
+        ui.dump_json([lim.to_dict() for lim in found])
+        return
+    if not found:
+        ui.out.print("no limits")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["key", "running/cap", "rate", "tokens", "paused", "breaker"],
+            [
+                (
+                    lim.key,
+                    f"{lim.in_use}/{lim.concurrency}" if lim.concurrency else "-",
+                    f"{lim.rate:g}/s" if lim.rate else "-",
+                    f"{lim.tokens:g}" if lim.tokens is not None else "-",
+                    f"{ui.ago(lim.paused_until)} ({lim.pause_reason})" if lim.paused_until else "-",
+                    _breaker(lim),
+                )
+                for lim in found
+            ],
+        )
+    )
 
 
 # -- submit ---------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class Decision:
     outcome: Outcome
     reason: str
     delay_seconds: float = 0.0
+    # A retry that gives the attempt back (the service asked us to wait: HTTP 429).
+    refund_attempt: bool = False
 
 
 def decide(
@@ -56,6 +58,14 @@ def decide(
     - budget: fail the job; critical: halt and escalate; cancelled: cancel.
     """
     kind = ErrorClass(error.error_class)
+    if kind is ErrorClass.TRANSIENT and error.code == "http_429" and error.retry_after:
+        # The service said when to come back: that is a delay, not a failed attempt.
+        return Decision(
+            Outcome.RETRY,
+            f"rate limited (429): retry after {error.retry_after:g}s; attempt not counted",
+            error.retry_after,
+            refund_attempt=True,
+        )
     if kind is ErrorClass.TRANSIENT:
         if not policy.exhausted(attempt):
             delay = policy.delay_seconds(attempt, retry_after=error.retry_after, rng=rng)

@@ -121,6 +121,8 @@ class Claim:
     cancel_requested: bool = False
     review: dict[str, Any] | None = None
     max_replans: int = 0
+    # Limit keys (tool:<name>, tenant:<id>) whose slots and tokens this attempt holds.
+    limit_keys: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:

@@ -18,7 +18,7 @@ from stalwart.domain.failures import Decision, Outcome, decide
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
-from stalwart.errors import ErrorClass, PlanValidationError
+from stalwart.errors import EffectFailedError, ErrorClass, PlanValidationError
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
@@ -73,20 +73,36 @@ class Executor:
         started = time.perf_counter()
         outcome = await self.attempt(claim, ctx)
         if outcome.error is None:
-            completion = await self.store.step_complete(
-                claim,
-                outcome.output,
-                worker_id=worker_id,
-                claim_next=claim_next,
-                lease_seconds=self.settings.lease_seconds,
-            )
+            try:
+                completion = await self.store.step_complete(
+                    claim,
+                    outcome.output,
+                    worker_id=worker_id,
+                    claim_next=claim_next,
+                    lease_seconds=self.settings.lease_seconds,
+                    effects=ctx.effects,
+                )
+            except EffectFailedError as exc:
+                # The user's own write failed: record the attempt as failed, effects unapplied.
+                outcome = ToolOutcome(
+                    error=StepError(ErrorClass.NON_RETRIABLE, exc.message, "effect_failed")
+                )
+                await self._fail(claim, ctx, outcome, worker_id, started)
+                return None
             if not completion.recorded:
                 log.warning(
                     "lease lost; result discarded",
                     extra={"action": "step_lease_lost", "job": claim.job_id, "step": claim.key},
                 )
             return completion.next_claim
+        await self._fail(claim, ctx, outcome, worker_id, started)
+        return None
+
+    async def _fail(
+        self, claim: Claim, ctx: ToolContext, outcome: ToolOutcome, worker_id: str, started: float
+    ) -> None:
         error = outcome.error
+        assert error is not None
         if ctx.cancelled and error.error_class != ErrorClass.CANCELLED:
             error = StepError(ErrorClass.CANCELLED, f"job cancelled ({error.message})", "cancelled")
         decision = self.decide(claim, error)
@@ -108,7 +124,6 @@ class Executor:
         )
         if recorded and decision.outcome is Outcome.REPLAN:
             await self.replan_waiting(worker_id)
-        return None
 
     def decide(self, claim: Claim, error: StepError) -> Decision:
         """What follows this failure (domain.failures.decide with the step's policy)."""

@@ -2,17 +2,18 @@
 
 Methods are named entity-then-verb. Each write method is one transaction: it either applies
 all its changes (state transitions checked by `domain.states`, with their events) or none.
-`SqliteStore` implements it now; the PostgreSQL backend implements the same protocol and passes
-the same conformance suite in `tests/store/`.
+`SqliteStore` and `PostgresStore` implement it (both on the shared SQL in `stalwart.store.sql`)
+and pass the same conformance suite in `tests/store/`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stalwart.domain.failures import Decision
+from stalwart.domain.limits import LimitRecord, LimitSpec
 from stalwart.domain.plans import Plan
 from stalwart.domain.records import (
     Claim,
@@ -56,6 +57,11 @@ class ReplanClaim:
     feedback: dict[str, Any] | None
 
 
+# A write a tool registered with `ctx.on_commit(sql, params)`: SQL with `?` placeholders that
+# runs inside the step's completion transaction, so it applies exactly once or not at all.
+Effect = tuple[str, tuple[Any, ...]]
+
+
 @dataclass(slots=True)
 class Completion:
     """What a step completion did: whether the lease was still ours, and a next claim."""
@@ -87,6 +93,62 @@ class PlanRecord:
 
 
 @dataclass(slots=True)
+class WorkDue:
+    """What an idle worker may find to do, read in one query with the database's clock."""
+
+    now: float
+    next_step_due: float | None = None
+    replanning: bool = False
+    leases_expired: bool = False
+    reviews_overdue: bool = False
+    jobs_expired: bool = False
+
+    @property
+    def steps_due(self) -> bool:
+        """A step is ready or its retry is due (its limits may still hold it back)."""
+        return self.next_step_due is not None and self.next_step_due <= self.now
+
+    @property
+    def reaping(self) -> bool:
+        """Something for the reaper."""
+        return self.leases_expired or self.reviews_overdue or self.jobs_expired
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A worker process as it registers itself."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    tools: list[str] = field(default_factory=list)
+    version: str = ""
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """A registered worker, its last heartbeat, and the steps it holds now."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    tools: list[str]
+    version: str
+    status: str
+    started: float
+    heartbeat: float
+    stopped: float | None
+    live: bool
+    holding: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
 class MigrationStatus:
     """Applied and pending schema versions."""
 
@@ -103,6 +165,13 @@ class Store(Protocol):
     """The storage contract. Every write is one transaction; transitions are checked."""
 
     url: str
+    # True when the backend pushes wake-ups (`listen`), so idle workers may poll less often.
+    wakeups: bool
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever steps become ready in another process, until cancelled. A hint
+        only; a backend without push notifications just waits to be cancelled."""
+        ...
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations; return the versions applied now."""
@@ -195,9 +264,11 @@ class Store(Protocol):
         worker_id: str,
         claim_next: bool = False,
         lease_seconds: float = 30.0,
+        effects: Sequence[Effect] = (),
     ) -> Completion:
-        """Record success if the lease is still ours: output, status, dependents, events; may
-        claim the job's next ready step for the same worker in the same transaction."""
+        """Record success if the lease is still ours: output, status, dependents, events, and
+        the tool's `effects` (raising `EffectFailedError`, with nothing written, if one fails);
+        may claim the job's next ready step for the same worker in the same transaction."""
         ...
 
     async def step_fail(
@@ -209,7 +280,8 @@ class Store(Protocol):
     async def step_heartbeat(
         self, worker_id: str, leases: Sequence[tuple[int, int]], *, lease_seconds: float
     ) -> Heartbeat:
-        """Extend leases given as (step id, token); report lost leases and cancelled jobs."""
+        """Extend leases given as (step id, token) and record the worker alive; report lost
+        leases and cancelled jobs."""
         ...
 
     async def step_release(
@@ -220,6 +292,46 @@ class Store(Protocol):
 
     async def leases_reap(self, *, actor: str) -> int:
         """Recover running steps whose lease expired; return how many."""
+        ...
+
+    async def leases_reclaim(self, owners: Sequence[str], *, actor: str) -> int:
+        """Recover at once the running steps leased to `owners` (a restarted worker's own
+        leftovers, or those of a dead process on its host); return how many."""
+        ...
+
+    async def work_due(self) -> WorkDue:
+        """In one read: when the next step is due, and whether replanning, reaping, review
+        escalation or job expiry has anything to do."""
+        ...
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    async def limits_configure(self, specs: Sequence[LimitSpec]) -> None:
+        """Write declared limits (caps, rates, breakers), keeping their live state."""
+        ...
+
+    async def limit_list(self) -> list[LimitRecord]:
+        """Every limited key with its live state (slots in use, tokens, pause, breaker)."""
+        ...
+
+    # -- workers --------------------------------------------------------------------------------
+
+    async def worker_register(self, info: WorkerInfo) -> None:
+        """Record a worker as running (again, if its id is known)."""
+        ...
+
+    async def worker_beat(self, worker_id: str, *, status: str = "running") -> None:
+        """Record that a worker is alive."""
+        ...
+
+    async def worker_stopped(self, worker_id: str) -> None:
+        """Record that a worker stopped cleanly."""
+        ...
+
+    async def worker_list(
+        self, *, live_seconds: float, include_stopped: bool = True
+    ) -> list[WorkerRecord]:
+        """Workers, newest first; `live` when its heartbeat is younger than `live_seconds`."""
         ...
 
     # -- reviews --------------------------------------------------------------------------------

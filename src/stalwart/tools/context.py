@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from stalwart.errors import ErrorClass, ToolError
 from stalwart.types import to_datetime
@@ -36,6 +38,16 @@ class ToolContext:
     workflow: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("stalwart.tool"))
     _cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    effects: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def on_commit(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Register a write to your own tables in Stalwart's database that runs inside this
+        step's completion transaction, fenced by its lease: it is applied exactly once, or not
+        at all (a failed attempt, a lost lease, a worker that died). Write `?` placeholders on
+        either backend. Registered writes are discarded if the attempt fails."""
+        if not isinstance(sql, str) or not sql.strip():
+            raise ValueError("on_commit needs an SQL statement (str) with ? placeholders")
+        self.effects.append((sql, tuple(params)))
 
     @property
     def deadline_at(self) -> datetime:

@@ -1,7 +1,12 @@
 """The worker process: claims ready steps and runs them, with named side tasks.
 
+- on start it registers itself (id, host, pid) in the workers table, writes the app's limits,
+  and recovers at once the leases it left behind in an earlier life (same `--worker-id`, or a
+  dead process with the same host and pid) instead of waiting for them to expire;
 - the claim loop fills free slots (priority, then due time), chaining a job's next step in the
-  same slot when the completion claimed it;
+  same slot when the completion claimed it. When idle it reads `work_due` once per poll (the
+  only query an idle worker makes, besides its heartbeat) and, on PostgreSQL, also wakes on
+  LISTEN/NOTIFY; the listener is a hint, the poll the floor;
 - the heartbeat extends leases every third of the lease time, tells tools their job was
   cancelled, and abandons steps whose lease was lost;
 - the reaper recovers expired leases, fails jobs past their wall time and escalates reviews past
@@ -9,7 +14,8 @@
 - `stop()` drains: no new claims, running steps get `drain_seconds` to finish, then their leases
   are released without using up an attempt.
 
-If a side task dies, the worker stops rather than run half-alive.
+If a side task dies, the worker stops rather than run half-alive. A database that cannot be
+reached (a restart, a network blip) is waited out: each loop logs, backs off and tries again.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stalwart.domain.limits import LimitSpec
 from stalwart.domain.records import Claim, ReviewRecord
 from stalwart.engine.executor import Executor
+from stalwart.errors import StoreError
 from stalwart.settings import Settings
-from stalwart.store.base import Store
+from stalwart.store.base import Store, WorkDue, WorkerInfo
 from stalwart.tools.context import ToolContext
 
 log = logging.getLogger("stalwart.worker")
@@ -37,6 +45,17 @@ EscalationHook = Callable[..., Awaitable[None] | None]
 def default_worker_id() -> str:
     """host:pid, unique among live workers."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(slots=True)
@@ -58,6 +77,7 @@ class Worker:
         worker_id: str | None = None,
         concurrency: int | None = None,
         on_review_escalated: EscalationHook | None = None,
+        limits: list[LimitSpec] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -69,6 +89,16 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.steps_run = 0
+        self.limits = list(limits or [])
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.reclaimed = 0
+        self._due: WorkDue | None = None
+        self._started = False
+        poll = settings.poll_interval_seconds
+        self.poll_seconds = (
+            max(poll, settings.notify_poll_interval_seconds) if store.wakeups else poll
+        )
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -86,19 +116,53 @@ class Worker:
         """Steps running now."""
         return len(self._running)
 
+    async def start(self) -> None:
+        """Register this worker, write the app's limits, and recover at once the leases an earlier
+        life of this worker left behind (same id; or same host with a pid that is dead)."""
+        if self._started:
+            return
+        self._started = True
+        tools = sorted(self.executor.tools.names())
+        await self.store.worker_register(
+            WorkerInfo(self.worker_id, self.host, self.pid, self.concurrency, tools, _version())
+        )
+        await self.store.limits_configure(self.limits)
+        owners = [self.worker_id]
+        for other in await self.store.worker_list(
+            live_seconds=self.settings.lease_seconds, include_stopped=False
+        ):
+            if (
+                other.id != self.worker_id
+                and other.host == self.host
+                and other.holding
+                and not pid_alive(other.pid)
+            ):
+                owners.append(other.id)
+        self.reclaimed = await self.store.leases_reclaim(owners, actor=self.worker_id)
+        if self.reclaimed:
+            log.info(
+                "recovered %d leases left by an earlier life of this worker",
+                self.reclaimed,
+                extra={"action": "leases_reclaimed", "worker": self.worker_id, "owners": owners},
+            )
+
     async def run(self) -> None:
-        """Run until `stop()`; then drain."""
+        """Register, run until `stop()`; then drain and mark this worker stopped."""
+        await self.start()
         log.info(
             "worker started",
             extra={
                 "action": "worker_started",
                 "worker": self.worker_id,
+                "host": self.host,
+                "pid": self.pid,
                 "concurrency": self.concurrency,
             },
         )
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="stalwart-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="stalwart-reaper"),
+            asyncio.create_task(self.store.listen(self.wake), name="stalwart-listen"),
         ]
         main = asyncio.create_task(self._claim_loop(), name="stalwart-claim")
         try:
@@ -123,6 +187,8 @@ class Worker:
             for task in side:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            with contextlib.suppress(StoreError):
+                await self.store.worker_stopped(self.worker_id)
             log.info("worker stopped", extra={"action": "worker_stopped", "worker": self.worker_id})
 
     # -- claim loop -------------------------------------------------------------------------------
@@ -130,21 +196,45 @@ class Worker:
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.concurrency - len(self._running)
-            claimed = 0
-            if free > 0:
-                for claim in await self.store.step_claim(
-                    self.worker_id, limit=free, lease_seconds=self.settings.lease_seconds
-                ):
-                    self._start(claim)
-                    claimed += 1
-                await self.executor.replan_waiting(self.worker_id)
+            try:
+                claimed, timeout = await self._claim_once()
+            except StoreError as exc:
+                await self._store_trouble("claim", exc)
+                continue
             if claimed and len(self._running) < self.concurrency:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), timeout=self.settings.poll_interval_seconds
-                )
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _claim_once(self) -> tuple[int, float]:
+        """One pass: read what is due, claim into free slots, plan again where asked. Returns
+        the steps claimed and how long to wait before the next pass if nothing wakes us."""
+        due = self._due = await self.store.work_due()
+        free = self.concurrency - len(self._running)
+        claimed = 0
+        if free > 0 and due.steps_due:
+            for claim in await self.store.step_claim(
+                self.worker_id, limit=free, lease_seconds=self.settings.lease_seconds
+            ):
+                self._start(claim)
+                claimed += 1
+        if due.replanning:
+            await self.executor.replan_waiting(self.worker_id)
+        timeout = self.poll_seconds
+        if due.next_step_due is not None and due.next_step_due > due.now:
+            # A retry comes due before the next poll: wake for it.
+            timeout = min(timeout, max(0.005, due.next_step_due - due.now))
+        return claimed, timeout
+
+    async def _store_trouble(self, loop: str, exc: StoreError) -> None:
+        log.warning(
+            "%s: database trouble, retrying in 1s: %s",
+            loop,
+            exc,
+            extra={"action": "store_unavailable", "worker": self.worker_id, "loop": loop},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
 
     def _start(self, claim: Claim) -> None:
         ctx = self.executor.context_for(claim)
@@ -189,13 +279,18 @@ class Worker:
         interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            await self.heartbeat()
+            try:
+                if not await self.heartbeat():
+                    await self.store.worker_beat(self.worker_id)
+            except StoreError as exc:
+                await self._store_trouble("heartbeat", exc)
 
-    async def heartbeat(self) -> None:
-        """Extend this worker's leases once; flag cancellations and abandon lost leases."""
+    async def heartbeat(self) -> bool:
+        """Extend this worker's leases once (which also records the worker alive); flag
+        cancellations and abandon lost leases. False when it holds no lease."""
         held = [(r.claim.step_id, r.claim.lease_token) for r in list(self._running.values())]
         if not held:
-            return
+            return False
         beat = await self.store.step_heartbeat(
             self.worker_id, held, lease_seconds=self.settings.lease_seconds
         )
@@ -215,19 +310,27 @@ class Worker:
                     },
                 )
                 running.task.cancel()
+        return True
 
     # -- reaper -----------------------------------------------------------------------------------
 
     async def _reaper_loop(self) -> None:
         while True:
-            await self.reap()
+            due = self._due
+            try:
+                # The claim loop's latest `work_due` says whether there is anything to reap.
+                if due is None or due.reaping:
+                    await self.reap()
+            except StoreError as exc:
+                await self._store_trouble("reaper", exc)
             await asyncio.sleep(self.settings.reaper_interval_seconds)
 
     async def reap(self) -> None:
         """One pass of the reaper: expired leases, jobs past wall time, reviews past SLA."""
-        reaped = await self.store.leases_reap(actor=f"reaper@{self.worker_id}")
-        expired = await self.store.jobs_expire(actor=f"reaper@{self.worker_id}")
-        escalated = await self.store.reviews_escalate_overdue(actor=f"reaper@{self.worker_id}")
+        actor = f"reaper@{self.worker_id}"
+        reaped = await self.store.leases_reap(actor=actor)
+        expired = await self.store.jobs_expire(actor=actor)
+        escalated = await self.store.reviews_escalate_overdue(actor=actor)
         if reaped or expired:
             log.info("reaped", extra={"action": "reaped", "leases": reaped, "jobs": len(expired)})
             self._wake.set()
@@ -266,3 +369,12 @@ class Worker:
         await self.store.step_release(
             left, worker_id=self.worker_id, reason="worker stopped before the step finished"
         )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stalwart")
+    except PackageNotFoundError:
+        return ""

@@ -1,9 +1,10 @@
-"""Turning SQLite rows into records; JSON decoded here, failing closed on bad data."""
+"""Turning stored rows (either backend) into records; JSON decoded here, failing closed on bad
+data."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from stalwart.domain.records import (
@@ -34,7 +35,7 @@ JOB_COLUMNS = (
 )
 
 
-def job_from_row(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+def job_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row selected with `JOB_COLUMNS`."""
     r = tuple(row)
     return JobRecord(

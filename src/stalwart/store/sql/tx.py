@@ -1,15 +1,19 @@
-"""Inside one SQLite write transaction: moving jobs and steps (through the state machine),
-making dependents ready, parking jobs, and appending the events of it all in one insert.
+"""Inside one write transaction, on either backend: moving jobs and steps (through the state
+machine), making dependents ready, parking jobs, and appending the events of it all in one insert.
 
-These helpers apply rules decided in `stalwart.domain`; they never commit.
+These helpers apply rules decided in `stalwart.domain`; they never commit. SQL is written with
+`?` placeholders in the dialect both SQLite and PostgreSQL accept; the PostgreSQL connection
+translates the placeholders. Rows a transaction reads and then changes are selected with
+`tx.lock` appended (`FOR UPDATE` on PostgreSQL, nothing on SQLite, whose BEGIN IMMEDIATE already
+serialises writers).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.events import Event, note
@@ -26,7 +30,7 @@ from stalwart.domain.states import (
     job_transition,
     step_transition,
 )
-from stalwart.store.sqlite.rows import loads
+from stalwart.store.sql.rows import loads
 from stalwart.types import dumps, new_id
 
 J = JobStatus
@@ -110,14 +114,52 @@ def step_head(row: tuple[Any, ...]) -> StepHead:
     )
 
 
+class Cursor(Protocol):
+    """What a statement gives back (sqlite3 and psycopg cursors both fit)."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the statement."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """Every remaining row."""
+        ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection the transaction helpers use, with `?` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor:
+        """Run one statement."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any:
+        """Run one statement for many parameter rows."""
+        ...
+
+
 @dataclass(slots=True)
 class Tx:
-    """One open write transaction: the connection, its clock, its actor, its pending events."""
+    """One open write transaction: the connection, its clock (the database's on PostgreSQL), its
+    actor, its pending events, and the row-lock clause of its backend."""
 
-    con: sqlite3.Connection
+    con: Connection
     now: float
     actor: str
+    lock: str = ""
+    skip_locked: str = ""
     events: list[Event] = field(default_factory=list)
+
+    def skip_locked_of(self, tables: str) -> str:
+        """The skip-locked clause limited to `tables` (a join locks only the rows it names)."""
+        if not self.skip_locked:
+            return ""
+        return self.skip_locked.replace("FOR UPDATE", f"FOR UPDATE OF {tables}")
 
     def flush(self) -> None:
         """Append every pending event in one multi-row insert."""
@@ -147,13 +189,13 @@ class Tx:
 
     def job(self, job_id: str) -> JobHead | None:
         """The job's head, or None."""
-        row = self.con.execute(JOB_HEAD_SQL, (job_id,)).fetchone()
+        row = self.con.execute(JOB_HEAD_SQL + self.lock, (job_id,)).fetchone()
         return JobHead(*row) if row else None
 
     def step(self, step_id: int) -> StepHead | None:
         """The step's head, or None."""
         row = self.con.execute(
-            f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE id = ?", (step_id,)
+            f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE id = ?{self.lock}", (step_id,)
         ).fetchone()
         return step_head(row) if row else None
 
@@ -323,7 +365,8 @@ def close_open_steps(tx: Tx, job: JobHead, target: StepStatus, reason: str) -> N
     open reviews."""
     marks = ",".join("?" * len(OPEN_STEP))
     rows = tx.con.execute(
-        f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND status IN ({marks})",
+        f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND status IN ({marks}) "
+        f"ORDER BY id{tx.lock}",
         (job.id, *OPEN_STEP),
     ).fetchall()
     for row in rows:
@@ -463,30 +506,43 @@ CANDIDATE_COLUMNS = (
 )
 
 
+Admit = Callable[[JobHead, StepHead], tuple[str, ...]]
+
+
 def claim_candidate(
-    tx: Tx, row: tuple[Any, ...], worker_id: str, lease_seconds: float
+    tx: Tx,
+    row: tuple[Any, ...],
+    worker_id: str,
+    lease_seconds: float,
+    admit: Admit | None = None,
 ) -> Claim | None:
     """Take one ready (or due retry_wait) step: enforce the job's budget, park it for approval
-    if it needs one, else mark it running under a new fencing token and return the claim."""
+    if it needs one, pass its limits (`admit`, which may raise to hold it back), else mark it
+    running under a new fencing token and return the claim.
+
+    Every stored JSON is decoded before the first write, so corrupt state raises
+    `CorruptStateError` with nothing of this claim written."""
     step = step_head(row[:14])
     approved, reconcile_pending, needs_json, token = row[14], row[15], row[16], row[17]
     job = JobHead(
         row[1], row[2], row[19], row[18], row[26], row[27], row[28], row[29], row[30], row[31]
     )
     job_input, hashes_json, deadline, max_steps, executed, cancel = row[20:26]
+    inputs = loads(job_input, f"input of job {job.id}")
+    outputs = _outputs(tx, step, loads(needs_json, f"needs of step {step.id}") or [])
+    hashes = loads(hashes_json, f"tool schema hashes of job {job.id}") or {}
     if deadline is not None and tx.now > deadline:
         fail_job(tx, job, "max_wall_seconds exceeded", _budget("the job ran past its wall time"))
         return None
     if max_steps is not None and executed >= max_steps:
         fail_job(tx, job, "max_steps exceeded", _budget(f"the job used its {max_steps} steps"))
         return None
-    inputs = loads(job_input, f"input of job {job.id}")
-    outputs = _outputs(tx, step, loads(needs_json, f"needs of step {step.id}") or [])
     if step.status == S.RETRY_WAIT.value:
         move_step(tx, step, S.READY, "retry is due")
     if not approved and _needs_approval(step, inputs, outputs):
         _park_for_approval(tx, job, step, inputs, outputs)
         return None
+    limit_keys = admit(job, step) if admit is not None else ()
     lease_expires = tx.now + lease_seconds
     move_step(
         tx,
@@ -515,7 +571,6 @@ def claim_candidate(
                 "reviewer": got[2],
                 "comment": got[3],
             }
-    hashes = loads(hashes_json, f"tool schema hashes of job {job.id}") or {}
     return Claim(
         step_id=step.id,
         job_id=job.id,
@@ -537,6 +592,7 @@ def claim_candidate(
         cancel_requested=bool(cancel),
         review=review,
         max_replans=job.max_replans,
+        limit_keys=limit_keys,
     )
 
 

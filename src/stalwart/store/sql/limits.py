@@ -1,0 +1,321 @@
+"""Enforcing limits inside a claim's transaction (both backends): which keys hold steps back
+now, taking a slot and a token for a step, giving them back, pausing a key, and moving a
+circuit breaker. Rules are in `stalwart.domain.limits`; these helpers never commit.
+
+Why caps never over-admit: a running step holds one of the key's `cap` slot rows. Taking a slot
+is one UPDATE of a free row; on PostgreSQL the free row is chosen `FOR UPDATE SKIP LOCKED`, so
+two workers racing for the last slot cannot both get it (the loser finds no free row and leaves
+its step ready); on SQLite the write lock serialises claims outright.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stalwart.domain.limits import (
+    BreakerState,
+    LimitRecord,
+    LimitSpec,
+    counts_for_breaker,
+    tenant_key,
+    tool_key,
+)
+from stalwart.store.sql.tx import JobHead, Tx
+
+LIMIT_ROW_COLUMNS = (
+    "key, concurrency, rate, burst, tokens, refilled, paused_until, breaker_failures, "
+    "breaker_window, breaker_cooldown, breaker_state, breaker_count, breaker_since"
+)
+
+
+class NotAdmitted(Exception):
+    """A limit holds this step back; `key` names which."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+@dataclass(slots=True)
+class LimitRow:
+    """One key's limits and state as read in this transaction."""
+
+    key: str
+    concurrency: int | None
+    rate: float | None
+    burst: float | None
+    tokens: float
+    refilled: float
+    paused_until: float | None
+    breaker_failures: int | None
+    breaker_window: float | None
+    breaker_cooldown: float | None
+    breaker_state: str
+    breaker_count: int
+    breaker_since: float | None
+
+    def available(self, now: float) -> float:
+        """Tokens in the bucket now."""
+        if self.rate is None or self.burst is None:
+            return 0.0
+        return min(self.burst, self.tokens + max(0.0, now - self.refilled) * self.rate)
+
+    def held_back(self, now: float) -> bool:
+        """True when no step of this key may start now (slots are checked by taking one)."""
+        if self.paused_until is not None and self.paused_until > now:
+            return True
+        if self.breaker_state == BreakerState.HALF_OPEN.value:
+            return True  # its probe is out
+        if self.breaker_state == BreakerState.OPEN.value:
+            return now < (self.breaker_since or 0.0) + (self.breaker_cooldown or 0.0)
+        return self.rate is not None and self.available(now) < 1.0
+
+    @property
+    def limiting(self) -> bool:
+        """True when the key limits anything at all."""
+        return (
+            self.concurrency is not None
+            or self.rate is not None
+            or self.breaker_failures is not None
+            or self.paused_until is not None
+            or self.breaker_state != BreakerState.CLOSED.value
+        )
+
+
+@dataclass(slots=True)
+class Limits:
+    """The limit rows of one claim transaction, and the keys found full while claiming."""
+
+    rows: dict[str, LimitRow]
+    full: set[str] = field(default_factory=set)
+
+    def keys_for(self, tool: str | None, tenant_id: str) -> list[str]:
+        """The limited keys a step of `tool` for `tenant_id` must pass, tool first."""
+        keys = [tool_key(tool)] if tool else []
+        keys.append(tenant_key(tenant_id))
+        return [k for k in keys if k in self.rows and self.rows[k].limiting]
+
+    def held_back(self, now: float) -> set[str]:
+        """Keys no step may pass now."""
+        return {k for k, row in self.rows.items() if row.held_back(now)} | self.full
+
+
+def load(tx: Tx) -> Limits:
+    """Every limit row (a small table: one row per limited tool or tenant)."""
+    rows = tx.con.execute(f"SELECT {LIMIT_ROW_COLUMNS} FROM limits").fetchall()
+    return Limits({r[0]: LimitRow(*r) for r in rows})
+
+
+def admit(tx: Tx, limits: Limits, job: JobHead, step_id: int, keys: Sequence[str]) -> None:
+    """Take what `keys` ask of a step about to run: a probe turn, a token, a slot. Raises
+    `NotAdmitted` (the caller rolls back to its savepoint) if any key holds it back."""
+    for key in keys:
+        row = limits.rows[key]
+        if row.paused_until is not None and row.paused_until > tx.now:
+            raise NotAdmitted(key)
+        if row.breaker_state == BreakerState.HALF_OPEN.value:
+            raise NotAdmitted(key)
+        if row.breaker_state == BreakerState.OPEN.value:
+            if tx.now < (row.breaker_since or 0.0) + (row.breaker_cooldown or 0.0):
+                raise NotAdmitted(key)
+            probe = tx.con.execute(
+                "UPDATE limits SET breaker_state = 'half_open', breaker_probe = ?, "
+                "breaker_since = ?, updated = ? WHERE key = ? AND breaker_state = 'open' "
+                "RETURNING key",
+                (step_id, tx.now, tx.now, key),
+            ).fetchone()
+            if probe is None:
+                raise NotAdmitted(key)
+            row.breaker_state = BreakerState.HALF_OPEN.value
+            tx.note(
+                "breaker_half_open",
+                job,
+                f"{key}: cool-down over, one probe runs",
+                key=key,
+                probe_step=step_id,
+            )
+        if row.rate is not None:
+            took = tx.con.execute(
+                "UPDATE limits SET tokens = (CASE WHEN tokens + (? - refilled) * rate > burst "
+                "THEN burst ELSE tokens + (? - refilled) * rate END) - 1, refilled = ? "
+                "WHERE key = ? AND (CASE WHEN tokens + (? - refilled) * rate > burst THEN burst "
+                "ELSE tokens + (? - refilled) * rate END) >= 1 RETURNING key",
+                (tx.now, tx.now, tx.now, key, tx.now, tx.now),
+            ).fetchone()
+            if took is None:
+                limits.full.add(key)
+                raise NotAdmitted(key)
+        if row.concurrency is not None:
+            slot = tx.con.execute(
+                "UPDATE limit_slots SET step_id = ?, taken = ? WHERE key = ? AND slot = "
+                "(SELECT slot FROM limit_slots WHERE key = ? AND step_id IS NULL AND slot < ? "
+                f"ORDER BY slot LIMIT 1{tx.skip_locked}) RETURNING slot",
+                (step_id, tx.now, key, key, row.concurrency),
+            ).fetchone()
+            if slot is None:
+                limits.full.add(key)
+                raise NotAdmitted(key)
+
+
+def release(tx: Tx, step_id: int) -> None:
+    """Give back the slots a step held (it stopped running, whatever the outcome)."""
+    tx.con.execute(
+        "UPDATE limit_slots SET step_id = NULL, taken = NULL WHERE step_id = ?", (step_id,)
+    )
+
+
+def release_abandoned(tx: Tx, step_id: int) -> None:
+    """A running step lost its worker: free its slots, and if it was a breaker's probe, open
+    the breaker again (the probe told us nothing) so another probe follows the cool-down."""
+    release(tx, step_id)
+    tx.con.execute(
+        "UPDATE limits SET breaker_state = 'open', breaker_since = ?, breaker_probe = NULL, "
+        "updated = ? WHERE breaker_probe = ? AND breaker_state = 'half_open'",
+        (tx.now, tx.now, step_id),
+    )
+
+
+def release_orphans(tx: Tx) -> None:
+    """Free slots whose step is not running any more (a safety net; normally every path out of
+    `running` releases its own)."""
+    tx.con.execute(
+        "UPDATE limit_slots SET step_id = NULL, taken = NULL WHERE step_id IS NOT NULL AND "
+        "NOT EXISTS (SELECT 1 FROM steps s WHERE s.id = limit_slots.step_id "
+        "AND s.status = 'running')"
+    )
+
+
+def record_outcome(
+    tx: Tx,
+    job: JobHead,
+    tool: str,
+    step_id: int,
+    *,
+    ok: bool,
+    error_class: str | None = None,
+    retry_after: float | None = None,
+    code: str | None = None,
+) -> None:
+    """After an attempt of a limited tool: move its breaker, and pause the key when the tool was
+    told to slow down (HTTP 429 with Retry-After)."""
+    key = tool_key(tool)
+    row = tx.con.execute(
+        "SELECT breaker_failures, breaker_window, breaker_state, breaker_count, breaker_since, "
+        f"breaker_probe FROM limits WHERE key = ?{tx.lock}",
+        (key,),
+    ).fetchone()
+    if code == "http_429" and retry_after:
+        until = tx.now + retry_after
+        if row is None:
+            _insert_empty(tx, key)
+        tx.con.execute(
+            "UPDATE limits SET paused_until = CASE WHEN paused_until IS NULL OR paused_until < ? "
+            "THEN ? ELSE paused_until END, pause_reason = ?, updated = ? WHERE key = ?",
+            (until, until, f"429 from {tool}: retry after {retry_after:g}s", tx.now, key),
+        )
+        tx.note("limit_paused", job, f"{key} paused {retry_after:g}s after a 429", key=key)
+    if row is None or row[0] is None:
+        return
+    failures, window, state, count, since, probe = row
+    if state == BreakerState.HALF_OPEN.value and probe == step_id:
+        if ok:
+            _move_breaker(tx, job, key, BreakerState.CLOSED, "the probe succeeded")
+        elif error_class is None or counts_for_breaker(error_class):
+            _move_breaker(tx, job, key, BreakerState.OPEN, "the probe failed")
+        else:
+            _move_breaker(tx, job, key, BreakerState.CLOSED, "the probe reached the tool")
+        return
+    if ok or state != BreakerState.CLOSED.value or not counts_for_breaker(error_class or ""):
+        return
+    if since is None or tx.now - since > (window or 0.0):
+        count, since = 0, tx.now
+    count += 1
+    if count >= failures:
+        _move_breaker(tx, job, key, BreakerState.OPEN, f"{count} failures within {window:g}s")
+        return
+    tx.con.execute(
+        "UPDATE limits SET breaker_count = ?, breaker_since = ?, updated = ? WHERE key = ?",
+        (count, since, tx.now, key),
+    )
+
+
+def _move_breaker(tx: Tx, job: JobHead, key: str, target: BreakerState, why: str) -> None:
+    tx.con.execute(
+        "UPDATE limits SET breaker_state = ?, breaker_count = 0, breaker_since = ?, "
+        "breaker_probe = NULL, updated = ? WHERE key = ?",
+        (target.value, tx.now, tx.now, key),
+    )
+    tx.note(f"breaker_{target.value}", job, f"{key}: {why}", key=key)
+
+
+def _insert_empty(tx: Tx, key: str) -> None:
+    tx.con.execute(
+        "INSERT INTO limits (key, updated) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        (key, tx.now),
+    )
+
+
+def configure(tx: Tx, specs: Iterable[LimitSpec]) -> None:
+    """Write the limits an app declares (its own keys only); keep live state (tokens, pauses,
+    breaker state). Slot rows follow the cap: missing ones are added, free ones above it go."""
+    for spec in specs:
+        size = spec.bucket_size
+        breaker = spec.breaker
+        tx.con.execute(
+            "INSERT INTO limits (key, concurrency, rate, burst, tokens, refilled, "
+            "breaker_failures, breaker_window, breaker_cooldown, updated) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET "
+            "concurrency = excluded.concurrency, rate = excluded.rate, burst = excluded.burst, "
+            "tokens = CASE WHEN limits.rate IS NULL THEN excluded.tokens ELSE limits.tokens END, "
+            "breaker_failures = excluded.breaker_failures, "
+            "breaker_window = excluded.breaker_window, "
+            "breaker_cooldown = excluded.breaker_cooldown, updated = excluded.updated",
+            (
+                spec.key,
+                spec.concurrency,
+                spec.rate,
+                size,
+                size or 0.0,
+                tx.now,
+                breaker.failures if breaker else None,
+                breaker.window if breaker else None,
+                breaker.cooldown if breaker else None,
+                tx.now,
+            ),
+        )
+        cap = spec.concurrency or 0
+        if cap:
+            tx.con.executemany(
+                "INSERT INTO limit_slots (key, slot) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(spec.key, n) for n in range(cap)],
+            )
+        tx.con.execute(
+            "DELETE FROM limit_slots WHERE key = ? AND slot >= ? AND step_id IS NULL",
+            (spec.key, cap),
+        )
+
+
+def records(rows: list[tuple[Any, ...]], in_use: dict[str, int], now: float) -> list[LimitRecord]:
+    """Operator view of limit rows read with `LIMIT_ROW_COLUMNS` and `pause_reason`."""
+    out = []
+    for r in rows:
+        row = LimitRow(*r[:-1])
+        out.append(
+            LimitRecord(
+                key=row.key,
+                concurrency=row.concurrency,
+                in_use=in_use.get(row.key, 0),
+                rate=row.rate,
+                burst=row.burst,
+                tokens=round(row.available(now), 3) if row.rate is not None else None,
+                paused_until=row.paused_until if (row.paused_until or 0) > now else None,
+                pause_reason=r[-1] if (row.paused_until or 0) > now else None,
+                breaker_state=row.breaker_state,
+                breaker_failures=row.breaker_failures,
+                breaker_count=row.breaker_count,
+                breaker_since=row.breaker_since,
+            )
+        )
+    return out

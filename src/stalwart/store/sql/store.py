@@ -1,0 +1,1312 @@
+"""`SqlStore`: the `Store` protocol written once, in SQL that SQLite and PostgreSQL both run.
+
+Each write method builds a function of one `Tx` and hands it to the backend's `_write`, which runs
+it in one transaction (BEGIN IMMEDIATE on SQLite; READ COMMITTED with row locks on PostgreSQL)
+and commits it with its events, or rolls all of it back. The backends differ in the few places
+`Tx` names: the row-lock clauses and the clock. See
+docs/decisions/0014-one-sql-store-two-backends.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from stalwart.domain.failures import Decision, Outcome
+from stalwart.domain.limits import LimitRecord, LimitSpec, tenant_key, tool_key
+from stalwart.domain.plans import Plan
+from stalwart.domain.records import (
+    Claim,
+    DeadLetterRecord,
+    EventRecord,
+    JobRecord,
+    ReviewRecord,
+    StepError,
+    StepRecord,
+)
+from stalwart.domain.states import (
+    JOB_PARKED,
+    JOB_QUEUED,
+    JOB_TERMINAL,
+    JobStatus,
+    StepStatus,
+    step_transition,
+)
+from stalwart.errors import (
+    CorruptStateError,
+    EffectFailedError,
+    NotFoundError,
+    NotRedrivableError,
+    QueueFull,
+    ReviewAlreadyDecidedError,
+)
+from stalwart.store.base import (
+    Completion,
+    Effect,
+    Heartbeat,
+    MigrationStatus,
+    NewJob,
+    PlanRecord,
+    ReplanClaim,
+    WorkDue,
+    WorkerInfo,
+    WorkerRecord,
+)
+from stalwart.store.sql import limits as limits_sql
+from stalwart.store.sql.rows import (
+    DEAD_LETTER_COLUMNS,
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    REVIEW_COLUMNS,
+    STEP_COLUMNS,
+    dead_letter_from_row,
+    event_from_row,
+    job_from_row,
+    loads,
+    review_from_row,
+    step_from_row,
+)
+from stalwart.store.sql.tx import (
+    CANDIDATE_COLUMNS,
+    LIVE_JOB,
+    STEP_HEAD_COLUMNS,
+    JobHead,
+    StepHead,
+    Tx,
+    advance_job,
+    claim_candidate,
+    close_open_steps,
+    exhaust_step,
+    fail_job,
+    insert_plan,
+    move_job,
+    move_step,
+    open_review,
+    park_job,
+    release_dependents,
+    resolve_dead_letters,
+    reusable_outputs,
+    step_head,
+)
+from stalwart.types import dumps
+
+T = TypeVar("T")
+J = JobStatus
+S = StepStatus
+ACTIVE_JOB_STATUSES = tuple(sorted(s.value for s in JOB_QUEUED))
+
+
+class SqlStore(ABC):
+    """The `Store` protocol in SQL both backends accept. A backend supplies how a write
+    transaction runs (`_write`), how a read runs (`_read`), its migrations, and `now_sql`, the
+    SQL expression for the database's clock in epoch seconds."""
+
+    url: str
+    now_sql: str = "?"
+    wakeups: bool = False
+
+    _limited: frozenset[str] = frozenset()
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """No push notifications here: wait to be cancelled (workers poll)."""
+        await asyncio.Event().wait()
+
+    def _is_limited(self, tool: str | None, tenant_id: str) -> bool:
+        """Whether a step's tool or tenant had limits at this process's last claim."""
+        return tenant_key(tenant_id) in self._limited or (
+            tool is not None and tool_key(tool) in self._limited
+        )
+
+    @abstractmethod
+    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in one write transaction and commit, with its events; all or nothing."""
+
+    @abstractmethod
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement."""
+
+    @abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied now."""
+
+    @abstractmethod
+    async def migration_status(self) -> MigrationStatus:
+        """Applied and pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def job_create(self, job: NewJob, plan: Plan, *, actor: str) -> tuple[JobRecord, bool]:
+        """Insert a job and its first plan, or return the duplicate's existing job."""
+
+        def run(tx: Tx) -> tuple[str, bool]:
+            if job.idempotency_key is not None:
+                # Claim the key first: a live key answers the duplicate with its job (before any
+                # queue-full check); a concurrent submitter of the same key waits on this row.
+                took = tx.con.execute(
+                    "INSERT INTO idempotency_keys (tenant_id, key, job_id, expires) "
+                    "VALUES (?,?,?,?) ON CONFLICT (tenant_id, key) DO UPDATE SET "
+                    "job_id = excluded.job_id, expires = excluded.expires "
+                    "WHERE idempotency_keys.expires <= ? RETURNING job_id",
+                    (
+                        job.tenant_id,
+                        job.idempotency_key,
+                        job.id,
+                        tx.now + job.dedup_window_seconds,
+                        tx.now,
+                    ),
+                ).fetchone()
+                if took is None:
+                    row = tx.con.execute(
+                        "SELECT job_id FROM idempotency_keys WHERE tenant_id = ? AND key = ?",
+                        (job.tenant_id, job.idempotency_key),
+                    ).fetchone()
+                    return str(row[0]), False
+            marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
+            depth = tx.con.execute(
+                f"SELECT count(*) FROM jobs WHERE tenant_id = ? AND status IN ({marks})",
+                (job.tenant_id, *ACTIVE_JOB_STATUSES),
+            ).fetchone()[0]
+            if depth >= job.max_queue_depth:
+                raise QueueFull(
+                    f"tenant {job.tenant_id!r} has {depth} unfinished jobs, the cap is "
+                    f"{job.max_queue_depth}; retry after {job.queue_full_retry_after:g}s",
+                    retry_after=job.queue_full_retry_after,
+                    tenant_id=job.tenant_id,
+                    depth=depth,
+                )
+            deadline = tx.now + job.max_wall_seconds if job.max_wall_seconds else None
+            tx.con.execute(
+                "INSERT INTO jobs (id, tenant_id, workflow, status, priority, idempotency_key, "
+                "input, plan_version, template_name, template_hash, tool_schema_hashes, "
+                "max_replans, on_reject, review_sla_seconds, max_steps, created, updated, "
+                "deadline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    job.tenant_id,
+                    job.workflow,
+                    J.INTAKE.value,
+                    job.priority,
+                    job.idempotency_key,
+                    dumps(job.input),
+                    plan.version,
+                    plan.template_name,
+                    plan.template_hash,
+                    dumps(job.tool_schema_hashes),
+                    job.max_replans,
+                    job.on_reject,
+                    job.review_sla_seconds,
+                    job.max_steps,
+                    tx.now,
+                    tx.now,
+                    deadline,
+                ),
+            )
+            head = JobHead(
+                job.id,
+                job.tenant_id,
+                job.workflow,
+                J.INTAKE.value,
+                plan.version,
+                0,
+                job.max_replans,
+                job.on_reject,
+                job.review_sla_seconds,
+                job.priority,
+            )
+            tx.note(
+                "job_submitted", head, priority=job.priority, idempotency_key=job.idempotency_key
+            )
+            move_job(tx, head, J.VALIDATING, "input accepted")
+            move_job(tx, head, J.PLANNING, "input valid")
+            insert_plan(tx, head, plan)
+            move_job(tx, head, J.EXECUTING, "plan validated")
+            return job.id, True
+
+        job_id, created = await self._write(actor, run)
+        return await self.job_get(job_id), created
+
+    async def job_get(self, job_id: str, *, tenant_id: str | None = None) -> JobRecord:
+        """One job; `NotFoundError` if it does not exist for this tenant."""
+        rows = await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows or (tenant_id is not None and rows[0][1] != tenant_id):
+            raise NotFoundError(f"no job {job_id!r}", entity="job", id=job_id)
+        return job_from_row(rows[0])
+
+    async def job_list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        statuses: Sequence[str] = (),
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[JobRecord]:
+        """Jobs, newest first; `before` is a job id cursor."""
+        where, params = ["1 = 1"], []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if workflow:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if before:
+            where.append("(created, id) < (SELECT created, id FROM jobs WHERE id = ?)")
+            params.append(before)
+        rows = await self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
+            "ORDER BY created DESC, id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [job_from_row(r) for r in rows]
+
+    def _job_for(self, tx: Tx, job_id: str, tenant_id: str | None) -> JobHead:
+        job = tx.job(job_id)
+        if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+            raise NotFoundError(f"no job {job_id!r}", entity="job", id=job_id)
+        return job
+
+    async def job_cancel(
+        self, job_id: str, *, tenant_id: str | None = None, actor: str, reason: str = ""
+    ) -> JobRecord:
+        """Cancel a job: open steps stop; running tools see the flag at their next heartbeat."""
+
+        def run(tx: Tx) -> None:
+            job = self._job_for(tx, job_id, tenant_id)
+            move_job(tx, job, J.CANCELLED, reason or "cancelled", sets=", cancel_requested = 1")
+            close_open_steps(tx, job, S.CANCELLED, "job cancelled")
+            resolve_dead_letters(tx, job, "cancelled", actor)
+
+        await self._write(actor, run)
+        return await self.job_get(job_id)
+
+    async def job_redrive(
+        self, job_id: str, *, tenant_id: str | None = None, actor: str, reason: str = ""
+    ) -> JobRecord:
+        """Resume a dead-lettered or escalated job from its failed steps."""
+
+        def run(tx: Tx) -> None:
+            job = self._job_for(tx, job_id, tenant_id)
+            if job.status not in JOB_PARKED:
+                raise NotRedrivableError(
+                    f"job {job_id} is {job.status}; only dead_lettered or escalated jobs can be "
+                    "redriven",
+                    id=job_id,
+                    status=job.status,
+                )
+            rows = tx.con.execute(
+                f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND plan_version = ? "
+                f"AND status IN ('failed', 'dead_lettered', 'interrupted') ORDER BY id{tx.lock}",
+                (job.id, job.plan_version),
+            ).fetchall()
+            move_job(tx, job, J.EXECUTING, reason or "redriven", sets=", error = NULL")
+            for row in rows:
+                step = step_head(row)
+                move_step(
+                    tx,
+                    step,
+                    S.READY,
+                    "redriven",
+                    sets=", attempt = 0, due = ?, lease_owner = NULL, lease_expires = NULL, "
+                    "reconcile_pending = ?",
+                    params=(
+                        tx.now,
+                        int(
+                            bool(step.spec.get("has_reconcile"))
+                            and step.status == S.INTERRUPTED.value
+                        ),
+                    ),
+                )
+            tx.con.execute(
+                "UPDATE reviews SET status = 'cancelled', decided = ? WHERE job_id = ? "
+                "AND kind = 'interrupted' AND status IN ('pending', 'escalated')",
+                (tx.now, job.id),
+            )
+            resolve_dead_letters(tx, job, "redriven", actor)
+            tx.note("job_redriven", job, reason, steps=[step_head(r).key for r in rows])
+            advance_job(tx, job)
+
+        await self._write(actor, run)
+        return await self.job_get(job_id)
+
+    async def job_claim_replanning(
+        self, worker_id: str, *, lease_seconds: float, limit: int = 1
+    ) -> list[ReplanClaim]:
+        """Claim jobs waiting in `replanning` for a new plan, once no step of their current plan
+        is still running: a step in flight finishes (and its output can be reused) before the
+        next plan could run it a second time, under another idempotency key."""
+
+        def run(tx: Tx) -> list[tuple[str, int, Any]]:
+            rows = tx.con.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires = ?, lease_token = lease_token + 1 "
+                "WHERE id IN (SELECT id FROM jobs WHERE status = 'replanning' AND "
+                "(lease_expires IS NULL OR lease_expires < ?) AND NOT EXISTS (SELECT 1 FROM "
+                "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
+                f"s.status = 'running') ORDER BY id LIMIT ?{tx.skip_locked}) "
+                "RETURNING id, lease_token, replan_feedback",
+                (worker_id, tx.now + lease_seconds, tx.now, limit),
+            ).fetchall()
+            return [(r[0], r[1], r[2]) for r in rows]
+
+        waiting = await self._read(
+            "SELECT 1 FROM jobs WHERE status = 'replanning' "
+            f"AND (lease_expires IS NULL OR lease_expires < {self.now_sql}) AND NOT EXISTS "
+            "(SELECT 1 FROM steps s WHERE s.job_id = jobs.id AND s.plan_version = "
+            "jobs.plan_version AND s.status = 'running') LIMIT 1"
+        )
+        if not waiting:
+            return []
+        claims = []
+        for job_id, token, feedback in await self._write(worker_id, run):
+            job = await self.job_get(job_id)
+            hashes = {
+                r[0]
+                for r in await self._read("SELECT plan_hash FROM plans WHERE job_id = ?", (job_id,))
+            }
+            claims.append(
+                ReplanClaim(job, token, frozenset(hashes), loads(feedback, "replan feedback"))
+            )
+        return claims
+
+    def _replan_job(self, tx: Tx, claim: ReplanClaim) -> JobHead | None:
+        job = tx.job(claim.job.id)
+        row = tx.con.execute(
+            "SELECT lease_token FROM jobs WHERE id = ?", (claim.job.id,)
+        ).fetchone()
+        if job is None or job.status != J.REPLANNING.value or row[0] != claim.lease_token:
+            return None
+        return job
+
+    async def job_replan(self, claim: ReplanClaim, plan: Plan, *, actor: str) -> JobRecord:
+        """Apply a new plan version; unchanged succeeded steps keep their outputs."""
+
+        def run(tx: Tx) -> None:
+            job = self._replan_job(tx, claim)
+            if job is None:
+                return
+            reuse = reusable_outputs(tx, job.id)
+            old = tx.con.execute(
+                f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND plan_version = ? "
+                "AND status IN ('pending', 'ready', 'retry_wait', 'awaiting_approval', "
+                f"'interrupted', 'failed') ORDER BY id{tx.lock}",
+                (job.id, job.plan_version),
+            ).fetchall()
+            for r in old:
+                move_step(tx, step_head(r), S.SKIPPED, f"superseded by plan v{plan.version}")
+            tx.con.execute(
+                "UPDATE reviews SET status = 'cancelled', decided = ? WHERE job_id = ? "
+                "AND status IN ('pending', 'escalated')",
+                (tx.now, job.id),
+            )
+            hashes = dict(claim.job.tool_schema_hashes)
+            hashes.update(plan.notes.get("tool_schema_hashes", {}))
+            tx.con.execute(
+                "UPDATE jobs SET plan_version = ?, template_name = ?, template_hash = ?, "
+                "replans = replans + 1, replan_feedback = NULL, lease_owner = NULL, "
+                "lease_expires = NULL, tool_schema_hashes = ? WHERE id = ?",
+                (plan.version, plan.template_name, plan.template_hash, dumps(hashes), job.id),
+            )
+            job.plan_version = plan.version
+            insert_plan(tx, job, plan, reuse=reuse)
+            move_job(tx, job, J.EXECUTING, f"plan v{plan.version} validated")
+            advance_job(tx, job)
+
+        await self._write(actor, run)
+        return await self.job_get(claim.job.id)
+
+    async def job_escalate(
+        self, claim: ReplanClaim, *, actor: str, reason: str, error: StepError | None = None
+    ) -> JobRecord:
+        """Park a claimed replanning job for a human."""
+
+        def run(tx: Tx) -> None:
+            job = self._replan_job(tx, claim)
+            if job is None:
+                return
+            tx.con.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?", (job.id,)
+            )
+            park_job(tx, job, J.ESCALATED, reason, error=error)
+
+        await self._write(actor, run)
+        return await self.job_get(claim.job.id)
+
+    async def jobs_expire(self, *, actor: str) -> list[str]:
+        """Fail live jobs past their wall-time deadline."""
+
+        def run(tx: Tx) -> list[str]:
+            marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
+            ids = [
+                r[0]
+                for r in tx.con.execute(
+                    f"SELECT id FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
+                    f"AND deadline < ? AND status IN ({marks}) ORDER BY id{tx.skip_locked}",
+                    (tx.now, *ACTIVE_JOB_STATUSES),
+                ).fetchall()
+            ]
+            for job_id in ids:
+                job = tx.job(job_id)
+                assert job is not None
+                fail_job(
+                    tx,
+                    job,
+                    "max_wall_seconds exceeded",
+                    StepError(
+                        "budget", "the job ran past its wall time", code="budget_exceeded"
+                    ).to_dict(),
+                )
+            return ids
+
+        if not await self._read(
+            "SELECT 1 FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
+            f"AND deadline < {self.now_sql} LIMIT 1"
+        ):
+            return []
+        return await self._write(actor, run)
+
+    async def plan_list(self, job_id: str, *, tenant_id: str | None = None) -> list[PlanRecord]:
+        """Every plan version of a job, oldest first."""
+        await self.job_get(job_id, tenant_id=tenant_id)
+        rows = await self._read(
+            "SELECT job_id, version, template_name, template_hash, plan_hash, plan, created "
+            "FROM plans WHERE job_id = ? ORDER BY version",
+            (job_id,),
+        )
+        return [PlanRecord(r[0], r[1], r[2], r[3], r[4], loads(r[5], "plan"), r[6]) for r in rows]
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    async def step_list(
+        self, job_id: str, *, tenant_id: str | None = None, all_versions: bool = False
+    ) -> list[StepRecord]:
+        """A job's steps, in plan order."""
+        job = await self.job_get(job_id, tenant_id=tenant_id)
+        if all_versions:
+            rows = await self._read(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = ? ORDER BY plan_version, id",
+                (job_id,),
+            )
+        else:
+            rows = await self._read(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = ? AND plan_version = ? "
+                "ORDER BY id",
+                (job_id, job.plan_version),
+            )
+        return [step_from_row(r) for r in rows]
+
+    async def step_claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> list[Claim]:
+        """Claim up to `limit` due steps by priority, then due time."""
+
+        def run(tx: Tx) -> list[Claim]:
+            limits = limits_sql.load(tx)
+            self._limited = frozenset(k for k, r in limits.rows.items() if r.limiting)
+            held = limits.held_back(tx.now)
+            tools = [k[5:] for k in held if k.startswith("tool:")]
+            tenants = [k[7:] for k in held if k.startswith("tenant:")]
+            skip = ""
+            if tools:
+                skip += f" AND (s.tool IS NULL OR s.tool NOT IN ({','.join('?' * len(tools))}))"
+            if tenants:
+                skip += f" AND s.tenant_id NOT IN ({','.join('?' * len(tenants))})"
+            rows = tx.con.execute(
+                f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+                f"WHERE s.status IN ('ready', 'retry_wait') AND s.due <= ?{skip} "
+                "AND j.status IN ('executing', 'waiting_approval') "
+                f"ORDER BY s.priority DESC, s.due LIMIT ?{tx.skip_locked_of('s, j')}",
+                (tx.now, *tools, *tenants, limit),
+            ).fetchall()
+            claims = []
+            touched: set[str] = set()
+            for row in rows:
+                if row[1] in touched:
+                    # An earlier claim of this batch changed the job (steps executed, a budget
+                    # that failed it, a park): read the candidate again, not the stale row.
+                    row = tx.con.execute(
+                        f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+                        "WHERE s.id = ? AND s.status IN ('ready', 'retry_wait') "
+                        "AND j.status IN ('executing', 'waiting_approval')",
+                        (row[0],),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                touched.add(row[1])
+                claim = self._claim_or_quarantine(tx, row, worker_id, lease_seconds, limits)
+                if claim is not None:
+                    claims.append(claim)
+            return claims
+
+        if not await self._due_steps():
+            return []
+        return await self._write(worker_id, run)
+
+    async def _due_steps(self) -> bool:
+        """A read before the write transaction: idle workers never queue for the write lock."""
+        return bool(
+            await self._read(
+                "SELECT 1 FROM steps WHERE status IN ('ready', 'retry_wait') "
+                f"AND due <= {self.now_sql} LIMIT 1"
+            )
+        )
+
+    def _claim_or_quarantine(
+        self,
+        tx: Tx,
+        row: tuple[Any, ...],
+        worker_id: str,
+        lease_seconds: float,
+        limits: limits_sql.Limits,
+    ) -> Claim | None:
+        """Claim one candidate, through its limits. A limit that holds it back undoes this
+        claim alone (a savepoint) and leaves the step ready. If its stored state is corrupt
+        (found before anything of the claim is written), park the job (escalated, with a dead
+        letter saying why) so one bad row cannot stall the queue for everybody."""
+        keys = limits.keys_for(row[7], row[2])
+        if keys and limits.held_back(tx.now).intersection(keys):
+            return None
+        try:
+            if not keys:
+                return claim_candidate(tx, row, worker_id, lease_seconds)
+            return self._claim_limited(tx, row, worker_id, lease_seconds, limits, keys)
+        except CorruptStateError as exc:
+            job = tx.job(row[1])
+            if job is not None:
+                park_job(
+                    tx,
+                    job,
+                    J.ESCALATED,
+                    f"corrupt stored state: {exc.message}",
+                    error={
+                        "error_class": "critical",
+                        "message": exc.message,
+                        "code": "corrupt_state",
+                    },
+                )
+            return None
+
+    def _claim_limited(
+        self,
+        tx: Tx,
+        row: tuple[Any, ...],
+        worker_id: str,
+        lease_seconds: float,
+        limits: limits_sql.Limits,
+        keys: list[str],
+    ) -> Claim | None:
+        def admit(job: JobHead, step: StepHead) -> tuple[str, ...]:
+            limits_sql.admit(tx, limits, job, step.id, keys)
+            return tuple(keys)
+
+        mark = len(tx.events)
+        tx.con.execute("SAVEPOINT claim_one")
+        try:
+            claim = claim_candidate(tx, row, worker_id, lease_seconds, admit)
+        except limits_sql.NotAdmitted:
+            tx.con.execute("ROLLBACK TO claim_one")
+            del tx.events[mark:]
+            claim = None
+        tx.con.execute("RELEASE claim_one")
+        return claim
+
+    async def step_complete(
+        self,
+        claim: Claim,
+        output: Any,
+        *,
+        worker_id: str,
+        claim_next: bool = False,
+        lease_seconds: float = 30.0,
+        effects: Sequence[Effect] = (),
+    ) -> Completion:
+        """Record success (fenced by the lease token), apply the tool's `effects` (its writes
+        to the user's own tables) in the same transaction, make dependents ready, maybe claim
+        one. A lost lease applies nothing."""
+        payload = dumps(output)
+
+        def run(tx: Tx) -> Completion:
+            row = tx.con.execute(
+                "UPDATE steps SET status = 'succeeded', output = ?, finished = ?, "
+                "lease_owner = NULL, lease_expires = NULL, reconcile_pending = 0 "
+                "WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING dependents",
+                (payload, tx.now, claim.step_id, claim.lease_token),
+            ).fetchone()
+            if row is None:
+                return Completion(recorded=False)
+            _apply_effects(tx, claim, effects)
+            job = tx.job(claim.job_id)
+            assert job is not None
+            if claim.limit_keys:
+                limits_sql.release(tx, claim.step_id)
+                if claim.tool and tool_key(claim.tool) in claim.limit_keys:
+                    limits_sql.record_outcome(tx, job, claim.tool, claim.step_id, ok=True)
+            tx.events.append(
+                step_transition(
+                    claim.job_id,
+                    claim.tenant_id,
+                    claim.step_id,
+                    claim.key,
+                    S.RUNNING,
+                    S.SUCCEEDED,
+                    actor=tx.actor,
+                    at=tx.now,
+                    data={"attempt": claim.attempt},
+                )
+            )
+            if job.status in JOB_TERMINAL or job.plan_version != claim.plan_version:
+                return Completion(recorded=True, job_status=job.status)
+            dependents = json.loads(row[0])
+            ready = release_dependents(tx, job, job.tenant_id, claim.plan_version, dependents)
+            if job.status not in LIVE_JOB:
+                # Parked: the released steps wait, and run when the job is redriven or approved.
+                return Completion(recorded=True, job_status=job.status)
+            if not ready or job.status != J.EXECUTING.value:
+                advance_job(tx, job)
+            next_claim = None
+            if claim_next and ready and job.status in LIVE_JOB:
+                candidate = tx.con.execute(
+                    f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+                    "WHERE s.id = ? AND s.status = 'ready'",
+                    (ready[0],),
+                ).fetchone()
+                # A limited step goes through the claim path that enforces its limits.
+                if candidate is not None and not self._is_limited(candidate[7], job.tenant_id):
+                    next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
+            return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
+
+        return await self._write(worker_id, run)
+
+    async def step_fail(
+        self, claim: Claim, error: StepError, decision: Decision, *, worker_id: str
+    ) -> bool:
+        """Record a failed attempt (fenced by the lease token) and apply the decision."""
+        err = dumps(error.to_dict())
+
+        def run(tx: Tx) -> bool:
+            fenced = tx.con.execute(
+                "UPDATE steps SET error = ?, lease_owner = NULL, lease_expires = NULL "
+                "WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING id",
+                (err, claim.step_id, claim.lease_token),
+            ).fetchone()
+            if fenced is None:
+                return False
+            step = tx.step(claim.step_id)
+            job = tx.job(claim.job_id)
+            assert step is not None and job is not None
+            if claim.limit_keys:
+                limits_sql.release(tx, claim.step_id)
+            if claim.tool and (
+                tool_key(claim.tool) in claim.limit_keys
+                or (error.code == "http_429" and error.retry_after)
+            ):
+                limits_sql.record_outcome(
+                    tx,
+                    job,
+                    claim.tool,
+                    claim.step_id,
+                    ok=False,
+                    error_class=error.error_class,
+                    retry_after=error.retry_after,
+                    code=error.code,
+                )
+            data = {"error": error.to_dict(), "attempt": claim.attempt}
+            live = job.status in LIVE_JOB and job.plan_version == claim.plan_version
+            outcome = decision.outcome
+            if job.status in JOB_TERMINAL or outcome is Outcome.CANCEL:
+                move_step(tx, step, S.CANCELLED, f"job is {job.status}", data=data)
+            elif outcome is Outcome.RETRY:
+                move_step(
+                    tx,
+                    step,
+                    S.RETRY_WAIT,
+                    decision.reason,
+                    data={**data, "delay_seconds": round(decision.delay_seconds, 3)},
+                    sets=", due = ?"
+                    + (
+                        ", attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
+                        if decision.refund_attempt
+                        else ""
+                    ),
+                    params=(tx.now + decision.delay_seconds,),
+                )
+            else:
+                move_step(tx, step, S.FAILED, decision.reason, data=data)
+                if live:
+                    self._after_failure(tx, job, step, error, decision)
+            return True
+
+        return await self._write(worker_id, run)
+
+    def _after_failure(
+        self, tx: Tx, job: JobHead, step: StepHead, error: StepError, decision: Decision
+    ) -> None:
+        outcome = decision.outcome
+        if outcome in (Outcome.SKIP, Outcome.DEAD_LETTER):
+            exhaust_step(tx, job, step, decision.reason, error)
+        elif outcome is Outcome.ESCALATE:
+            park_job(
+                tx, job, J.ESCALATED, f"step {step.key}: {decision.reason}", step=step, error=error
+            )
+        elif outcome is Outcome.REPLAN:
+            feedback = {"step": step.key, "error": error.to_dict(), "reason": decision.reason}
+            move_job(
+                tx,
+                job,
+                J.REPLANNING,
+                decision.reason,
+                sets=", replan_feedback = ?, lease_expires = NULL",
+                params=(dumps(feedback),),
+            )
+        elif outcome is Outcome.FAIL_JOB:
+            fail_job(tx, job, decision.reason, error.to_dict())
+
+    async def step_heartbeat(
+        self, worker_id: str, leases: Sequence[tuple[int, int]], *, lease_seconds: float
+    ) -> Heartbeat:
+        """Extend leases; report the lost ones and the steps whose job was cancelled."""
+        if not leases:
+            return Heartbeat()
+
+        def run(tx: Tx) -> Heartbeat:
+            beat = Heartbeat()
+            ordered = sorted(leases)
+            pairs = ",".join("(?,?)" for _ in ordered)
+            kept = {
+                r[0]
+                for r in tx.con.execute(
+                    "UPDATE steps SET lease_expires = ? WHERE status = 'running' "
+                    f"AND (id, lease_token) IN (VALUES {pairs}) RETURNING id",
+                    (tx.now + lease_seconds, *(v for lease in ordered for v in lease)),
+                ).fetchall()
+            }
+            beat.lost = {step_id for step_id, _ in ordered if step_id not in kept}
+            tx.con.execute("UPDATE workers SET heartbeat = ? WHERE id = ?", (tx.now, worker_id))
+            marks = ",".join("?" * len(leases))
+            beat.cancelled = {
+                r[0]
+                for r in tx.con.execute(
+                    f"SELECT s.id FROM steps s JOIN jobs j ON j.id = s.job_id "
+                    f"WHERE s.id IN ({marks}) AND j.cancel_requested = 1",
+                    tuple(step_id for step_id, _ in leases),
+                ).fetchall()
+            }
+            return beat
+
+        return await self._write(worker_id, run)
+
+    async def step_release(
+        self, leases: Sequence[tuple[int, int]], *, worker_id: str, reason: str
+    ) -> None:
+        """Give back leases without using up an attempt."""
+
+        def run(tx: Tx) -> None:
+            for step_id, token in sorted(leases):
+                row = tx.con.execute(
+                    f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE id = ? AND lease_token = ? "
+                    f"AND status = 'running'{tx.lock}",
+                    (step_id, token),
+                ).fetchone()
+                if row is not None:
+                    self._recover(tx, step_head(row), reason, refund=True)
+
+        await self._write(worker_id, run)
+
+    async def leases_reap(self, *, actor: str) -> int:
+        """Recover running steps whose lease expired."""
+
+        def run(tx: Tx) -> int:
+            rows = tx.con.execute(
+                f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE status = 'running' "
+                f"AND lease_expires < ? ORDER BY id{tx.skip_locked}",
+                (tx.now,),
+            ).fetchall()
+            for row in rows:
+                self._recover(tx, step_head(row), "lease expired", refund=False)
+            limits_sql.release_orphans(tx)
+            return len(rows)
+
+        if not await self._read(
+            f"SELECT 1 FROM steps WHERE status = 'running' AND lease_expires < {self.now_sql} "
+            "LIMIT 1"
+        ):
+            return 0
+        return await self._write(actor, run)
+
+    async def leases_reclaim(self, owners: Sequence[str], *, actor: str) -> int:
+        """Recover at once the running steps leased to `owners`, without waiting for expiry."""
+        if not owners:
+            return 0
+        marks = ",".join("?" * len(owners))
+
+        def run(tx: Tx) -> int:
+            rows = tx.con.execute(
+                f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE status = 'running' "
+                f"AND lease_owner IN ({marks}) ORDER BY id{tx.skip_locked}",
+                tuple(owners),
+            ).fetchall()
+            for row in rows:
+                self._recover(tx, step_head(row), "its worker died", refund=False)
+            return len(rows)
+
+        return await self._write(actor, run)
+
+    async def work_due(self) -> WorkDue:
+        """When the next step is due, and whether any housekeeping is due, in one read."""
+        now = self.now_sql
+        rows = await self._read(
+            f"SELECT {now}, "
+            "(SELECT min(due) FROM steps WHERE status IN ('ready', 'retry_wait')), "
+            "EXISTS (SELECT 1 FROM jobs WHERE status = 'replanning' AND "
+            f"(lease_expires IS NULL OR lease_expires < {now}) AND NOT EXISTS (SELECT 1 FROM "
+            "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
+            "s.status = 'running')), "
+            f"EXISTS (SELECT 1 FROM steps WHERE status = 'running' AND lease_expires < {now}), "
+            "EXISTS (SELECT 1 FROM reviews WHERE status = 'pending' "
+            f"AND sla_deadline < {now}), "
+            "EXISTS (SELECT 1 FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
+            f"AND deadline < {now})"
+        )
+        r = rows[0]
+        return WorkDue(float(r[0]), r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]))
+
+    def _recover(self, tx: Tx, step: StepHead, why: str, *, refund: bool) -> None:
+        """A running step lost its worker. Idempotent tools go back to ready; others are
+        interrupted and reconciled, or a human decides. Attempts still run out."""
+        job = tx.job(step.job_id)
+        assert job is not None
+        limits_sql.release_abandoned(tx, step.id)
+        clear = ", lease_owner = NULL, lease_expires = NULL"
+        if refund:
+            clear += ", attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
+            step.attempt = max(step.attempt - 1, 0)
+        # A parked job's steps stay recoverable: its redrive (or approval) resumes them.
+        resumable = job.status in LIVE_JOB or job.status in JOB_PARKED
+        if not resumable or job.plan_version != step.plan_version:
+            move_step(tx, step, S.CANCELLED, f"{why}; job is {job.status}", sets=clear)
+            return
+        exhausted = not refund and step.attempt >= step.max_attempts
+        if step.idempotent:
+            if exhausted:
+                move_step(tx, step, S.FAILED, f"{why} on every attempt", sets=clear)
+                exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", None)
+            else:
+                move_step(
+                    tx,
+                    step,
+                    S.READY,
+                    f"{why}; idempotent tool, runs again",
+                    sets=clear + ", due = ?",
+                    params=(tx.now,),
+                )
+            return
+        move_step(tx, step, S.INTERRUPTED, f"{why} while a non-idempotent tool ran", sets=clear)
+        if exhausted:
+            move_step(tx, step, S.FAILED, f"{why} on every attempt")
+            exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", None)
+        elif step.spec.get("has_reconcile"):
+            move_step(
+                tx,
+                step,
+                S.READY,
+                "reconcile before running again",
+                sets=", reconcile_pending = 1, due = ?",
+                params=(tx.now,),
+            )
+        else:
+            open_review(
+                tx,
+                job,
+                step,
+                kind="interrupted",
+                reason=f"step {step.key} was interrupted ({why}) while tool {step.tool} ran; "
+                "it is not idempotent and has no reconcile function, so its effect may or may "
+                "not have happened",
+                asked=f"Run {step.tool} again (with the same idempotency key)?",
+                options=[
+                    {"name": "approve", "impact": "the tool runs again"},
+                    {"name": "reject", "impact": "the step fails and is not run again"},
+                ],
+                context={
+                    "tool": step.tool,
+                    "args": step.spec.get("args"),
+                    "attempt": step.attempt,
+                    "workflow": job.workflow,
+                    "step": step.key,
+                },
+            )
+            advance_job(tx, job)
+
+    # -- limits -----------------------------------------------------------------------------------
+
+    async def limits_configure(self, specs: Sequence[LimitSpec]) -> None:
+        """Write declared limits, keeping their live state."""
+        if not specs:
+            return
+
+        def run(tx: Tx) -> None:
+            limits_sql.configure(tx, sorted(specs, key=lambda s: s.key))
+
+        await self._write("limits", run)
+        self._limited = self._limited | {s.key for s in specs if not s.empty}
+
+    async def limit_list(self) -> list[LimitRecord]:
+        """Every key with limits or limit state."""
+        rows = await self._read(
+            f"SELECT {self.now_sql}, {limits_sql.LIMIT_ROW_COLUMNS}, pause_reason FROM limits "
+            "ORDER BY key"
+        )
+        used = await self._read(
+            "SELECT key, count(*) FROM limit_slots WHERE step_id IS NOT NULL GROUP BY key"
+        )
+        now = float(rows[0][0]) if rows else 0.0
+        return limits_sql.records([r[1:] for r in rows], dict(used), now)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    async def worker_register(self, info: WorkerInfo) -> None:
+        """Record a worker as running (again, if its id is known)."""
+
+        def run(tx: Tx) -> None:
+            tx.con.execute(
+                "INSERT INTO workers (id, host, pid, concurrency, tools, version, status, "
+                "started, heartbeat, stopped) VALUES (?,?,?,?,?,?,?,?,?,NULL) "
+                "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                "concurrency = excluded.concurrency, tools = excluded.tools, "
+                "version = excluded.version, status = excluded.status, "
+                "started = excluded.started, heartbeat = excluded.heartbeat, stopped = NULL",
+                (
+                    info.id,
+                    info.host,
+                    info.pid,
+                    info.concurrency,
+                    dumps(sorted(info.tools)),
+                    info.version,
+                    "running",
+                    tx.now,
+                    tx.now,
+                ),
+            )
+
+        await self._write(info.id, run)
+
+    async def worker_beat(self, worker_id: str, *, status: str = "running") -> None:
+        """Record that a worker is alive."""
+
+        def run(tx: Tx) -> None:
+            tx.con.execute(
+                "UPDATE workers SET heartbeat = ?, status = ? WHERE id = ?",
+                (tx.now, status, worker_id),
+            )
+
+        await self._write(worker_id, run)
+
+    async def worker_stopped(self, worker_id: str) -> None:
+        """Record that a worker stopped cleanly."""
+
+        def run(tx: Tx) -> None:
+            tx.con.execute(
+                "UPDATE workers SET status = 'stopped', stopped = ?, heartbeat = ? WHERE id = ?",
+                (tx.now, tx.now, worker_id),
+            )
+
+        await self._write(worker_id, run)
+
+    async def worker_list(
+        self, *, live_seconds: float, include_stopped: bool = True
+    ) -> list[WorkerRecord]:
+        """Workers, newest first, with the steps each holds."""
+        where = "" if include_stopped else " WHERE stopped IS NULL"
+        rows = await self._read(
+            f"SELECT {self.now_sql}, id, host, pid, concurrency, tools, version, status, started, "
+            f"heartbeat, stopped FROM workers{where} ORDER BY started DESC, id"
+        )
+        held = await self._read(
+            "SELECT lease_owner, id, job_id, key, tool, lease_expires FROM steps "
+            "WHERE status = 'running' AND lease_owner IS NOT NULL ORDER BY id"
+        )
+        holding: dict[str, list[dict[str, Any]]] = {}
+        for owner, step_id, job_id, key, tool, expires in held:
+            holding.setdefault(owner, []).append(
+                {
+                    "step_id": step_id,
+                    "job_id": job_id,
+                    "step": key,
+                    "tool": tool,
+                    "lease_expires": expires,
+                }
+            )
+        out = []
+        for r in rows:
+            now = float(r[0])
+            live = r[10] is None and now - float(r[9]) <= live_seconds
+            out.append(
+                WorkerRecord(
+                    id=r[1],
+                    host=r[2],
+                    pid=int(r[3]),
+                    concurrency=int(r[4]),
+                    tools=loads(r[5], f"tools of worker {r[1]}") or [],
+                    version=r[6],
+                    status=r[7] if live or r[10] is not None else "dead",
+                    started=float(r[8]),
+                    heartbeat=float(r[9]),
+                    stopped=r[10],
+                    live=live,
+                    holding=holding.get(r[1], []),
+                )
+            )
+        return out
+
+    # -- reviews ----------------------------------------------------------------------------------
+
+    async def review_list(
+        self, *, tenant_id: str | None = None, statuses: Sequence[str] = (), limit: int = 50
+    ) -> list[ReviewRecord]:
+        """Reviews, oldest first."""
+        where, params = ["1 = 1"], []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        rows = await self._read(
+            f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE {' AND '.join(where)} "
+            "ORDER BY created, id LIMIT ?",
+            (*params, limit),
+        )
+        return [review_from_row(r) for r in rows]
+
+    async def review_get(self, review_id: str, *, tenant_id: str | None = None) -> ReviewRecord:
+        """One review."""
+        rows = await self._read(f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = ?", (review_id,))
+        if not rows or (tenant_id is not None and rows[0][1] != tenant_id):
+            raise NotFoundError(f"no review {review_id!r}", entity="review", id=review_id)
+        return review_from_row(rows[0])
+
+    async def review_decide(
+        self,
+        review_id: str,
+        *,
+        approve: bool,
+        reviewer: str,
+        comment: str = "",
+        tenant_id: str | None = None,
+    ) -> ReviewRecord:
+        """Approve or reject a pending (or escalated) review, and move its step and job."""
+        decision = "approved" if approve else "rejected"
+
+        def run(tx: Tx) -> None:
+            review = await_review(tx, review_id, tenant_id)
+            if review.status not in ("pending", "escalated"):
+                raise ReviewAlreadyDecidedError(
+                    f"review {review_id} is already {review.status}"
+                    + (f" by {review.decided_by}" if review.decided_by else ""),
+                    id=review_id,
+                    status=review.status,
+                )
+            job = tx.job(review.job_id)
+            step = tx.step(review.step_id) if review.step_id is not None else None
+            assert job is not None
+            tx.con.execute(
+                "UPDATE reviews SET status = ?, decision = ?, decided = ?, decided_by = ?, "
+                "comment = ? WHERE id = ?",
+                (decision, decision, tx.now, reviewer, comment, review_id),
+            )
+            tx.note(
+                f"review_{decision}",
+                job,
+                comment,
+                step=step,
+                review_id=review_id,
+                reviewer=reviewer,
+                review_kind=review.kind,
+            )
+            if step is None:
+                return
+            if approve:
+                self._approve(tx, job, step, reviewer)
+            else:
+                self._reject(tx, job, step, reviewer, comment)
+
+        await self._write(reviewer, run)
+        return await self.review_get(review_id)
+
+    def _approve(self, tx: Tx, job: JobHead, step: StepHead, reviewer: str) -> None:
+        if job.status == J.ESCALATED.value and not _has_failed_steps(tx, job):
+            # Escalated only because this review passed its SLA: the decision resolves it. A
+            # job escalated by a failed step stays parked until an operator redrives it.
+            move_job(tx, job, J.EXECUTING, f"approved by {reviewer}")
+            resolve_dead_letters(tx, job, "resolved", reviewer)
+        if step.status in (S.AWAITING_APPROVAL.value, S.INTERRUPTED.value):
+            move_step(
+                tx,
+                step,
+                S.READY,
+                f"approved by {reviewer}",
+                sets=", approved = 1, reconcile_pending = 0, due = ?",
+                params=(tx.now,),
+            )
+        advance_job(tx, job)
+
+    def _reject(self, tx: Tx, job: JobHead, step: StepHead, reviewer: str, comment: str) -> None:
+        why = f"rejected by {reviewer}" + (f": {comment}" if comment else "")
+        if step.status == S.INTERRUPTED.value:
+            move_step(tx, step, S.FAILED, why)
+            if job.status == J.ESCALATED.value:
+                move_job(tx, job, J.EXECUTING, why)
+            exhaust_step(tx, job, step, why, None)
+            return
+        if step.status != S.AWAITING_APPROVAL.value:
+            return
+        move_step(tx, step, S.REJECTED, why)
+        if job.status in JOB_TERMINAL:
+            return
+        if job.on_reject == "replan" and job.replans < job.max_replans:
+            feedback = {"step": step.key, "rejected_by": reviewer, "comment": comment}
+            if job.status == J.ESCALATED.value:
+                resolve_dead_letters(tx, job, "resolved", reviewer)
+            move_job(
+                tx,
+                job,
+                J.REPLANNING,
+                why,
+                sets=", replan_feedback = ?, lease_expires = NULL",
+                params=(dumps(feedback),),
+            )
+            return
+        move_job(
+            tx,
+            job,
+            J.REJECTED,
+            why,
+            sets=", error = ?",
+            params=(dumps({"error_class": "rejected", "message": why}),),
+        )
+        close_open_steps(tx, job, S.CANCELLED, "job rejected")
+        resolve_dead_letters(tx, job, "closed", reviewer)
+
+    async def reviews_escalate_overdue(self, *, actor: str) -> list[ReviewRecord]:
+        """Escalate pending reviews past their SLA deadline."""
+
+        def run(tx: Tx) -> list[str]:
+            ids = [
+                r[0]
+                for r in tx.con.execute(
+                    "SELECT id FROM reviews WHERE status = 'pending' AND sla_deadline < ? "
+                    f"ORDER BY id{tx.skip_locked}",
+                    (tx.now,),
+                ).fetchall()
+            ]
+            for review_id in ids:
+                review = await_review(tx, review_id, None)
+                tx.con.execute(
+                    "UPDATE reviews SET status = 'escalated', escalated = ? WHERE id = ?",
+                    (tx.now, review_id),
+                )
+                job = tx.job(review.job_id)
+                step = tx.step(review.step_id) if review.step_id is not None else None
+                assert job is not None
+                tx.note(
+                    "review_escalated", job, "approval SLA passed", step=step, review_id=review_id
+                )
+                if job.status in LIVE_JOB:
+                    park_job(tx, job, J.ESCALATED, f"review {review_id} passed its SLA", step=step)
+            return ids
+
+        if not await self._read(
+            f"SELECT 1 FROM reviews WHERE status = 'pending' AND sla_deadline < {self.now_sql} "
+            "LIMIT 1"
+        ):
+            return []
+        ids = await self._write(actor, run)
+        return [await self.review_get(i) for i in ids]
+
+    # -- dead letters and events ------------------------------------------------------------------
+
+    async def dead_letter_list(
+        self, *, tenant_id: str | None = None, statuses: Sequence[str] = ("open",), limit: int = 50
+    ) -> list[DeadLetterRecord]:
+        """Dead letters, newest first."""
+        where, params = ["1 = 1"], []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            params.append(tenant_id)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        rows = await self._read(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} "
+            "ORDER BY created DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [dead_letter_from_row(r) for r in rows]
+
+    async def dead_letter_get(
+        self, dead_letter_id: str, *, tenant_id: str | None = None
+    ) -> DeadLetterRecord:
+        """One dead letter, by its id or by its job's id (the newest for that job)."""
+        rows = await self._read(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ? OR job_id = ? "
+            "ORDER BY created DESC LIMIT 1",
+            (dead_letter_id, dead_letter_id),
+        )
+        if not rows or (tenant_id is not None and rows[0][1] != tenant_id):
+            raise NotFoundError(
+                f"no dead letter {dead_letter_id!r}", entity="dead_letter", id=dead_letter_id
+            )
+        return dead_letter_from_row(rows[0])
+
+    async def event_list(
+        self, job_id: str, *, tenant_id: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """A job's events in order."""
+        await self.job_get(job_id, tenant_id=tenant_id)
+        rows = await self._read(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (job_id, after_id, limit),
+        )
+        return [event_from_row(r) for r in rows]
+
+
+def _apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
+    """Run a tool's registered writes inside its completion (after the fence passed)."""
+    for number, (sql, params) in enumerate(effects, 1):
+        try:
+            tx.con.execute(sql, params)
+        except Exception as exc:
+            raise EffectFailedError(
+                f"step {claim.key}: on_commit effect {number} failed: {exc}; nothing of the "
+                "step was recorded",
+                step=claim.key,
+                effect=number,
+            ) from exc
+
+
+def _has_failed_steps(tx: Tx, job: JobHead) -> bool:
+    row = tx.con.execute(
+        "SELECT 1 FROM steps WHERE job_id = ? AND plan_version = ? "
+        "AND status IN ('failed', 'dead_lettered') LIMIT 1",
+        (job.id, job.plan_version),
+    ).fetchone()
+    return row is not None
+
+
+def await_review(tx: Tx, review_id: str, tenant_id: str | None) -> ReviewRecord:
+    """Read one review inside a transaction."""
+    row = tx.con.execute(
+        f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = ?{tx.lock}", (review_id,)
+    ).fetchone()
+    if row is None or (tenant_id is not None and row[1] != tenant_id):
+        raise NotFoundError(f"no review {review_id!r}", entity="review", id=review_id)
+    return review_from_row(row)
+
+
+__all__ = ["SqlStore"]
