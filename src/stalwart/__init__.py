@@ -5,6 +5,7 @@ Define tools and workflows on an `App`, submit jobs with a `Client`, run them wi
 
 from stalwart.app import App
 from stalwart.client import Client, Submitted
+from stalwart.domain.limits import Breaker
 from stalwart.domain.plans import ReviewOption, ReviewSpec, StepSpec, Template
 from stalwart.domain.retry import RetryPolicy
 from stalwart.domain.states import JobStatus, StepStatus
@@ -30,6 +31,7 @@ __all__ = [
     "App",
     "ApprovalPolicy",
     "AuthorizationError",
+    "Breaker",
     "Budget",
     "Client",
     "CriticalError",

@@ -49,3 +49,14 @@ def canonical_hash(value: JSON) -> str:
     """A stable sha256 of a JSON value (sorted keys), used for plan, template and schema hashes."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by ***."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"

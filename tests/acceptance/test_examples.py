@@ -42,6 +42,8 @@ async def snapshot(client: Client) -> State:
 def test_demo_runs_parks_work_for_people_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # SQLite only: the demo takes a SQLite URL by design (examples/demo.py refuses any other),
+    # since it deletes and keeps its database file and writes its effect log next to it.
     url = f"sqlite:///{tmp_path}/demo.db"
 
     # First run: everything that can finish without a person finishes.

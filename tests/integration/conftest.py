@@ -1,5 +1,6 @@
-"""Fixtures for the integration tests: worker subprocesses that are always reaped, and helpers
-to read a SQLite database from the test process."""
+"""Fixtures for the integration tests: worker subprocesses that are always reaped, the database
+under test (every test asking for `db_url` runs once per backend, `[sqlite]` and `[postgres]`),
+and helpers to read and write that database from the test process on either backend."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+BACKENDS = ("sqlite", "postgres")
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = "tests.integration.apps"
@@ -153,14 +156,58 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         pool.close()
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend under test: "sqlite" or "postgres" (the part of the test id in brackets)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database URL for this test only: a SQLite file in tmp_path, or a fresh, migrated
+    PostgreSQL database on the suite's private server (tests/conftest.py, `pg_url`)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/{request.node.originalname}.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def is_postgres(db_url: str) -> bool:
+    return db_url.startswith(("postgresql://", "postgres://"))
+
+
 def sqlite_path(db_url: str) -> str:
     return db_url.removeprefix("sqlite:///")
 
 
+def _pg_sql(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s`, with every literal `%` doubled first. A `?`
+    inside a '...' string literal stays as it is (the even parts of a split on `'` are the text
+    outside literals; a doubled `''` inside one splits into an empty outside part)."""
+    parts = sql.replace("%", "%%").split("'")
+    return "'".join(p if i % 2 else p.replace("?", "%s") for i, p in enumerate(parts))
+
+
 def query(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read from the database in a short-lived connection of its own."""
+    """Read from the database in a short-lived connection of its own (`?` placeholders)."""
+    if is_postgres(db_url):
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as con:
+            return con.execute(_pg_sql(sql), params).fetchall()
     with closing(sqlite3.connect(sqlite_path(db_url), timeout=10)) as con:
         return con.execute(sql, params).fetchall()
+
+
+def execute(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> int:
+    """Write to the database in a short-lived connection of its own, committed before this
+    returns (`?` placeholders); the number of rows affected."""
+    if is_postgres(db_url):
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as con:
+            return con.execute(_pg_sql(sql), params).rowcount
+    with closing(sqlite3.connect(sqlite_path(db_url), timeout=10)) as con, con:
+        return con.execute(sql, params).rowcount
 
 
 def wait_until(

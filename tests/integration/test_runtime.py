@@ -1,4 +1,5 @@
-"""The run loop, in-process: `Worker`s on a real SQLite file in tmp_path, with fast settings.
+"""The run loop, in-process: `Worker`s on a real database (a SQLite file in tmp_path, or a fresh
+PostgreSQL database: every test runs on both), with fast settings.
 
 Draining, cancellation, degraded completion, escalation, replanning (its bounds, and steps in
 flight while it happens), reconciling an interrupted non-idempotent tool (or asking a human),
@@ -13,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,14 +53,13 @@ class Score(BaseModel):
 
 
 @pytest.fixture
-async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., App]]:
-    """Apps on one database file in tmp_path; their stores are closed at teardown."""
+async def make_app(db_url: str) -> AsyncIterator[Callable[..., App]]:
+    """Apps on one database (the backend under test); their stores are closed at teardown."""
     stores: list[Store] = []
 
     def make(**kwargs: Any) -> App:
         hook = kwargs.pop("on_review_escalated", None)
-        url = f"sqlite:///{tmp_path / 'runtime.db'}"
-        app = App(Settings(database_url=url, **{**FAST, **kwargs}), on_review_escalated=hook)
+        app = App(Settings(database_url=db_url, **{**FAST, **kwargs}), on_review_escalated=hook)
         stores.append(app.store())
         return app
 

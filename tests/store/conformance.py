@@ -7,10 +7,14 @@ protocol alone: never on the planner, the engine or a worker.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from stalwart.domain.failures import Decision, Outcome
+from stalwart.domain.limits import LimitRecord
 from stalwart.domain.plans import Plan, PlanStep, ReviewSpec
 from stalwart.domain.records import Claim, EventRecord, JobRecord, StepError, StepRecord
 from stalwart.domain.retry import RetryPolicy
@@ -144,3 +148,27 @@ def decision(outcome: Outcome, delay_seconds: float = 0.0) -> Decision:
 async def expire(seconds: float = 0.08) -> None:
     """Let short leases, deadlines and SLAs pass (the backend's clock, not a fake one)."""
     await asyncio.sleep(seconds)
+
+
+async def limit_state(store: Store, key: str) -> LimitRecord:
+    """The live state of one limited key, as `limit_list` shows it."""
+    found = {r.key: r for r in await store.limit_list()}
+    assert key in found, sorted(found)
+    return found[key]
+
+
+async def run_sql(store: Store, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on the store's own database, outside the `Store` protocol (for the
+    user's tables that a tool's effects write); `?` placeholders on either backend. Returns the
+    rows of a query, [] otherwise."""
+    if store.url.startswith("sqlite"):
+        con = sqlite3.connect(store.url.removeprefix("sqlite:///"), timeout=5)
+        try:
+            with con:
+                cursor = con.execute(sql, tuple(params))
+                return cursor.fetchall() if cursor.description else []
+        finally:
+            con.close()
+    async with await psycopg.AsyncConnection.connect(store.url, autocommit=True) as pg:
+        cursor = await pg.execute(sql.replace("?", "%s"), tuple(params))
+        return await cursor.fetchall() if cursor.description else []

@@ -1,7 +1,8 @@
 """The store conformance suite: every test in tests/store runs once per backend.
 
-To add a backend, add its name to `BACKENDS` with a function that opens a fresh, empty store
-and one that corrupts a job's stored input (the only test that reaches under the protocol).
+To add a backend, add its name to `BACKENDS` with a function that gives a database URL for a
+test and one that corrupts a job's stored input (the only test that reaches under the protocol).
+PostgreSQL runs on a private server the suite starts itself (tests/pgserver.py).
 The tests themselves talk to the `Store` protocol only and must pass unchanged.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from stalwart.settings import Settings
@@ -20,16 +22,17 @@ from stalwart.store import Store, open_store
 
 @dataclass(frozen=True)
 class Backend:
-    """How the suite opens one backend and tampers with its rows."""
+    """How the suite opens one backend and tampers with its rows.
 
-    open: Callable[[Path], Store]
+    `url` gives a database URL for a test: `migrated` asks for one with the schema already in
+    place (PostgreSQL clones a template database; SQLite just migrates its new file)."""
+
+    url: Callable[[pytest.FixtureRequest, Path, bool], str]
     corrupt_job_input: Callable[[Store, str], Awaitable[None]]
 
 
-def _open_sqlite(tmp_path: Path) -> Store:
-    url = f"sqlite:///{tmp_path}/s.db"
-    # synchronous=OFF: the suite tests behaviour, not durability across power loss.
-    return open_store(url, Settings(database_url=url, sqlite_synchronous="OFF"))
+def _sqlite_url(request: pytest.FixtureRequest, tmp_path: Path, migrated: bool) -> str:
+    return f"sqlite:///{tmp_path}/s.db"
 
 
 async def _corrupt_sqlite_job_input(store: Store, job_id: str) -> None:
@@ -42,10 +45,25 @@ async def _corrupt_sqlite_job_input(store: Store, job_id: str) -> None:
         con.close()
 
 
+def _postgres_url(request: pytest.FixtureRequest, tmp_path: Path, migrated: bool) -> str:
+    return str(request.getfixturevalue("pg_url" if migrated else "pg_empty_url"))
+
+
+async def _corrupt_postgres_job_input(store: Store, job_id: str) -> None:
+    async with await psycopg.AsyncConnection.connect(store.url, autocommit=True) as con:
+        await con.execute("UPDATE jobs SET input = '{not json' WHERE id = %s", (job_id,))
+
+
 BACKENDS: dict[str, Backend] = {
-    "sqlite": Backend(open=_open_sqlite, corrupt_job_input=_corrupt_sqlite_job_input),
-    # "postgres": Backend(open=_open_postgres, corrupt_job_input=_corrupt_postgres_job_input),
+    "sqlite": Backend(url=_sqlite_url, corrupt_job_input=_corrupt_sqlite_job_input),
+    "postgres": Backend(url=_postgres_url, corrupt_job_input=_corrupt_postgres_job_input),
 }
+
+
+def settings_for(url: str) -> Settings:
+    """Settings for a test store; synchronous=OFF on SQLite: the suite tests behaviour, not
+    durability across power loss."""
+    return Settings(database_url=url, sqlite_synchronous="OFF")
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -61,9 +79,12 @@ def backend(backend_name: str) -> Backend:
 
 
 @pytest.fixture
-async def fresh_store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+async def fresh_store(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
     """An empty store with no migrations applied."""
-    store = backend.open(tmp_path)
+    url = backend.url(request, tmp_path, False)
+    store = open_store(url, settings_for(url))
     try:
         yield store
     finally:
@@ -71,10 +92,17 @@ async def fresh_store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def store(fresh_store: Store) -> Store:
+async def store(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
     """A fresh, migrated store."""
-    await fresh_store.migrate()
-    return fresh_store
+    url = backend.url(request, tmp_path, True)
+    store = open_store(url, settings_for(url))
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from stalwart.errors import AppImportError, ConfigurationError, StoreError
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.store.sqlite.connection import path_from_url
+from stalwart.types import redact_url
 
 
 def load_app(spec: str, database_url: str | None = None) -> App:
@@ -60,7 +61,8 @@ async def open_existing(settings: Settings) -> Store:
     if not status.current:
         await store.close()
         raise StoreError(
-            f"the database at {url} has {len(status.pending)} pending migration(s); run "
+            f"the database at {redact_url(url)} has {len(status.pending)} pending migration(s); "
+            "run "
             "`stalwart db migrate`"
         )
     return store

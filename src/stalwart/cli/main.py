@@ -33,6 +33,7 @@ from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
 from stalwart.errors import PlanValidationError, StalwartError, UsageError
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
+from stalwart.types import redact_url
 
 T = TypeVar("T")
 
@@ -120,7 +121,10 @@ def main_options(
     ctx: typer.Context,
     database_url: Annotated[
         str | None,
-        typer.Option(help="sqlite:///path.db (env: STALWART_DATABASE_URL)", show_default=False),
+        typer.Option(
+            help="sqlite:///path.db or postgresql://user:pass@host/db (env: STALWART_DATABASE_URL)",
+            show_default=False,
+        ),
     ] = None,
     app: Annotated[
         str | None,
@@ -200,7 +204,7 @@ def worker(
             loop.add_signal_handler(sig, w.stop)
         await w.start()
         ui.err.print(
-            f"worker {w.worker_id} (host {w.host}, pid {w.pid}) on {_safe_url(store.url)}, "
+            f"worker {w.worker_id} (host {w.host}, pid {w.pid}) on {redact_url(store.url)}, "
             f"concurrency {w.concurrency}"
             + (f"; recovered {w.reclaimed} leases of its earlier life" if w.reclaimed else "")
             + "; Ctrl-C or SIGTERM to drain and stop"
@@ -209,18 +213,10 @@ def worker(
             await w.run()
         finally:
             await store.close()
+        if w.failed:
+            raise typer.Exit(1)
 
     _run(go)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for printing."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 # -- workers and limits ---------------------------------------------------------------------------
@@ -858,10 +854,11 @@ def db_migrate(ctx: typer.Context) -> None:
         ui.dump_json({"applied": applied})
     elif applied:
         ui.out.print(
-            f"applied migration(s) {', '.join(map(str, applied))} to {state.settings.database_url}"
+            f"applied migration(s) {', '.join(map(str, applied))} to "
+            f"{redact_url(state.settings.database_url)}"
         )
     else:
-        ui.out.print(f"{state.settings.database_url} is up to date")
+        ui.out.print(f"{redact_url(state.settings.database_url)} is up to date")
 
 
 @db_cli.command("status")

@@ -8,17 +8,23 @@ with the decision `domain.failures.decide` made for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.failures import Decision, Outcome, decide
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
-from stalwart.errors import EffectFailedError, ErrorClass, PlanValidationError
+from stalwart.errors import (
+    EffectFailedError,
+    ErrorClass,
+    PlanValidationError,
+    StoreUnavailableError,
+)
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
@@ -28,6 +34,7 @@ from stalwart.tools.invoke import ToolOutcome, invoke_tool
 from stalwart.tools.registry import ToolRegistry
 from stalwart.types import dumps
 
+T = TypeVar("T")
 log = logging.getLogger("stalwart.engine")
 
 
@@ -73,14 +80,18 @@ class Executor:
         started = time.perf_counter()
         outcome = await self.attempt(claim, ctx)
         if outcome.error is None:
+            output = outcome.output
             try:
-                completion = await self.store.step_complete(
+                completion = await self._while_leased(
                     claim,
-                    outcome.output,
-                    worker_id=worker_id,
-                    claim_next=claim_next,
-                    lease_seconds=self.settings.lease_seconds,
-                    effects=ctx.effects,
+                    lambda: self.store.step_complete(
+                        claim,
+                        output,
+                        worker_id=worker_id,
+                        claim_next=claim_next,
+                        lease_seconds=self.settings.lease_seconds,
+                        effects=ctx.effects,
+                    ),
                 )
             except EffectFailedError as exc:
                 # The user's own write failed: record the attempt as failed, effects unapplied.
@@ -106,7 +117,9 @@ class Executor:
         if ctx.cancelled and error.error_class != ErrorClass.CANCELLED:
             error = StepError(ErrorClass.CANCELLED, f"job cancelled ({error.message})", "cancelled")
         decision = self.decide(claim, error)
-        recorded = await self.store.step_fail(claim, error, decision, worker_id=worker_id)
+        recorded = await self._while_leased(
+            claim, lambda: self.store.step_fail(claim, error, decision, worker_id=worker_id)
+        )
         log.info(
             "step failed: %s -> %s",
             error.message,
@@ -124,6 +137,31 @@ class Executor:
         )
         if recorded and decision.outcome is Outcome.REPLAN:
             await self.replan_waiting(worker_id)
+
+    async def _while_leased(self, claim: Claim, write: Callable[[], Awaitable[T]]) -> T:
+        """Record an attempt's outcome, trying again while the database is unreachable (a
+        restart, a failover) and the lease may still be ours. The write is fenced by the lease
+        token, so a try that did commit before the connection dropped makes the next one a
+        harmless no-op."""
+        delay = 0.1
+        give_up = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                return await write()
+            except StoreUnavailableError as exc:
+                # Past a lease's length of trying, the lease is surely gone (heartbeats need the
+                # database too): another worker will run the step again.
+                if time.monotonic() + delay >= give_up:
+                    raise
+                log.warning(
+                    "database unavailable while recording step %s; retrying in %.1fs: %s",
+                    claim.key,
+                    delay,
+                    exc,
+                    extra={"action": "store_unavailable", "job": claim.job_id, "step": claim.key},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def decide(self, claim: Claim, error: StepError) -> Decision:
         """What follows this failure (domain.failures.decide with the step's policy)."""
@@ -176,7 +214,8 @@ class Executor:
             found = await invoke_tool(spec, args, ctx, timeout_seconds=timeout, reconcile=True)
             if found.error is not None or found.output is not None:
                 return self._checked(claim, found, context)
-            timeout = max(0.001, ctx.deadline - time.time())
+            # Nothing found: the call itself gets its whole timeout, not what reconcile left.
+            ctx.deadline = time.time() + timeout
         outcome = await invoke_tool(spec, args, ctx, timeout_seconds=timeout)
         return self._checked(claim, outcome, context)
 

@@ -95,6 +95,8 @@ class Worker:
         self.reclaimed = 0
         self._due: WorkDue | None = None
         self._started = False
+        # Set when a side task died: the process should exit non-zero so it is restarted.
+        self.failed = False
         poll = settings.poll_interval_seconds
         self.poll_seconds = (
             max(poll, settings.notify_poll_interval_seconds) if store.wakeups else poll
@@ -175,6 +177,7 @@ class Worker:
                         exc_info=task.exception(),
                         extra={"action": "worker_side_task_died"},
                     )
+                    self.failed = True
                     self.stop()
             if main not in done:
                 await main

@@ -110,6 +110,7 @@ class PostgresStore(SqlStore):
                         actor,
                         lock=" FOR UPDATE",
                         skip_locked=" FOR UPDATE SKIP LOCKED",
+                        retryable=(*RACE_ERRORS, psycopg.OperationalError),
                     )
                     result = fn(tx)
                     if _made_ready(tx):
@@ -179,7 +180,9 @@ class PostgresStore(SqlStore):
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=5
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._settings.pg_connect_timeout_seconds)),
                 ) as con:
                     await con.execute(f"LISTEN {READY_CHANNEL}")
                     delay = 0.1

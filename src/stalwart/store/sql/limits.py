@@ -55,6 +55,7 @@ class LimitRow:
     breaker_state: str
     breaker_count: int
     breaker_since: float | None
+    in_use: int = 0
 
     def available(self, now: float) -> float:
         """Tokens in the bucket now."""
@@ -70,6 +71,8 @@ class LimitRow:
             return True  # its probe is out
         if self.breaker_state == BreakerState.OPEN.value:
             return now < (self.breaker_since or 0.0) + (self.breaker_cooldown or 0.0)
+        if self.concurrency is not None and self.in_use >= self.concurrency:
+            return True
         return self.rate is not None and self.available(now) < 1.0
 
     @property
@@ -103,9 +106,26 @@ class Limits:
 
 
 def load(tx: Tx) -> Limits:
-    """Every limit row (a small table: one row per limited tool or tenant)."""
-    rows = tx.con.execute(f"SELECT {LIMIT_ROW_COLUMNS} FROM limits").fetchall()
+    """Every limit row (a small table: one row per limited tool or tenant), with the slots in
+    use as this transaction sees them."""
+    rows = tx.con.execute(
+        f"SELECT {LIMIT_ROW_COLUMNS}, (SELECT count(*) FROM limit_slots s WHERE s.key = "
+        "limits.key AND s.step_id IS NOT NULL) FROM limits"
+    ).fetchall()
     return Limits({r[0]: LimitRow(*r) for r in rows})
+
+
+def limits_any(tx: Tx, keys: Sequence[str]) -> bool:
+    """Whether any of `keys` limits steps now (read inside the transaction: another process may
+    have configured a cap or paused a key since this one last looked)."""
+    marks = ",".join("?" * len(keys))
+    row = tx.con.execute(
+        f"SELECT 1 FROM limits WHERE key IN ({marks}) AND (concurrency IS NOT NULL OR rate IS "
+        "NOT NULL OR breaker_failures IS NOT NULL OR paused_until > ? OR breaker_state <> "
+        "'closed') LIMIT 1",
+        (*keys, tx.now),
+    ).fetchone()
+    return row is not None
 
 
 def admit(tx: Tx, limits: Limits, job: JobHead, step_id: int, keys: Sequence[str]) -> None:
@@ -148,11 +168,14 @@ def admit(tx: Tx, limits: Limits, job: JobHead, step_id: int, keys: Sequence[str
                 limits.full.add(key)
                 raise NotAdmitted(key)
         if row.concurrency is not None:
+            # A free slot below the cap, and (after a cap was lowered while steps ran in the
+            # slots above it) fewer slots held than the cap.
             slot = tx.con.execute(
                 "UPDATE limit_slots SET step_id = ?, taken = ? WHERE key = ? AND slot = "
                 "(SELECT slot FROM limit_slots WHERE key = ? AND step_id IS NULL AND slot < ? "
-                f"ORDER BY slot LIMIT 1{tx.skip_locked}) RETURNING slot",
-                (step_id, tx.now, key, key, row.concurrency),
+                f"ORDER BY slot LIMIT 1{tx.skip_locked}) AND (SELECT count(*) FROM limit_slots "
+                "WHERE key = ? AND step_id IS NOT NULL) < ? RETURNING slot",
+                (step_id, tx.now, key, key, row.concurrency, key, row.concurrency),
             ).fetchone()
             if slot is None:
                 limits.full.add(key)
@@ -229,6 +252,8 @@ def record_outcome(
         return
     if ok or state != BreakerState.CLOSED.value or not counts_for_breaker(error_class or ""):
         return
+    if code == "http_429":
+        return  # slowing down is what the pause is for; the service is not failing
     if since is None or tx.now - since > (window or 0.0):
         count, since = 0, tx.now
     count += 1
@@ -271,7 +296,11 @@ def configure(tx: Tx, specs: Iterable[LimitSpec]) -> None:
             "tokens = CASE WHEN limits.rate IS NULL THEN excluded.tokens ELSE limits.tokens END, "
             "breaker_failures = excluded.breaker_failures, "
             "breaker_window = excluded.breaker_window, "
-            "breaker_cooldown = excluded.breaker_cooldown, updated = excluded.updated",
+            "breaker_cooldown = excluded.breaker_cooldown, updated = excluded.updated, "
+            # A breaker taken away while open must not hold its tool back forever.
+            "breaker_state = CASE WHEN excluded.breaker_failures IS NULL THEN 'closed' "
+            "ELSE limits.breaker_state END, breaker_probe = CASE WHEN excluded.breaker_failures "
+            "IS NULL THEN NULL ELSE limits.breaker_probe END",
             (
                 spec.key,
                 spec.concurrency,

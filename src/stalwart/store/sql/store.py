@@ -108,17 +108,9 @@ class SqlStore(ABC):
     now_sql: str = "?"
     wakeups: bool = False
 
-    _limited: frozenset[str] = frozenset()
-
     async def listen(self, wake: Callable[[], None]) -> None:
         """No push notifications here: wait to be cancelled (workers poll)."""
         await asyncio.Event().wait()
-
-    def _is_limited(self, tool: str | None, tenant_id: str) -> bool:
-        """Whether a step's tool or tenant had limits at this process's last claim."""
-        return tenant_key(tenant_id) in self._limited or (
-            tool is not None and tool_key(tool) in self._limited
-        )
 
     @abstractmethod
     async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
@@ -508,52 +500,73 @@ class SqlStore(ABC):
 
         def run(tx: Tx) -> list[Claim]:
             limits = limits_sql.load(tx)
-            self._limited = frozenset(k for k, r in limits.rows.items() if r.limiting)
-            held = limits.held_back(tx.now)
-            tools = [k[5:] for k in held if k.startswith("tool:")]
-            tenants = [k[7:] for k in held if k.startswith("tenant:")]
-            skip = ""
-            if tools:
-                skip += f" AND (s.tool IS NULL OR s.tool NOT IN ({','.join('?' * len(tools))}))"
-            if tenants:
-                skip += f" AND s.tenant_id NOT IN ({','.join('?' * len(tenants))})"
-            rows = tx.con.execute(
-                f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
-                f"WHERE s.status IN ('ready', 'retry_wait') AND s.due <= ?{skip} "
-                "AND j.status IN ('executing', 'waiting_approval') "
-                f"ORDER BY s.priority DESC, s.due LIMIT ?{tx.skip_locked_of('s, j')}",
-                (tx.now, *tools, *tenants, limit),
-            ).fetchall()
-            claims = []
-            touched: set[str] = set()
-            for row in rows:
-                if row[1] in touched:
-                    # An earlier claim of this batch changed the job (steps executed, a budget
-                    # that failed it, a park): read the candidate again, not the stale row.
-                    row = tx.con.execute(
-                        f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
-                        "WHERE s.id = ? AND s.status IN ('ready', 'retry_wait') "
-                        "AND j.status IN ('executing', 'waiting_approval')",
-                        (row[0],),
-                    ).fetchone()
-                    if row is None:
-                        continue
-                touched.add(row[1])
-                claim = self._claim_or_quarantine(tx, row, worker_id, lease_seconds, limits)
-                if claim is not None:
-                    claims.append(claim)
+            claims: list[Claim] = []
+            # A second pass when keys turned out full mid-batch (slots taken by others since
+            # the load): their candidates used up the batch, others may be waiting behind.
+            for _ in range(2):
+                found_full = len(limits.full)
+                claims += self._claim_batch(
+                    tx, worker_id, limit - len(claims), lease_seconds, limits
+                )
+                if len(claims) >= limit or len(limits.full) == found_full:
+                    break
             return claims
 
         if not await self._due_steps():
             return []
         return await self._write(worker_id, run)
 
+    def _claim_batch(
+        self,
+        tx: Tx,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        limits: limits_sql.Limits,
+    ) -> list[Claim]:
+        """Claim up to `limit` candidates, skipping keys whose limits hold them back."""
+        held = limits.held_back(tx.now)
+        tools = [k[5:] for k in held if k.startswith("tool:")]
+        tenants = [k[7:] for k in held if k.startswith("tenant:")]
+        skip = ""
+        if tools:
+            skip += f" AND (s.tool IS NULL OR s.tool NOT IN ({','.join('?' * len(tools))}))"
+        if tenants:
+            skip += f" AND s.tenant_id NOT IN ({','.join('?' * len(tenants))})"
+        rows = tx.con.execute(
+            f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+            f"WHERE s.status IN ('ready', 'retry_wait') AND s.due <= ?{skip} "
+            "AND j.status IN ('executing', 'waiting_approval') "
+            f"ORDER BY s.priority DESC, s.due LIMIT ?{tx.skip_locked_of('s, j')}",
+            (tx.now, *tools, *tenants, limit),
+        ).fetchall()
+        claims = []
+        touched: set[str] = set()
+        for row in rows:
+            if row[1] in touched:
+                # An earlier claim of this batch changed the job (steps executed, a budget
+                # that failed it, a park): read the candidate again, not the stale row.
+                row = tx.con.execute(
+                    f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
+                    "WHERE s.id = ? AND s.status IN ('ready', 'retry_wait') "
+                    "AND j.status IN ('executing', 'waiting_approval')",
+                    (row[0],),
+                ).fetchone()
+                if row is None:
+                    continue
+            touched.add(row[1])
+            claim = self._claim_or_quarantine(tx, row, worker_id, lease_seconds, limits)
+            if claim is not None:
+                claims.append(claim)
+        return claims
+
     async def _due_steps(self) -> bool:
         """A read before the write transaction: idle workers never queue for the write lock."""
         return bool(
             await self._read(
-                "SELECT 1 FROM steps WHERE status IN ('ready', 'retry_wait') "
-                f"AND due <= {self.now_sql} LIMIT 1"
+                "SELECT 1 FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN "
+                f"('ready', 'retry_wait') AND s.due <= {self.now_sql} "
+                "AND j.status IN ('executing', 'waiting_approval') LIMIT 1"
             )
         )
 
@@ -613,6 +626,9 @@ class SqlStore(ABC):
             tx.con.execute("ROLLBACK TO claim_one")
             del tx.events[mark:]
             claim = None
+        if claim is not None:
+            for key in keys:
+                limits.rows[key].in_use += 1
         tx.con.execute("RELEASE claim_one")
         return claim
 
@@ -677,7 +693,10 @@ class SqlStore(ABC):
                     (ready[0],),
                 ).fetchone()
                 # A limited step goes through the claim path that enforces its limits.
-                if candidate is not None and not self._is_limited(candidate[7], job.tenant_id):
+                keys = [tenant_key(job.tenant_id)]
+                if candidate is not None and candidate[7]:
+                    keys.append(tool_key(candidate[7]))
+                if candidate is not None and not limits_sql.limits_any(tx, keys):
                     next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
             return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
 
@@ -862,7 +881,8 @@ class SqlStore(ABC):
         now = self.now_sql
         rows = await self._read(
             f"SELECT {now}, "
-            "(SELECT min(due) FROM steps WHERE status IN ('ready', 'retry_wait')), "
+            "(SELECT min(s.due) FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN "
+            "('ready', 'retry_wait') AND j.status IN ('executing', 'waiting_approval')), "
             "EXISTS (SELECT 1 FROM jobs WHERE status = 'replanning' AND "
             f"(lease_expires IS NULL OR lease_expires < {now}) AND NOT EXISTS (SELECT 1 FROM "
             "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
@@ -954,7 +974,6 @@ class SqlStore(ABC):
             limits_sql.configure(tx, sorted(specs, key=lambda s: s.key))
 
         await self._write("limits", run)
-        self._limited = self._limited | {s.key for s in specs if not s.empty}
 
     async def limit_list(self) -> list[LimitRecord]:
         """Every key with limits or limit state."""
@@ -1281,6 +1300,8 @@ def _apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
     for number, (sql, params) in enumerate(effects, 1):
         try:
             tx.con.execute(sql, params)
+        except tx.retryable:
+            raise  # a lost connection or a lost race is the database's trouble, not the tool's
         except Exception as exc:
             raise EffectFailedError(
                 f"step {claim.key}: on_commit effect {number} failed: {exc}; nothing of the "

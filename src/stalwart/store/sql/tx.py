@@ -154,6 +154,8 @@ class Tx:
     lock: str = ""
     skip_locked: str = ""
     events: list[Event] = field(default_factory=list)
+    # Errors that mean "run the transaction again" or "the database went away", not bad SQL.
+    retryable: tuple[type[BaseException], ...] = ()
 
     def skip_locked_of(self, tables: str) -> str:
         """The skip-locked clause limited to `tables` (a join locks only the rows it names)."""
