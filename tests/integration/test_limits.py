@@ -60,7 +60,7 @@ def test_a_cap_of_two_is_never_exceeded_by_racing_workers(
         running += 1 if what == "start" else -1
         peak = max(peak, running)
     starts = sum(1 for what, _ in _calls(log_dir) if what == "start")
-    assert starts == jobs, workers.logs()
+    assert starts == jobs, f"{starts} starts for {jobs} jobs\n{workers.logs()}"
     assert peak == 2, f"observed {peak} capped steps at once (cap 2)"
     # Nothing is left holding a slot once everything finished.
     assert query(db_url, "SELECT count(*) FROM limit_slots WHERE step_id IS NOT NULL")[0][0] == 0

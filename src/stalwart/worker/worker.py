@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ class Worker:
         self.pid = os.getpid()
         self.reclaimed = 0
         self._due: WorkDue | None = None
+        self._due_read = 0.0
         self._started = False
         # Set when a side task died: the process should exit non-zero so it is restarted.
         self.failed = False
@@ -197,22 +199,35 @@ class Worker:
     # -- claim loop -------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        more = False  # the last pass filled slots and may find more at once
         while not self._stopping.is_set():
+            woken = more or self._wake.is_set()
             self._wake.clear()
             try:
-                claimed, timeout = await self._claim_once()
+                claimed, timeout = await self._claim_once(woken)
             except StoreError as exc:
                 await self._store_trouble("claim", exc)
                 continue
-            if claimed and len(self._running) < self.concurrency:
+            more = bool(claimed) and len(self._running) < self.concurrency
+            if more:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _claim_once(self) -> tuple[int, float]:
+    async def _claim_once(self, woken: bool) -> tuple[int, float]:
         """One pass: read what is due, claim into free slots, plan again where asked. Returns
-        the steps claimed and how long to wait before the next pass if nothing wakes us."""
-        due = self._due = await self.store.work_due()
+        the steps claimed and how long to wait before the next pass if nothing wakes us.
+
+        A pass that was woken (a notification, a finished step) goes straight to the claim,
+        whose own read says whether anything is due; `work_due` is read at least once a poll
+        interval, so housekeeping is never starved by a busy queue."""
+        now = time.monotonic()
+        due = self._due
+        if due is None or not woken or now - self._due_read >= self.poll_seconds:
+            due = self._due = await self.store.work_due()
+            self._due_read = now
+        else:
+            due = WorkDue(now=0.0, next_step_due=0.0, replanning=due.replanning)
         free = self.concurrency - len(self._running)
         claimed = 0
         if free > 0 and due.steps_due:

@@ -15,6 +15,7 @@ docs/decisions/0014-one-sql-store-two-backends.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -101,9 +102,12 @@ class PostgresStore(SqlStore):
         with self._pool.connection() as raw:
             committing = False
             try:
-                with raw.transaction():
-                    now = raw.execute(f"SELECT {NOW_SQL}").fetchone()
-                    assert now is not None
+                # BEGIN and the clock in one round trip (the simple protocol runs both).
+                cur = raw.execute(f"BEGIN; SELECT {NOW_SQL}")
+                cur.nextset()
+                now = cur.fetchone()
+                assert now is not None
+                try:
                     tx = Tx(
                         PgConnection(raw),
                         float(now[0]),
@@ -116,7 +120,16 @@ class PostgresStore(SqlStore):
                     if _made_ready(tx):
                         raw.execute("SELECT pg_notify(%s, '')", (READY_CHANNEL,))
                     tx.flush()
-                    committing = True
+                except BaseException:
+                    if not raw.closed:
+                        with contextlib.suppress(psycopg.Error):
+                            raw.execute("ROLLBACK")
+                    raise
+                committing = True
+                done = raw.execute("COMMIT")
+                if done.statusmessage != "COMMIT":
+                    # A failed statement whose error was swallowed: the server rolled back.
+                    raise StoreError(f"the transaction was rolled back ({done.statusmessage})")
                 return result
             except RACE_ERRORS:
                 raise

@@ -84,6 +84,7 @@ from stalwart.store.sql.tx import (
     insert_plan,
     move_job,
     move_step,
+    note_job_move,
     open_review,
     park_job,
     release_dependents,
@@ -183,7 +184,7 @@ class SqlStore(ABC):
                     job.id,
                     job.tenant_id,
                     job.workflow,
-                    J.INTAKE.value,
+                    J.EXECUTING.value,  # its path there is recorded below, in order
                     job.priority,
                     job.idempotency_key,
                     dumps(job.input),
@@ -215,10 +216,10 @@ class SqlStore(ABC):
             tx.note(
                 "job_submitted", head, priority=job.priority, idempotency_key=job.idempotency_key
             )
-            move_job(tx, head, J.VALIDATING, "input accepted")
-            move_job(tx, head, J.PLANNING, "input valid")
+            note_job_move(tx, head, J.VALIDATING, "input accepted")
+            note_job_move(tx, head, J.PLANNING, "input valid")
             insert_plan(tx, head, plan)
-            move_job(tx, head, J.EXECUTING, "plan validated")
+            note_job_move(tx, head, J.EXECUTING, "plan validated")
             return job.id, True
 
         job_id, created = await self._write(actor, run)

@@ -254,6 +254,17 @@ def move_job(
     job.status = target.value
 
 
+def note_job_move(tx: Tx, job: JobHead, target: JobStatus, reason: str = "") -> None:
+    """A job's status change (checked, with its event) for a row this same transaction inserted
+    already holding its final status: the event history is complete, the row written once."""
+    tx.events.append(
+        job_transition(
+            job.id, job.tenant_id, job.status, target, actor=tx.actor, reason=reason, at=tx.now
+        )
+    )
+    job.status = target.value
+
+
 def move_step(
     tx: Tx,
     step: StepHead,
@@ -723,12 +734,14 @@ def insert_plan(
                 tx.now if s.id in reused else None,
             )
         )
-    tx.con.executemany(
+    # One multi-row INSERT that also says which steps start ready (one round trip).
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(rows))
+    inserted = tx.con.execute(
         "INSERT INTO steps (job_id, tenant_id, plan_version, key, kind, tool, status, priority, "
         "due, max_attempts, deps_remaining, critical, idempotent, spec, needs, dependents, "
-        "output, finished) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        rows,
-    )
+        f"output, finished) VALUES {values} RETURNING id, key, status",
+        [v for row in rows for v in row],
+    ).fetchall()
     tx.note(
         "plan_created",
         job,
@@ -740,10 +753,9 @@ def insert_plan(
         steps=len(plan.steps),
         reused=sorted(reused),
     )
-    for step_id, key in tx.con.execute(
-        "SELECT id, key FROM steps WHERE job_id = ? AND plan_version = ? AND status = 'ready'",
-        (job.id, plan.version),
-    ).fetchall():
+    for step_id, key, status in sorted(inserted):
+        if status != S.READY.value:
+            continue
         tx.events.append(
             step_transition(
                 job.id,

@@ -43,3 +43,8 @@ CREATE TABLE limit_slots (
 );
 CREATE INDEX limit_slots_step ON limit_slots (step_id) WHERE step_id IS NOT NULL;
 CREATE INDEX steps_lease_owner ON steps (lease_owner) WHERE status = 'running';
+
+-- The claim's plan depends on fresh statistics: a queue that fills fast would otherwise be
+-- sorted in full until autovacuum's default threshold (20% of the table) is reached.
+ALTER TABLE steps SET (autovacuum_analyze_scale_factor = 0.01, autovacuum_analyze_threshold = 500);
+ALTER TABLE jobs SET (autovacuum_analyze_scale_factor = 0.01, autovacuum_analyze_threshold = 500);
