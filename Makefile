@@ -28,7 +28,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests examples bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/step_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/step_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/throughput.py
+	PYTHONPATH=. $(BIN)/python bench/recovery.py
+	PYTHONPATH=. $(BIN)/python bench/recovery.py --backend sqlite
+	PYTHONPATH=. $(BIN)/python bench/wakeup.py
+	$(BIN)/python bench/worker_memory.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
