@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import psycopg
 
 from stalwart.errors import ConfigurationError, MigrationError
+from stalwart.store import migrations
 from stalwart.store.base import MigrationStatus
 
 MIGRATIONS_PACKAGE = "stalwart.store.postgres.migrations"
@@ -57,14 +57,7 @@ class PgConnection:
 
 def available_migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped, in order."""
-    out = []
-    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
-        name = entry.name
-        if not name.endswith(".sql"):
-            continue
-        version = int(name.split("_", 1)[0])
-        out.append((version, name[:-4], entry.read_text(encoding="utf-8")))
-    return sorted(out)
+    return migrations.available(MIGRATIONS_PACKAGE)
 
 
 def _ensure_table(con: psycopg.Connection[Any]) -> None:
@@ -85,17 +78,7 @@ def migration_status(con: psycopg.Connection[Any]) -> MigrationStatus:
                 "SELECT version, name, applied FROM schema_migrations ORDER BY version"
             ).fetchall()
         ]
-    done = {v for v, _, _ in applied}
-    known = available_migrations()
-    newest = max((v for v, _, _ in known), default=0)
-    if done and max(done) > newest:
-        raise MigrationError(
-            f"the database schema is at version {max(done)}, newer than this Stalwart knows "
-            f"({newest}); upgrade Stalwart",
-            database_version=max(done),
-        )
-    pending = [(v, n) for v, n, _ in known if v not in done]
-    return MigrationStatus(applied=applied, pending=pending)
+    return migrations.status(applied, MIGRATIONS_PACKAGE)
 
 
 def migrate(con: psycopg.Connection[Any]) -> list[int]:
@@ -114,7 +97,7 @@ def migrate(con: psycopg.Connection[Any]) -> list[int]:
                 if row:
                     continue
                 try:
-                    for statement in _statements(sql):
+                    for statement in migrations.statements(sql):
                         con.execute(statement)
                 except psycopg.Error as exc:
                     raise MigrationError(
@@ -128,8 +111,3 @@ def migrate(con: psycopg.Connection[Any]) -> list[int]:
     finally:
         con.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied_now
-
-
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -6,10 +6,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 from stalwart.errors import ConfigurationError, MigrationError, StoreError
+from stalwart.store import migrations
 from stalwart.store.base import MigrationStatus
 
 MIGRATIONS_PACKAGE = "stalwart.store.sqlite.migrations"
@@ -79,14 +79,7 @@ def immediate(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def available_migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped, in order."""
-    out = []
-    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
-        name = entry.name
-        if not name.endswith(".sql"):
-            continue
-        version = int(name.split("_", 1)[0])
-        out.append((version, name[:-4], entry.read_text(encoding="utf-8")))
-    return sorted(out)
+    return migrations.available(MIGRATIONS_PACKAGE)
 
 
 def _ensure_table(con: sqlite3.Connection) -> None:
@@ -105,17 +98,7 @@ def migration_status(con: sqlite3.Connection) -> MigrationStatus:
             "SELECT version, name, applied FROM schema_migrations ORDER BY version"
         )
     ]
-    done = {v for v, _, _ in applied}
-    known = available_migrations()
-    newest = max((v for v, _, _ in known), default=0)
-    if done and max(done) > newest:
-        raise MigrationError(
-            f"the database schema is at version {max(done)}, newer than this Stalwart knows "
-            f"({newest}); upgrade Stalwart",
-            database_version=max(done),
-        )
-    pending = [(v, n) for v, n, _ in known if v not in done]
-    return MigrationStatus(applied=applied, pending=pending)
+    return migrations.status(applied, MIGRATIONS_PACKAGE)
 
 
 def migrate(con: sqlite3.Connection) -> list[int]:
@@ -131,7 +114,7 @@ def migrate(con: sqlite3.Connection) -> list[int]:
             if row:
                 continue
             try:
-                for statement in _statements(sql):
+                for statement in migrations.statements(sql):
                     con.execute(statement)
             except sqlite3.Error as exc:
                 raise MigrationError(f"migration {name} failed: {exc}", version=version) from exc
@@ -141,8 +124,3 @@ def migrate(con: sqlite3.Connection) -> list[int]:
             )
             applied_now.append(version)
     return applied_now
-
-
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
