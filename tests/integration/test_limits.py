@@ -4,10 +4,14 @@ over-admits under a race, and a rate limit that holds within 10% across three wo
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from tests.integration.apps import limits_app
-from tests.integration.conftest import Workers, query, wait_until
+from tests.integration.conftest import REPO, Workers, query, wait_until
 
 from stalwart.client import Client
 from stalwart.store import open_store
@@ -87,3 +91,38 @@ def test_a_rate_limit_holds_within_ten_percent_across_three_workers(
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
     assert 9.0 <= rate <= 11.0, f"observed {rate:.2f} starts/s against a limit of 10/s"
     assert query(db_url, "SELECT max(attempt) FROM steps")[0][0] == 1
+
+
+def _cli_json(db_url: str, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "stalwart.cli.main", "--database-url", db_url, "--json", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_workers_list_and_limits_list_show_what_operators_need(
+    tmp_path: Path, workers: Workers, db_url: str
+) -> None:
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
+    live = workers.start(db_url, "limits_app", env=env, concurrency=3, name="ops")
+    assert live.wait_for_output(f"pid {live.pid}", 30), live.output()
+    gone = workers.start(db_url, "limits_app", env=env, concurrency=3, name="gone")
+    assert gone.wait_for_output("worker started", 30), gone.output()
+    gone.stop()
+
+    listed = {w["id"]: w for w in _cli_json(db_url, "workers", "list", "--all")}
+    assert listed["w0-ops"]["live"] and listed["w0-ops"]["pid"] == live.pid
+    assert listed["w0-ops"]["status"] == "running" and listed["w0-ops"]["concurrency"] == 3
+    assert "capped" in listed["w0-ops"]["tools"]
+    assert not listed["w1-gone"]["live"] and listed["w1-gone"]["status"] == "stopped"
+
+    limits = {lim["key"]: lim for lim in _cli_json(db_url, "limits", "list")}
+    assert limits["tool:capped"]["concurrency"] == 2 and limits["tool:capped"]["in_use"] == 0
+    assert limits["tool:metered"]["rate"] == 10.0 and limits["tool:metered"]["burst"] == 3.0

@@ -231,16 +231,12 @@ def workers_list(
     with the steps each holds."""
     state = _state(ctx)
 
-    async def go() -> list[Any]:
-        store = await open_existing(state.settings)
-        try:
-            return await store.worker_list(
-                live_seconds=state.settings.lease_seconds, include_stopped=all_
-            )
-        finally:
-            await store.close()
-
-    found = _run(go)
+    found = _with_store(
+        state,
+        lambda store: store.worker_list(
+            live_seconds=state.settings.lease_seconds, include_stopped=all_
+        ),
+    )
     if state.json:
         ui.dump_json([w.to_dict() for w in found])
         return
@@ -279,14 +275,7 @@ def limits_list(ctx: typer.Context) -> None:
     """Every limited tool and tenant: slots in use, tokens left, pauses, breaker state."""
     state = _state(ctx)
 
-    async def go() -> list[Any]:
-        store = await open_existing(state.settings)
-        try:
-            return await store.limit_list()
-        finally:
-            await store.close()
-
-    found = _run(go)
+    found = _with_store(state, lambda store: store.limit_list())
     if state.json:
         ui.dump_json([lim.to_dict() for lim in found])
         return
@@ -398,15 +387,21 @@ async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool
 # -- jobs -----------------------------------------------------------------------------------------
 
 
-def _client(state: State, fn: Callable[[Client], Awaitable[T]]) -> T:
+def _with_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `fn` on the existing, migrated store, closed afterwards."""
+
     async def go() -> T:
         store: Store = await open_existing(state.settings)
         try:
-            return await fn(Client(store, settings=state.settings))
+            return await fn(store)
         finally:
             await store.close()
 
     return _run(go)
+
+
+def _client(state: State, fn: Callable[[Client], Awaitable[T]]) -> T:
+    return _with_store(state, lambda store: fn(Client(store, settings=state.settings)))
 
 
 @jobs_cli.command("list")
