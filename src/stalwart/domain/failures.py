@@ -58,12 +58,13 @@ def decide(
     - budget: fail the job; critical: halt and escalate; cancelled: cancel.
     """
     kind = ErrorClass(error.error_class)
-    if kind is ErrorClass.TRANSIENT and error.code == "http_429" and error.retry_after:
+    if kind is ErrorClass.TRANSIENT and error.asks_to_wait:
         # The service said when to come back: that is a delay, not a failed attempt.
+        wait = float(error.retry_after or 0.0)
         return Decision(
             Outcome.RETRY,
-            f"rate limited (429): retry after {error.retry_after:g}s; attempt not counted",
-            error.retry_after,
+            f"rate limited (429): retry after {wait:g}s; attempt not counted",
+            wait,
             refund_attempt=True,
         )
     if kind is ErrorClass.TRANSIENT:

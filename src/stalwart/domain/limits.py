@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from stalwart.domain.records import json_ready
 from stalwart.errors import ConfigurationError
 
 RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
@@ -150,6 +152,6 @@ class LimitRecord:
     breaker_count: int
     breaker_since: float | None
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return json_ready(self)

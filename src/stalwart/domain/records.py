@@ -9,7 +9,7 @@ from typing import Any
 from stalwart.types import to_datetime
 
 
-def _json_ready(record: Any, times: tuple[str, ...]) -> dict[str, Any]:
+def json_ready(record: Any, times: tuple[str, ...] = ()) -> dict[str, Any]:
     """A record's fields as a dict; each epoch field in `times` becomes `<name>_at` in ISO."""
     out = {k: getattr(record, k) for k in record.__slots__}
     for name in times:
@@ -60,7 +60,7 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        return _json_ready(self, ("created", "updated", "deadline", "finished"))
+        return json_ready(self, ("created", "updated", "deadline", "finished"))
 
 
 @dataclass(slots=True)
@@ -94,7 +94,7 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        return _json_ready(self, ("due", "lease_expires", "started", "finished"))
+        return json_ready(self, ("due", "lease_expires", "started", "finished"))
 
 
 @dataclass(slots=True)
@@ -156,7 +156,7 @@ class ReviewRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        return _json_ready(self, ("sla_deadline", "created", "escalated", "decided"))
+        return json_ready(self, ("sla_deadline", "created", "escalated", "decided"))
 
 
 @dataclass(slots=True)
@@ -179,7 +179,7 @@ class DeadLetterRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
-        return _json_ready(self, ("created", "redriven"))
+        return json_ready(self, ("created", "redriven"))
 
 
 @dataclass(slots=True)
@@ -217,6 +217,12 @@ class StepError:
     retry_after: float | None = None
     exception_type: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def asks_to_wait(self) -> bool:
+        """The service refused for now and said for how long (HTTP 429 with Retry-After):
+        a delay to honour, not a failure of the step."""
+        return self.code == "http_429" and bool(self.retry_after)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

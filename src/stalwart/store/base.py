@@ -23,6 +23,7 @@ from stalwart.domain.records import (
     ReviewRecord,
     StepError,
     StepRecord,
+    json_ready,
 )
 
 
@@ -145,7 +146,7 @@ class WorkerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return json_ready(self)
 
 
 @dataclass(slots=True)
@@ -320,7 +321,7 @@ class Store(Protocol):
         """Record a worker as running (again, if its id is known)."""
         ...
 
-    async def worker_beat(self, worker_id: str, *, status: str = "running") -> None:
+    async def worker_beat(self, worker_id: str) -> None:
         """Record that a worker is alive."""
         ...
 

@@ -112,8 +112,7 @@ class PostgresStore(SqlStore):
                         PgConnection(raw),
                         float(now[0]),
                         actor,
-                        lock=" FOR UPDATE",
-                        skip_locked=" FOR UPDATE SKIP LOCKED",
+                        row_locks=True,
                         retryable=(*RACE_ERRORS, psycopg.OperationalError),
                     )
                     result = fn(tx)

@@ -22,11 +22,20 @@ from stalwart.domain.limits import (
     tenant_key,
     tool_key,
 )
+from stalwart.domain.records import StepError
 from stalwart.store.sql.tx import JobHead, Tx
 
-LIMIT_ROW_COLUMNS = (
+# A limit row as `LimitRow` reads it, with the slots in use as the reader's transaction sees them.
+LIMIT_FIELDS = (
     "key, concurrency, rate, burst, tokens, refilled, paused_until, breaker_failures, "
-    "breaker_window, breaker_cooldown, breaker_state, breaker_count, breaker_since"
+    "breaker_window, breaker_cooldown, breaker_state, breaker_count, breaker_since, "
+    "(SELECT count(*) FROM limit_slots s WHERE s.key = limits.key AND s.step_id IS NOT NULL), "
+    "pause_reason"
+)
+# SQL for `LimitRow.limiting` (the time as a `?` parameter).
+LIMITING_SQL = (
+    "(concurrency IS NOT NULL OR rate IS NOT NULL OR breaker_failures IS NOT NULL OR "
+    "paused_until > ? OR breaker_state <> 'closed')"
 )
 
 
@@ -56,6 +65,7 @@ class LimitRow:
     breaker_count: int
     breaker_since: float | None
     in_use: int = 0
+    pause_reason: str | None = None
 
     def available(self, now: float) -> float:
         """Tokens in the bucket now."""
@@ -75,14 +85,13 @@ class LimitRow:
             return True
         return self.rate is not None and self.available(now) < 1.0
 
-    @property
-    def limiting(self) -> bool:
-        """True when the key limits anything at all."""
+    def limiting(self, now: float) -> bool:
+        """True when the key limits anything at all now (as `LIMITING_SQL` says in SQL)."""
         return (
             self.concurrency is not None
             or self.rate is not None
             or self.breaker_failures is not None
-            or self.paused_until is not None
+            or (self.paused_until is not None and self.paused_until > now)
             or self.breaker_state != BreakerState.CLOSED.value
         )
 
@@ -94,11 +103,11 @@ class Limits:
     rows: dict[str, LimitRow]
     full: set[str] = field(default_factory=set)
 
-    def keys_for(self, tool: str | None, tenant_id: str) -> list[str]:
+    def keys_for(self, tool: str | None, tenant_id: str, now: float) -> list[str]:
         """The limited keys a step of `tool` for `tenant_id` must pass, tool first."""
         keys = [tool_key(tool)] if tool else []
         keys.append(tenant_key(tenant_id))
-        return [k for k in keys if k in self.rows and self.rows[k].limiting]
+        return [k for k in keys if k in self.rows and self.rows[k].limiting(now)]
 
     def held_back(self, now: float) -> set[str]:
         """Keys no step may pass now."""
@@ -108,10 +117,7 @@ class Limits:
 def load(tx: Tx) -> Limits:
     """Every limit row (a small table: one row per limited tool or tenant), with the slots in
     use as this transaction sees them."""
-    rows = tx.con.execute(
-        f"SELECT {LIMIT_ROW_COLUMNS}, (SELECT count(*) FROM limit_slots s WHERE s.key = "
-        "limits.key AND s.step_id IS NOT NULL) FROM limits"
-    ).fetchall()
+    rows = tx.con.execute(f"SELECT {LIMIT_FIELDS} FROM limits").fetchall()
     return Limits({r[0]: LimitRow(*r) for r in rows})
 
 
@@ -120,9 +126,7 @@ def limits_any(tx: Tx, keys: Sequence[str]) -> bool:
     have configured a cap or paused a key since this one last looked)."""
     marks = ",".join("?" * len(keys))
     row = tx.con.execute(
-        f"SELECT 1 FROM limits WHERE key IN ({marks}) AND (concurrency IS NOT NULL OR rate IS "
-        "NOT NULL OR breaker_failures IS NOT NULL OR paused_until > ? OR breaker_state <> "
-        "'closed') LIMIT 1",
+        f"SELECT 1 FROM limits WHERE key IN ({marks}) AND {LIMITING_SQL} LIMIT 1",
         (*keys, tx.now),
     ).fetchone()
     return row is not None
@@ -133,13 +137,9 @@ def admit(tx: Tx, limits: Limits, job: JobHead, step_id: int, keys: Sequence[str
     `NotAdmitted` (the caller rolls back to its savepoint) if any key holds it back."""
     for key in keys:
         row = limits.rows[key]
-        if row.paused_until is not None and row.paused_until > tx.now:
+        if row.held_back(tx.now):
             raise NotAdmitted(key)
-        if row.breaker_state == BreakerState.HALF_OPEN.value:
-            raise NotAdmitted(key)
-        if row.breaker_state == BreakerState.OPEN.value:
-            if tx.now < (row.breaker_since or 0.0) + (row.breaker_cooldown or 0.0):
-                raise NotAdmitted(key)
+        if row.breaker_state == BreakerState.OPEN.value:  # its cool-down is over: one probe
             probe = tx.con.execute(
                 "UPDATE limits SET breaker_state = 'half_open', breaker_probe = ?, "
                 "breaker_since = ?, updated = ? WHERE key = ? AND breaker_state = 'open' "
@@ -216,20 +216,18 @@ def record_outcome(
     tool: str,
     step_id: int,
     *,
-    ok: bool,
-    error_class: str | None = None,
-    retry_after: float | None = None,
-    code: str | None = None,
+    error: StepError | None = None,
 ) -> None:
-    """After an attempt of a limited tool: move its breaker, and pause the key when the tool was
-    told to slow down (HTTP 429 with Retry-After)."""
+    """After an attempt of a limited tool (`error` None: it succeeded): move its breaker, and
+    pause the key when the tool was told to slow down (HTTP 429 with Retry-After)."""
     key = tool_key(tool)
     row = tx.con.execute(
         "SELECT breaker_failures, breaker_window, breaker_state, breaker_count, breaker_since, "
         f"breaker_probe FROM limits WHERE key = ?{tx.lock}",
         (key,),
     ).fetchone()
-    if code == "http_429" and retry_after:
+    if error is not None and error.asks_to_wait:
+        retry_after = float(error.retry_after or 0.0)
         until = tx.now + retry_after
         if row is None:
             _insert_empty(tx, key)
@@ -243,17 +241,17 @@ def record_outcome(
         return
     failures, window, state, count, since, probe = row
     if state == BreakerState.HALF_OPEN.value and probe == step_id:
-        if ok:
+        if error is None:
             _move_breaker(tx, job, key, BreakerState.CLOSED, "the probe succeeded")
-        elif error_class is None or counts_for_breaker(error_class):
+        elif counts_for_breaker(error.error_class):
             _move_breaker(tx, job, key, BreakerState.OPEN, "the probe failed")
         else:
             _move_breaker(tx, job, key, BreakerState.CLOSED, "the probe reached the tool")
         return
-    if ok or state != BreakerState.CLOSED.value or not counts_for_breaker(error_class or ""):
+    if error is None or state != BreakerState.CLOSED.value:
         return
-    if code == "http_429":
-        return  # slowing down is what the pause is for; the service is not failing
+    if not counts_for_breaker(error.error_class) or error.code == "http_429":
+        return  # a 429 is what the pause is for; the service is not failing
     if since is None or tx.now - since > (window or 0.0):
         count, since = 0, tx.now
     count += 1
@@ -326,21 +324,22 @@ def configure(tx: Tx, specs: Iterable[LimitSpec]) -> None:
         )
 
 
-def records(rows: list[tuple[Any, ...]], in_use: dict[str, int], now: float) -> list[LimitRecord]:
-    """Operator view of limit rows read with `LIMIT_ROW_COLUMNS` and `pause_reason`."""
+def records(rows: list[tuple[Any, ...]], now: float) -> list[LimitRecord]:
+    """Operator view of limit rows read with `LIMIT_FIELDS`."""
     out = []
     for r in rows:
-        row = LimitRow(*r[:-1])
+        row = LimitRow(*r)
+        paused = row.paused_until is not None and row.paused_until > now
         out.append(
             LimitRecord(
                 key=row.key,
                 concurrency=row.concurrency,
-                in_use=in_use.get(row.key, 0),
+                in_use=row.in_use,
                 rate=row.rate,
                 burst=row.burst,
                 tokens=round(row.available(now), 3) if row.rate is not None else None,
-                paused_until=row.paused_until if (row.paused_until or 0) > now else None,
-                pause_reason=r[-1] if (row.paused_until or 0) > now else None,
+                paused_until=row.paused_until if paused else None,
+                pause_reason=row.pause_reason if paused else None,
                 breaker_state=row.breaker_state,
                 breaker_failures=row.breaker_failures,
                 breaker_count=row.breaker_count,

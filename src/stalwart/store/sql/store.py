@@ -72,6 +72,7 @@ from stalwart.store.sql.rows import (
 from stalwart.store.sql.tx import (
     CANDIDATE_COLUMNS,
     LIVE_JOB,
+    REFUND_ATTEMPT,
     STEP_HEAD_COLUMNS,
     JobHead,
     StepHead,
@@ -99,6 +100,22 @@ J = JobStatus
 S = StepStatus
 ACTIVE_JOB_STATUSES = tuple(sorted(s.value for s in JOB_QUEUED))
 
+# What there is to do, each as the FROM and WHERE of a query. `{now}` is the time: `?` inside a
+# write transaction, the backend's clock (`now_sql`) in the cheap reads that decide whether a
+# write is worth starting, and in `work_due`, which asks all of them at once.
+STEP_WAITING = (
+    "FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN ('ready', 'retry_wait') "
+    "AND j.status IN ('executing', 'waiting_approval')"
+)
+REPLAN_WAITING = (
+    "FROM jobs WHERE status = 'replanning' AND (lease_expires IS NULL OR lease_expires < {now}) "
+    "AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.job_id = jobs.id "
+    "AND s.plan_version = jobs.plan_version AND s.status = 'running')"
+)
+LEASE_EXPIRED = "FROM steps WHERE status = 'running' AND lease_expires < {now}"
+REVIEW_OVERDUE = "FROM reviews WHERE status = 'pending' AND sla_deadline < {now}"
+JOB_EXPIRED = "FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL AND deadline < {now}"
+
 
 class SqlStore(ABC):
     """The `Store` protocol in SQL both backends accept. A backend supplies how a write
@@ -106,7 +123,7 @@ class SqlStore(ABC):
     SQL expression for the database's clock in epoch seconds."""
 
     url: str
-    now_sql: str = "?"
+    now_sql: str  # set by each backend
     wakeups: bool = False
 
     async def listen(self, wake: Callable[[], None]) -> None:
@@ -120,6 +137,10 @@ class SqlStore(ABC):
     @abstractmethod
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only statement."""
+
+    async def _any(self, where: str) -> bool:
+        """Whether `where` (one of the templates above) matches a row now."""
+        return bool(await self._read(f"SELECT 1 {where.format(now=self.now_sql)} LIMIT 1"))
 
     @abstractmethod
     async def migrate(self) -> list[int]:
@@ -341,22 +362,13 @@ class SqlStore(ABC):
         def run(tx: Tx) -> list[tuple[str, int, Any]]:
             rows = tx.con.execute(
                 "UPDATE jobs SET lease_owner = ?, lease_expires = ?, lease_token = lease_token + 1 "
-                "WHERE id IN (SELECT id FROM jobs WHERE status = 'replanning' AND "
-                "(lease_expires IS NULL OR lease_expires < ?) AND NOT EXISTS (SELECT 1 FROM "
-                "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
-                f"s.status = 'running') ORDER BY id LIMIT ?{tx.skip_locked}) "
-                "RETURNING id, lease_token, replan_feedback",
+                f"WHERE id IN (SELECT id {REPLAN_WAITING.format(now='?')} "
+                f"ORDER BY id LIMIT ?{tx.skip_locked}) RETURNING id, lease_token, replan_feedback",
                 (worker_id, tx.now + lease_seconds, tx.now, limit),
             ).fetchall()
             return [(r[0], r[1], r[2]) for r in rows]
 
-        waiting = await self._read(
-            "SELECT 1 FROM jobs WHERE status = 'replanning' "
-            f"AND (lease_expires IS NULL OR lease_expires < {self.now_sql}) AND NOT EXISTS "
-            "(SELECT 1 FROM steps s WHERE s.job_id = jobs.id AND s.plan_version = "
-            "jobs.plan_version AND s.status = 'running') LIMIT 1"
-        )
-        if not waiting:
+        if not await self._any(REPLAN_WAITING):
             return []
         claims = []
         for job_id, token, feedback in await self._write(worker_id, run):
@@ -441,8 +453,8 @@ class SqlStore(ABC):
             ids = [
                 r[0]
                 for r in tx.con.execute(
-                    f"SELECT id FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
-                    f"AND deadline < ? AND status IN ({marks}) ORDER BY id{tx.skip_locked}",
+                    f"SELECT id {JOB_EXPIRED.format(now='?')} AND status IN ({marks}) "
+                    f"ORDER BY id{tx.skip_locked}",
                     (tx.now, *ACTIVE_JOB_STATUSES),
                 ).fetchall()
             ]
@@ -459,10 +471,7 @@ class SqlStore(ABC):
                 )
             return ids
 
-        if not await self._read(
-            "SELECT 1 FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
-            f"AND deadline < {self.now_sql} LIMIT 1"
-        ):
+        if not await self._any(JOB_EXPIRED):
             return []
         return await self._write(actor, run)
 
@@ -535,9 +544,7 @@ class SqlStore(ABC):
         if tenants:
             skip += f" AND s.tenant_id NOT IN ({','.join('?' * len(tenants))})"
         rows = tx.con.execute(
-            f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
-            f"WHERE s.status IN ('ready', 'retry_wait') AND s.due <= ?{skip} "
-            "AND j.status IN ('executing', 'waiting_approval') "
+            f"SELECT {CANDIDATE_COLUMNS} {STEP_WAITING} AND s.due <= ?{skip} "
             f"ORDER BY s.priority DESC, s.due LIMIT ?{tx.skip_locked_of('s, j')}",
             (tx.now, *tools, *tenants, limit),
         ).fetchall()
@@ -547,12 +554,7 @@ class SqlStore(ABC):
             if row[1] in touched:
                 # An earlier claim of this batch changed the job (steps executed, a budget
                 # that failed it, a park): read the candidate again, not the stale row.
-                row = tx.con.execute(
-                    f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
-                    "WHERE s.id = ? AND s.status IN ('ready', 'retry_wait') "
-                    "AND j.status IN ('executing', 'waiting_approval')",
-                    (row[0],),
-                ).fetchone()
+                row = _candidate(tx, row[0])
                 if row is None:
                     continue
             touched.add(row[1])
@@ -563,13 +565,7 @@ class SqlStore(ABC):
 
     async def _due_steps(self) -> bool:
         """A read before the write transaction: idle workers never queue for the write lock."""
-        return bool(
-            await self._read(
-                "SELECT 1 FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN "
-                f"('ready', 'retry_wait') AND s.due <= {self.now_sql} "
-                "AND j.status IN ('executing', 'waiting_approval') LIMIT 1"
-            )
-        )
+        return await self._any(STEP_WAITING + " AND s.due <= {now}")
 
     def _claim_or_quarantine(
         self,
@@ -583,7 +579,7 @@ class SqlStore(ABC):
         claim alone (a savepoint) and leaves the step ready. If its stored state is corrupt
         (found before anything of the claim is written), park the job (escalated, with a dead
         letter saying why) so one bad row cannot stall the queue for everybody."""
-        keys = limits.keys_for(row[7], row[2])
+        keys = limits.keys_for(row[7], row[2], tx.now)
         if keys and limits.held_back(tx.now).intersection(keys):
             return None
         try:
@@ -663,7 +659,7 @@ class SqlStore(ABC):
             if claim.limit_keys:
                 limits_sql.release(tx, claim.step_id)
                 if claim.tool and tool_key(claim.tool) in claim.limit_keys:
-                    limits_sql.record_outcome(tx, job, claim.tool, claim.step_id, ok=True)
+                    limits_sql.record_outcome(tx, job, claim.tool, claim.step_id)
             tx.events.append(
                 step_transition(
                     claim.job_id,
@@ -688,11 +684,7 @@ class SqlStore(ABC):
                 advance_job(tx, job)
             next_claim = None
             if claim_next and ready and job.status in LIVE_JOB:
-                candidate = tx.con.execute(
-                    f"SELECT {CANDIDATE_COLUMNS} FROM steps s JOIN jobs j ON j.id = s.job_id "
-                    "WHERE s.id = ? AND s.status = 'ready'",
-                    (ready[0],),
-                ).fetchone()
+                candidate = _candidate(tx, ready[0])
                 # A limited step goes through the claim path that enforces its limits.
                 keys = [tenant_key(job.tenant_id)]
                 if candidate is not None and candidate[7]:
@@ -722,20 +714,8 @@ class SqlStore(ABC):
             assert step is not None and job is not None
             if claim.limit_keys:
                 limits_sql.release(tx, claim.step_id)
-            if claim.tool and (
-                tool_key(claim.tool) in claim.limit_keys
-                or (error.code == "http_429" and error.retry_after)
-            ):
-                limits_sql.record_outcome(
-                    tx,
-                    job,
-                    claim.tool,
-                    claim.step_id,
-                    ok=False,
-                    error_class=error.error_class,
-                    retry_after=error.retry_after,
-                    code=error.code,
-                )
+            if claim.tool and (tool_key(claim.tool) in claim.limit_keys or error.asks_to_wait):
+                limits_sql.record_outcome(tx, job, claim.tool, claim.step_id, error=error)
             data = {"error": error.to_dict(), "attempt": claim.attempt}
             live = job.status in LIVE_JOB and job.plan_version == claim.plan_version
             outcome = decision.outcome
@@ -748,12 +728,7 @@ class SqlStore(ABC):
                     S.RETRY_WAIT,
                     decision.reason,
                     data={**data, "delay_seconds": round(decision.delay_seconds, 3)},
-                    sets=", due = ?"
-                    + (
-                        ", attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
-                        if decision.refund_attempt
-                        else ""
-                    ),
+                    sets=", due = ?" + (REFUND_ATTEMPT if decision.refund_attempt else ""),
                     params=(tx.now + decision.delay_seconds,),
                 )
             else:
@@ -843,8 +818,8 @@ class SqlStore(ABC):
 
         def run(tx: Tx) -> int:
             rows = tx.con.execute(
-                f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE status = 'running' "
-                f"AND lease_expires < ? ORDER BY id{tx.skip_locked}",
+                f"SELECT {STEP_HEAD_COLUMNS} {LEASE_EXPIRED.format(now='?')} "
+                f"ORDER BY id{tx.skip_locked}",
                 (tx.now,),
             ).fetchall()
             for row in rows:
@@ -852,10 +827,7 @@ class SqlStore(ABC):
             limits_sql.release_orphans(tx)
             return len(rows)
 
-        if not await self._read(
-            f"SELECT 1 FROM steps WHERE status = 'running' AND lease_expires < {self.now_sql} "
-            "LIMIT 1"
-        ):
+        if not await self._any(LEASE_EXPIRED):
             return 0
         return await self._write(actor, run)
 
@@ -881,18 +853,11 @@ class SqlStore(ABC):
         """When the next step is due, and whether any housekeeping is due, in one read."""
         now = self.now_sql
         rows = await self._read(
-            f"SELECT {now}, "
-            "(SELECT min(s.due) FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN "
-            "('ready', 'retry_wait') AND j.status IN ('executing', 'waiting_approval')), "
-            "EXISTS (SELECT 1 FROM jobs WHERE status = 'replanning' AND "
-            f"(lease_expires IS NULL OR lease_expires < {now}) AND NOT EXISTS (SELECT 1 FROM "
-            "steps s WHERE s.job_id = jobs.id AND s.plan_version = jobs.plan_version AND "
-            "s.status = 'running')), "
-            f"EXISTS (SELECT 1 FROM steps WHERE status = 'running' AND lease_expires < {now}), "
-            "EXISTS (SELECT 1 FROM reviews WHERE status = 'pending' "
-            f"AND sla_deadline < {now}), "
-            "EXISTS (SELECT 1 FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL "
-            f"AND deadline < {now})"
+            f"SELECT {now}, (SELECT min(s.due) {STEP_WAITING}), "
+            + ", ".join(
+                f"EXISTS (SELECT 1 {where.format(now=now)})"
+                for where in (REPLAN_WAITING, LEASE_EXPIRED, REVIEW_OVERDUE, JOB_EXPIRED)
+            )
         )
         r = rows[0]
         return WorkDue(float(r[0]), r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]))
@@ -905,7 +870,7 @@ class SqlStore(ABC):
         limits_sql.release_abandoned(tx, step.id)
         clear = ", lease_owner = NULL, lease_expires = NULL"
         if refund:
-            clear += ", attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
+            clear += REFUND_ATTEMPT
             step.attempt = max(step.attempt - 1, 0)
         # A parked job's steps stay recoverable: its redrive (or approval) resumes them.
         resumable = job.status in LIVE_JOB or job.status in JOB_PARKED
@@ -979,14 +944,10 @@ class SqlStore(ABC):
     async def limit_list(self) -> list[LimitRecord]:
         """Every key with limits or limit state."""
         rows = await self._read(
-            f"SELECT {self.now_sql}, {limits_sql.LIMIT_ROW_COLUMNS}, pause_reason FROM limits "
-            "ORDER BY key"
-        )
-        used = await self._read(
-            "SELECT key, count(*) FROM limit_slots WHERE step_id IS NOT NULL GROUP BY key"
+            f"SELECT {self.now_sql}, {limits_sql.LIMIT_FIELDS} FROM limits ORDER BY key"
         )
         now = float(rows[0][0]) if rows else 0.0
-        return limits_sql.records([r[1:] for r in rows], dict(used), now)
+        return limits_sql.records([r[1:] for r in rows], now)
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -1016,13 +977,13 @@ class SqlStore(ABC):
 
         await self._write(info.id, run)
 
-    async def worker_beat(self, worker_id: str, *, status: str = "running") -> None:
+    async def worker_beat(self, worker_id: str) -> None:
         """Record that a worker is alive."""
 
         def run(tx: Tx) -> None:
             tx.con.execute(
-                "UPDATE workers SET heartbeat = ?, status = ? WHERE id = ?",
-                (tx.now, status, worker_id),
+                "UPDATE workers SET heartbeat = ?, status = 'running' WHERE id = ?",
+                (tx.now, worker_id),
             )
 
         await self._write(worker_id, run)
@@ -1220,8 +1181,7 @@ class SqlStore(ABC):
             ids = [
                 r[0]
                 for r in tx.con.execute(
-                    "SELECT id FROM reviews WHERE status = 'pending' AND sla_deadline < ? "
-                    f"ORDER BY id{tx.skip_locked}",
+                    f"SELECT id {REVIEW_OVERDUE.format(now='?')} ORDER BY id{tx.skip_locked}",
                     (tx.now,),
                 ).fetchall()
             ]
@@ -1241,10 +1201,7 @@ class SqlStore(ABC):
                     park_job(tx, job, J.ESCALATED, f"review {review_id} passed its SLA", step=step)
             return ids
 
-        if not await self._read(
-            f"SELECT 1 FROM reviews WHERE status = 'pending' AND sla_deadline < {self.now_sql} "
-            "LIMIT 1"
-        ):
+        if not await self._any(REVIEW_OVERDUE):
             return []
         ids = await self._write(actor, run)
         return [await self.review_get(i) for i in ids]
@@ -1294,6 +1251,14 @@ class SqlStore(ABC):
             (job_id, after_id, limit),
         )
         return [event_from_row(r) for r in rows]
+
+
+def _candidate(tx: Tx, step_id: int) -> tuple[Any, ...] | None:
+    """One step as a claim candidate, if it is still claimable (read again within a claim)."""
+    row: tuple[Any, ...] | None = tx.con.execute(
+        f"SELECT {CANDIDATE_COLUMNS} {STEP_WAITING} AND s.id = ?", (step_id,)
+    ).fetchone()
+    return row
 
 
 def _apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:

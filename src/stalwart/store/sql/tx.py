@@ -146,22 +146,30 @@ class Connection(Protocol):
 @dataclass(slots=True)
 class Tx:
     """One open write transaction: the connection, its clock (the database's on PostgreSQL), its
-    actor, its pending events, and the row-lock clause of its backend."""
+    actor, its pending events, and whether its backend locks rows (PostgreSQL does; SQLite's
+    write lock already serialises writers)."""
 
     con: Connection
     now: float
     actor: str
-    lock: str = ""
-    skip_locked: str = ""
+    row_locks: bool = False
     events: list[Event] = field(default_factory=list)
     # Errors that mean "run the transaction again" or "the database went away", not bad SQL.
     retryable: tuple[type[BaseException], ...] = ()
 
+    @property
+    def lock(self) -> str:
+        """The clause that locks the rows a select reads (to change them next)."""
+        return " FOR UPDATE" if self.row_locks else ""
+
+    @property
+    def skip_locked(self) -> str:
+        """The clause that locks the rows a select reads, skipping rows others hold."""
+        return " FOR UPDATE SKIP LOCKED" if self.row_locks else ""
+
     def skip_locked_of(self, tables: str) -> str:
         """The skip-locked clause limited to `tables` (a join locks only the rows it names)."""
-        if not self.skip_locked:
-            return ""
-        return self.skip_locked.replace("FOR UPDATE", f"FOR UPDATE OF {tables}")
+        return f" FOR UPDATE OF {tables} SKIP LOCKED" if self.row_locks else ""
 
     def flush(self) -> None:
         """Append every pending event in one multi-row insert."""
@@ -252,6 +260,10 @@ def move_job(
         (target.value, tx.now, *extra, *params, job.id),
     )
     job.status = target.value
+
+
+# Gives back the attempt a claim counted (a drained worker, a 429 that asked us to wait).
+REFUND_ATTEMPT = ", attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END"
 
 
 def note_job_move(tx: Tx, job: JobHead, target: JobStatus, reason: str = "") -> None:
