@@ -237,6 +237,37 @@ class CriticalError(ToolError):
     error_class = ErrorClass.CRITICAL
 
 
+class BudgetExceeded(ToolError):
+    """A model call was refused before it reached the provider: it would have taken a budget
+    (`budget`, e.g. `tenant:acme:day:2026-11-22`) past its limit. The workflow's fallback runs:
+    a cheaper tier, a partial result, or a human."""
+
+    error_class = ErrorClass.BUDGET
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        limit: float | int | None = None,
+        spent: float | int | None = None,
+        asked: float | int | None = None,
+        unit: str = "usd",
+    ) -> None:
+        super().__init__(
+            message,
+            code="budget_exceeded",
+            details={
+                "budget": budget,
+                "limit": limit,
+                "spent": spent,
+                "asked": asked,
+                "unit": unit,
+            },
+        )
+        self.budget = budget
+
+
 def error_for_status(
     status: int, message: str | None = None, *, retry_after: float | None = None
 ) -> ToolError:
@@ -259,6 +290,7 @@ def error_for_status(
 __all__ = [
     "AppImportError",
     "AuthorizationError",
+    "BudgetExceeded",
     "ConfigurationError",
     "CorruptStateError",
     "CriticalError",

@@ -3,7 +3,9 @@ flag `--database-url`)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///stalwart.db"
@@ -44,4 +46,52 @@ class Settings(BaseSettings):
         1.0,
         gt=0,
         description="Idle polling floor when the database sends wake-ups (PostgreSQL).",
+    )
+
+    # -- the LLM gateway ---------------------------------------------------------------------------
+    llm_tiers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Models per tier, first choice first: {"small": ["openai:gpt-4o-mini"], '
+        '"medium": [...], "large": [...]}. Overrides the routes the app declares.',
+    )
+    openai_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, LM Studio)."
+    )
+    openai_api_key: SecretStr | None = Field(None, description="Key for openai:* models.")
+    anthropic_base_url: str | None = Field(None, description="Anthropic API endpoint.")
+    anthropic_api_key: SecretStr | None = Field(None, description="Key for anthropic:* models.")
+    anthropic_open_telemetry: bool = Field(
+        False, description="Let the anthropic SDK emit its own OpenTelemetry spans."
+    )
+    llm_endpoints: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='More providers by name: {"ollama": {"kind": "openai", "base_url": '
+        '"http://127.0.0.1:11434/v1", "api_key": "..."}}; route to them as "ollama:llama3.2".',
+    )
+    llm_timeout_seconds: float = Field(60.0, gt=0, description="One model call's timeout.")
+    llm_max_reasks: int = Field(
+        2, ge=0, description="Re-asks after an answer that fails its output schema."
+    )
+    llm_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Prices per model, overriding genai-prices: {"openai:gpt-4o-mini": '
+        '{"input_per_mtok": 0.15, "output_per_mtok": 0.6}}.',
+    )
+    llm_cache_ttl_seconds: float | None = Field(
+        None, gt=0, description="How long cached answers live (unset: until erased)."
+    )
+    tenant_daily_usd: float | None = Field(
+        None, ge=0, description="Default LLM spend limit per tenant per UTC day."
+    )
+    tenant_monthly_usd: float | None = Field(
+        None, ge=0, description="Default LLM spend limit per tenant per UTC month."
+    )
+    budget_warning_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of a budget that emits its one warning."
+    )
+    context_window_tokens: int = Field(
+        16_000, ge=256, description="Context window assumed for LLM steps that set none."
+    )
+    context_summarize_ratio: float = Field(
+        0.75, gt=0, le=1, description="Context share past which the oldest part is summarized."
     )

@@ -11,6 +11,7 @@ import stalwart
 import stalwart.errors as errors_module
 from stalwart.errors import (
     AuthorizationError,
+    BudgetExceeded,
     ConfigurationError,
     CriticalError,
     ErrorClass,
@@ -30,6 +31,8 @@ from stalwart.errors import (
     UsageError,
     error_for_status,
 )
+from stalwart.llm.gateway import InvalidOutputError
+from stalwart.llm.types import ProviderError, class_for_status
 from stalwart.tools.context import StepCancelledError
 
 
@@ -104,6 +107,9 @@ def test_every_tool_error_subclass_is_covered() -> None:
         SemanticError,
         CriticalError,
         StepCancelledError,
+        BudgetExceeded,
+        InvalidOutputError,
+        ProviderError,
     }
     assert {c for c in subclasses(ToolError) if c.__module__.startswith("stalwart.")} <= covered
 
@@ -235,3 +241,17 @@ def test_every_public_error_is_exported_from_errors() -> None:
 
 def test_version_matches_the_installed_distribution() -> None:
     assert stalwart.__version__ == importlib.metadata.version("stalwart")
+
+
+def test_error_classes_of_the_llm_errors() -> None:
+    refused = BudgetExceeded("over", budget="job:j1", limit=0.1, spent=0.09, asked=0.02)
+    assert refused.error_class is ErrorClass.BUDGET
+    assert refused.details["budget"] == "job:j1"
+    assert InvalidOutputError("bad json").error_class is ErrorClass.SEMANTIC
+    outage = ProviderError("down", error_class="transient", status=503)
+    assert outage.error_class is ErrorClass.TRANSIENT and outage.falls_back
+    denied = ProviderError("no", error_class=class_for_status(401), status=401)
+    assert denied.error_class is ErrorClass.AUTHORIZATION and not denied.falls_back
+    assert class_for_status(429) is ErrorClass.TRANSIENT
+    assert class_for_status(529) is ErrorClass.TRANSIENT
+    assert class_for_status(400) is ErrorClass.NON_RETRIABLE

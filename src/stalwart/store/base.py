@@ -12,6 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stalwart.domain.budgets import (
+    BudgetRecord,
+    BudgetWarning,
+    CallResult,
+    LlmCallRecord,
+    NewCall,
+)
 from stalwart.domain.failures import Decision
 from stalwart.domain.limits import LimitRecord, LimitSpec
 from stalwart.domain.plans import Plan
@@ -103,6 +110,7 @@ class WorkDue:
     leases_expired: bool = False
     reviews_overdue: bool = False
     jobs_expired: bool = False
+    reservations_expired: bool = False
 
     @property
     def steps_due(self) -> bool:
@@ -112,7 +120,12 @@ class WorkDue:
     @property
     def reaping(self) -> bool:
         """Something for the reaper."""
-        return self.leases_expired or self.reviews_overdue or self.jobs_expired
+        return (
+            self.leases_expired
+            or self.reviews_overdue
+            or self.jobs_expired
+            or self.reservations_expired
+        )
 
 
 @dataclass(slots=True)
@@ -188,9 +201,12 @@ class Store(Protocol):
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    async def job_create(self, job: NewJob, plan: Plan, *, actor: str) -> tuple[JobRecord, bool]:
-        """Insert a job with its first plan, or return the existing job for a duplicate
-        idempotency key inside the window (`created` False). Raises `QueueFull`."""
+    async def job_create(
+        self, job: NewJob, plan: Plan | None, *, actor: str
+    ) -> tuple[JobRecord, bool]:
+        """Insert a job with its first plan (none: it waits in `planning` for a worker), or
+        return the existing job for a duplicate idempotency key inside the window (`created`
+        False). Raises `QueueFull`."""
         ...
 
     async def job_get(self, job_id: str, *, tenant_id: str | None = None) -> JobRecord:
@@ -266,8 +282,10 @@ class Store(Protocol):
         claim_next: bool = False,
         lease_seconds: float = 30.0,
         effects: Sequence[Effect] = (),
+        warnings: Sequence[str] = (),
     ) -> Completion:
-        """Record success if the lease is still ours: output, status, dependents, events, and
+        """Record success if the lease is still ours: output, status, dependents, events (one
+        `evaluation_warning` per warning), and
         the tool's `effects` (raising `EffectFailedError`, with nothing written, if one fails);
         may claim the job's next ready step for the same worker in the same transaction."""
         ...
@@ -381,4 +399,63 @@ class Store(Protocol):
         self, job_id: str, *, tenant_id: str | None = None, after_id: int = 0, limit: int = 1000
     ) -> list[EventRecord]:
         """A job's events in order."""
+        ...
+
+    # -- the LLM gateway: budgets, ledger, cache -----------------------------------------------
+
+    async def llm_reserve(self, call: NewCall, *, actor: str) -> int:
+        """Open a ledger row and reserve the call's worst case against its budgets, all or
+        nothing; raises `BudgetExceeded` without writing anything."""
+        ...
+
+    async def llm_settle(
+        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+    ) -> list[BudgetWarning]:
+        """Settle a reserved call; return the budgets that crossed their warning ratio now."""
+        ...
+
+    async def llm_record(
+        self,
+        call: NewCall,
+        result: CallResult,
+        *,
+        actor: str,
+        refused_by: str | None = None,
+    ) -> tuple[int, list[BudgetWarning]]:
+        """Record a call that reserved nothing (a cache hit, a refusal); a refusal warns for
+        the refusing budget once. Returns the row id and the warnings."""
+        ...
+
+    async def llm_reservations_release(self, *, actor: str) -> int:
+        """Release reservations of calls whose worker died before settling them."""
+        ...
+
+    async def llm_call_list(
+        self, job_id: str, *, tenant_id: str | None = None
+    ) -> list[LlmCallRecord]:
+        """A job's ledger rows, oldest first."""
+        ...
+
+    async def budget_list(
+        self, *, tenant_id: str | None = None, keys: Sequence[str] | None = None
+    ) -> list[BudgetRecord]:
+        """Budget rows by key."""
+        ...
+
+    async def llm_cache_get(self, tenant_id: str, key: str) -> dict[str, Any] | None:
+        """A cached answer of this tenant, or None."""
+        ...
+
+    async def llm_cache_put(
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        response: dict[str, Any],
+        ttl_seconds: float | None,
+        actor: str,
+    ) -> None:
+        """Store an answer under this tenant's key."""
         ...

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from stalwart.domain.events import note
 from stalwart.domain.failures import Decision, Outcome
 from stalwart.domain.limits import LimitRecord, LimitSpec, tenant_key, tool_key
 from stalwart.domain.plans import Plan
@@ -56,6 +57,7 @@ from stalwart.store.base import (
     WorkerRecord,
 )
 from stalwart.store.sql import limits as limits_sql
+from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger
 from stalwart.store.sql.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
@@ -108,7 +110,8 @@ STEP_WAITING = (
     "AND j.status IN ('executing', 'waiting_approval')"
 )
 REPLAN_WAITING = (
-    "FROM jobs WHERE status = 'replanning' AND (lease_expires IS NULL OR lease_expires < {now}) "
+    "FROM jobs WHERE status IN ('replanning', 'planning') "
+    "AND (lease_expires IS NULL OR lease_expires < {now}) "
     "AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.job_id = jobs.id "
     "AND s.plan_version = jobs.plan_version AND s.status = 'running')"
 )
@@ -117,7 +120,7 @@ REVIEW_OVERDUE = "FROM reviews WHERE status = 'pending' AND sla_deadline < {now}
 JOB_EXPIRED = "FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL AND deadline < {now}"
 
 
-class SqlStore(ABC):
+class SqlStore(LlmLedger, ABC):
     """The `Store` protocol in SQL both backends accept. A backend supplies how a write
     transaction runs (`_write`), how a read runs (`_read`), its migrations, and `now_sql`, the
     SQL expression for the database's clock in epoch seconds."""
@@ -156,8 +159,12 @@ class SqlStore(ABC):
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def job_create(self, job: NewJob, plan: Plan, *, actor: str) -> tuple[JobRecord, bool]:
-        """Insert a job and its first plan, or return the duplicate's existing job."""
+    async def job_create(
+        self, job: NewJob, plan: Plan | None, *, actor: str
+    ) -> tuple[JobRecord, bool]:
+        """Insert a job and its first plan, or return the duplicate's existing job. Without a
+        plan the job waits in `planning` for a worker to plan it (a workflow planned by a
+        model)."""
 
         def run(tx: Tx) -> tuple[str, bool]:
             if job.idempotency_key is not None:
@@ -205,13 +212,14 @@ class SqlStore(ABC):
                     job.id,
                     job.tenant_id,
                     job.workflow,
-                    J.EXECUTING.value,  # its path there is recorded below, in order
+                    # its path there is recorded below, in order
+                    (J.EXECUTING if plan else J.PLANNING).value,
                     job.priority,
                     job.idempotency_key,
                     dumps(job.input),
-                    plan.version,
-                    plan.template_name,
-                    plan.template_hash,
+                    plan.version if plan else 0,
+                    plan.template_name if plan else None,
+                    plan.template_hash if plan else None,
                     dumps(job.tool_schema_hashes),
                     job.max_replans,
                     job.on_reject,
@@ -227,7 +235,7 @@ class SqlStore(ABC):
                 job.tenant_id,
                 job.workflow,
                 J.INTAKE.value,
-                plan.version,
+                plan.version if plan else 0,
                 0,
                 job.max_replans,
                 job.on_reject,
@@ -239,8 +247,9 @@ class SqlStore(ABC):
             )
             note_job_move(tx, head, J.VALIDATING, "input accepted")
             note_job_move(tx, head, J.PLANNING, "input valid")
-            insert_plan(tx, head, plan)
-            note_job_move(tx, head, J.EXECUTING, "plan validated")
+            if plan is not None:
+                insert_plan(tx, head, plan)
+                note_job_move(tx, head, J.EXECUTING, "plan validated")
             return job.id, True
 
         job_id, created = await self._write(actor, run)
@@ -387,7 +396,8 @@ class SqlStore(ABC):
         row = tx.con.execute(
             "SELECT lease_token FROM jobs WHERE id = ?", (claim.job.id,)
         ).fetchone()
-        if job is None or job.status != J.REPLANNING.value or row[0] != claim.lease_token:
+        waiting = (J.REPLANNING.value, J.PLANNING.value)
+        if job is None or job.status not in waiting or row[0] != claim.lease_token:
             return None
         return job
 
@@ -416,7 +426,8 @@ class SqlStore(ABC):
             hashes.update(plan.notes.get("tool_schema_hashes", {}))
             tx.con.execute(
                 "UPDATE jobs SET plan_version = ?, template_name = ?, template_hash = ?, "
-                "replans = replans + 1, replan_feedback = NULL, lease_owner = NULL, "
+                "replans = replans + CASE WHEN status = 'replanning' THEN 1 ELSE 0 END, "
+                "replan_feedback = NULL, lease_owner = NULL, "
                 "lease_expires = NULL, tool_schema_hashes = ? WHERE id = ?",
                 (plan.version, plan.template_name, plan.template_hash, dumps(hashes), job.id),
             )
@@ -638,10 +649,12 @@ class SqlStore(ABC):
         claim_next: bool = False,
         lease_seconds: float = 30.0,
         effects: Sequence[Effect] = (),
+        warnings: Sequence[str] = (),
     ) -> Completion:
         """Record success (fenced by the lease token), apply the tool's `effects` (its writes
         to the user's own tables) in the same transaction, make dependents ready, maybe claim
-        one. A lost lease applies nothing."""
+        one. A lost lease applies nothing. Each of `warnings` (soft evaluation failures)
+        becomes an `evaluation_warning` event."""
         payload = dumps(output)
 
         def run(tx: Tx) -> Completion:
@@ -673,6 +686,19 @@ class SqlStore(ABC):
                     data={"attempt": claim.attempt},
                 )
             )
+            for warning in warnings:
+                tx.events.append(
+                    note(
+                        "evaluation_warning",
+                        claim.tenant_id,
+                        claim.job_id,
+                        actor=tx.actor,
+                        at=tx.now,
+                        reason=warning,
+                        step_id=claim.step_id,
+                        step_key=claim.key,
+                    )
+                )
             if job.status in JOB_TERMINAL or job.plan_version != claim.plan_version:
                 return Completion(recorded=True, job_status=job.status)
             dependents = json.loads(row[0])
@@ -856,11 +882,17 @@ class SqlStore(ABC):
             f"SELECT {now}, (SELECT min(s.due) {STEP_WAITING}), "
             + ", ".join(
                 f"EXISTS (SELECT 1 {where.format(now=now)})"
-                for where in (REPLAN_WAITING, LEASE_EXPIRED, REVIEW_OVERDUE, JOB_EXPIRED)
+                for where in (
+                    REPLAN_WAITING,
+                    LEASE_EXPIRED,
+                    REVIEW_OVERDUE,
+                    JOB_EXPIRED,
+                    RESERVATION_EXPIRED,
+                )
             )
         )
         r = rows[0]
-        return WorkDue(float(r[0]), r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]))
+        return WorkDue(float(r[0]), r[1], *(bool(v) for v in r[2:7]))
 
     def _recover(self, tx: Tx, step: StepHead, why: str, *, refund: bool) -> None:
         """A running step lost its worker. Idempotent tools go back to ready; others are

@@ -564,8 +564,9 @@ def claim_candidate(
         return None
     if step.status == S.RETRY_WAIT.value:
         move_step(tx, step, S.READY, "retry is due")
-    if not approved and _needs_approval(step, inputs, outputs):
-        _park_for_approval(tx, job, step, inputs, outputs)
+    why = None if approved else _approval_reason(step, inputs, outputs)
+    if why is not None:
+        _park_for_approval(tx, job, step, inputs, outputs, why)
         return None
     limit_keys = admit(job, step) if admit is not None else ()
     lease_expires = tx.now + lease_seconds
@@ -640,17 +641,22 @@ def _context(inputs: Any, outputs: dict[str, Any]) -> dict[str, Any]:
     return {"input": inputs, "steps": {k: {"output": v} for k, v in outputs.items()}}
 
 
-def _needs_approval(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> bool:
+def _approval_reason(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> str | None:
+    """Why the step must wait for a reviewer before it runs, or None."""
     rule = step.spec.get("requires_approval")
     if step.kind == "human" or rule is True:
-        return True
-    if isinstance(rule, dict):
-        return evaluate(rule, _context(inputs, outputs))
-    return False
+        return ""
+    context = _context(inputs, outputs)
+    if isinstance(rule, dict) and evaluate(rule, context):
+        return ""
+    reasons = [
+        t["reason"] for t in step.spec.get("review_if") or [] if evaluate(t["when"], context)
+    ]
+    return "; ".join(reasons) if reasons else None
 
 
 def _park_for_approval(
-    tx: Tx, job: JobHead, step: StepHead, inputs: Any, outputs: dict[str, Any]
+    tx: Tx, job: JobHead, step: StepHead, inputs: Any, outputs: dict[str, Any], why: str = ""
 ) -> None:
     review = step.spec.get("review") or {}
     try:
@@ -664,7 +670,7 @@ def _park_for_approval(
         job,
         step,
         kind="human" if step.kind == "human" else "approval",
-        reason=review.get("reason") or f"step {step.key} requires approval before it runs",
+        reason=why or review.get("reason") or f"step {step.key} requires approval before it runs",
         asked=review.get("asked") or f"Approve: {what}?",
         options=review.get("options")
         or [
@@ -677,6 +683,8 @@ def _park_for_approval(
             "workflow": job.workflow,
             "step": step.key,
             "description": step.spec.get("description", ""),
+            # The earlier outputs this step uses: what the agent concluded before this step.
+            "upstream": outputs,
         },
     )
     advance_job(tx, job)
@@ -718,6 +726,11 @@ def insert_plan(
         conditions = list(s.success or {})
         if isinstance(s.requires_approval, dict):
             conditions += list(s.requires_approval)
+        for trigger in s.review_if:
+            conditions += list(trigger.when)
+        if s.llm is not None:  # its prompt, and its context: the outputs it depends on
+            needs += [k for k in map(ref_step, find_refs([s.llm.prompt, s.llm.system])) if k]
+            needs += s.depends_on
         needs += [p.split(".")[1] for p in conditions if p.startswith("steps.") and "." in p[6:]]
         remaining = sum(1 for d in s.depends_on if d not in reused)
         if s.id in reused:

@@ -1,0 +1,551 @@
+"""The gateway: every model call goes through here.
+
+For each call it picks the model (the tier's chain, falling back on outages), answers from the
+tenant's cache when the call is cacheable, reserves the worst case against the job's and the
+tenant's budgets before the provider sees anything (a refusal raises `BudgetExceeded`), calls
+the provider, settles the ledger row to the actual cost, validates structured output with
+pydantic (re-asking with the validation errors, a bounded number of times, each re-ask budgeted
+and in the ledger), and calls the alert hook once per budget that crosses its warning ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from stalwart.domain.budgets import (
+    BudgetLine,
+    BudgetRecord,
+    BudgetWarning,
+    CallResult,
+    CallScope,
+    NewCall,
+    job_budget_key,
+    tenant_budget_keys,
+    to_nanos,
+)
+from stalwart.errors import BudgetExceeded, ErrorClass, SemanticError
+from stalwart.llm.pricing import Pricing
+from stalwart.llm.routing import ModelRegistry, Router, split_ref
+from stalwart.llm.tokens import estimate_messages
+from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
+from stalwart.settings import Settings
+from stalwart.types import canonical_hash
+
+log = logging.getLogger("stalwart.llm")
+AlertHook = Callable[[dict[str, Any]], Any]
+# A provider that hangs past its own timeout is cut off this much later.
+GUARD_SECONDS = 5.0
+
+
+class Ledger(Protocol):
+    """The part of the store the gateway writes to (the `Store` protocol has it all)."""
+
+    async def llm_reserve(self, call: NewCall, *, actor: str) -> int:
+        """Reserve a call's worst case; raises `BudgetExceeded`."""
+        ...
+
+    async def llm_settle(
+        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+    ) -> list[BudgetWarning]:
+        """Settle a reserved call."""
+        ...
+
+    async def llm_record(
+        self,
+        call: NewCall,
+        result: CallResult,
+        *,
+        actor: str,
+        refused_by: str | None = None,
+    ) -> tuple[int, list[BudgetWarning]]:
+        """Record a call that reserved nothing."""
+        ...
+
+    async def llm_cache_get(self, tenant_id: str, key: str) -> dict[str, Any] | None:
+        """A cached answer, or None."""
+        ...
+
+    async def llm_cache_put(
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        response: dict[str, Any],
+        ttl_seconds: float | None,
+        actor: str,
+    ) -> None:
+        """Store an answer."""
+        ...
+
+    async def budget_list(
+        self, *, tenant_id: str | None = None, keys: Sequence[str] | None = None
+    ) -> list[BudgetRecord]:
+        """Budget rows."""
+        ...
+
+
+class InvalidOutputError(SemanticError):
+    """The model's answers did not match the output schema, after every re-ask."""
+
+
+@dataclass(slots=True)
+class LlmCall:
+    """One logical call: what to ask and how. `output` is the pydantic model the answer must
+    validate against (None: free text). `models` pins the chain (consensus uses one model per
+    call); otherwise the tier's chain is used."""
+
+    messages: Sequence[Message]
+    purpose: str = "reasoning"
+    tier: str | None = None
+    output: type[BaseModel] | None = None
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    cacheable: bool = False
+    max_reasks: int | None = None
+    models: Sequence[str] | None = None
+    context_tokens: int | None = None
+    context_limit: int | None = None
+
+
+@dataclass(slots=True)
+class LlmResult:
+    """What a call produced, with what it cost."""
+
+    text: str
+    output: BaseModel | None
+    data: Any
+    provider: str
+    model: str
+    tier: str
+    cache_hit: bool = False
+    calls: int = 0
+    cost_nanos: int = 0
+    warnings: list[BudgetWarning] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """`provider:model` of the model that answered."""
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantBudget:
+    """A tenant's LLM spend limits per UTC day and month, in USD."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+
+def parse_json(text: str) -> Any:
+    """The JSON value in a model's answer: the whole text, else a fenced block, else the first
+    `{...}` span. Raises ValueError when there is none."""
+    stripped = text.strip()
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", stripped, re.DOTALL)
+    if fenced:
+        try:
+            return json.loads(fenced.group(1))
+        except ValueError:
+            pass
+    start, end = stripped.find("{"), stripped.rfind("}")
+    if start != -1 and end > start:
+        return json.loads(stripped[start : end + 1])
+    raise ValueError("the answer holds no JSON object")
+
+
+def schema_of(output: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent to providers for `output`."""
+    return output.model_json_schema()
+
+
+def _problems(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+    return str(exc)
+
+
+class Gateway:
+    """One gateway per process (the worker's, the client's)."""
+
+    def __init__(
+        self,
+        *,
+        store: Ledger,
+        router: Router,
+        models: ModelRegistry,
+        pricing: Pricing,
+        settings: Settings,
+        tenant_budgets: dict[str, TenantBudget] | None = None,
+        on_alert: AlertHook | None = None,
+        actor: str = "gateway",
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.models = models
+        self.pricing = pricing
+        self.settings = settings
+        self.tenant_budgets = tenant_budgets or {}
+        self.on_alert = on_alert
+        self.actor = actor
+
+    # -- scopes -------------------------------------------------------------------------------
+
+    def scope(
+        self,
+        tenant_id: str,
+        job_id: str,
+        *,
+        step_key: str | None = None,
+        attempt: int = 0,
+        purpose: str = "",
+        job_max_usd: float | None = None,
+        job_max_tokens: int | None = None,
+    ) -> CallScope:
+        """The scope of a call for a job: its ledger identity and the budgets it is charged to
+        (the job's, the tenant's day and month)."""
+        tenant = self.tenant_budgets.get(tenant_id) or TenantBudget(
+            self.settings.tenant_daily_usd, self.settings.tenant_monthly_usd
+        )
+        day, month = tenant_budget_keys(tenant_id, time.time())
+        lines = (
+            BudgetLine(
+                job_budget_key(job_id), tenant_id, "job", to_nanos(job_max_usd), job_max_tokens
+            ),
+            BudgetLine(day, tenant_id, "tenant_day", to_nanos(tenant.daily_usd)),
+            BudgetLine(month, tenant_id, "tenant_month", to_nanos(tenant.monthly_usd)),
+        )
+        return CallScope(tenant_id, job_id, step_key, attempt, purpose, lines)
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def call(self, call: LlmCall, scope: CallScope) -> LlmResult:
+        """Make `call` for `scope`. Raises `BudgetExceeded` (nothing sent), `ProviderError`
+        (every model of the chain failed; the last error) or `InvalidOutputError`."""
+        tier = self.router.tier_for(call.purpose, call.tier)
+        chain = list(call.models) if call.models else self.router.chain(tier)
+        seq = [0]
+        last: ProviderError | None = None
+        for ref in chain:
+            try:
+                return await self._with_model(ref, tier, call, scope, seq)
+            except ProviderError as exc:
+                if not exc.falls_back:
+                    raise
+                last = exc
+                log.warning(
+                    "model %s failed (%s); %s",
+                    ref,
+                    exc.message,
+                    "trying the next model" if ref != chain[-1] else "no model left",
+                    extra={"action": "llm_fallback", "job": scope.job_id, "step": scope.step_key},
+                )
+        assert last is not None
+        raise last
+
+    async def _with_model(
+        self, ref: str, tier: str, call: LlmCall, scope: CallScope, seq: list[int]
+    ) -> LlmResult:
+        model = self.models.get(ref)
+        schema = schema_of(call.output) if call.output is not None else None
+        messages = list(call.messages)
+        reasks = self.settings.llm_max_reasks if call.max_reasks is None else call.max_reasks
+        result = LlmResult("", None, None, model.provider, model.model, tier)
+        problems = ""
+        for ask in range(reasks + 1):
+            request = ModelRequest(
+                model=model.model,
+                messages=tuple(messages),
+                max_tokens=call.max_tokens,
+                temperature=call.temperature,
+                schema=schema,
+                schema_name=call.output.__name__ if call.output is not None else "answer",
+                timeout_seconds=self.settings.llm_timeout_seconds,
+                meta={"step": scope.step_key, "purpose": call.purpose, "ask": ask},
+            )
+            key = _cache_key(ref, request) if call.cacheable else None
+            cached = await self._cached(model, tier, call, scope, seq, key, result)
+            if cached is not None:
+                return cached
+            response, call_id, started = await self._send(model, tier, request, call, scope, seq)
+            latency = (time.perf_counter() - started) * 1000
+            result.calls += 1
+            try:
+                data, output = self._validate(response.text, call.output)
+            except (ValueError, ValidationError) as exc:
+                problems = _problems(exc)
+                await self._settle(call_id, response, model, latency, scope, result, problems)
+                messages += [
+                    Message("assistant", response.text),
+                    Message(
+                        "user",
+                        "Your answer does not match the required JSON schema: "
+                        f"{problems}. Answer again with only a JSON object that matches it.",
+                    ),
+                ]
+                continue
+            await self._settle(call_id, response, model, latency, scope, result, None)
+            if key is not None:
+                await self.store.llm_cache_put(
+                    scope.tenant_id,
+                    key,
+                    provider=model.provider,
+                    model=model.model,
+                    response={
+                        "text": response.text,
+                        "input_tokens": response.input_tokens,
+                        "output_tokens": response.output_tokens,
+                        "model": response.model,
+                    },
+                    ttl_seconds=self.settings.llm_cache_ttl_seconds,
+                    actor=self.actor,
+                )
+            result.text, result.data, result.output = response.text, data, output
+            result.model = response.model or model.model
+            return result
+        raise InvalidOutputError(
+            f"{ref} did not answer in the {call.output.__name__ if call.output else ''} schema "
+            f"after {reasks + 1} tries: {problems}",
+            code="invalid_output",
+            details={"model": ref, "tries": reasks + 1, "problems": problems},
+        )
+
+    @staticmethod
+    def _validate(text: str, output: type[BaseModel] | None) -> tuple[Any, BaseModel | None]:
+        if output is None:
+            return text, None
+        data = parse_json(text)
+        model = output.model_validate(data)
+        return model.model_dump(mode="json"), model
+
+    async def _cached(
+        self,
+        model: Model,
+        tier: str,
+        call: LlmCall,
+        scope: CallScope,
+        seq: list[int],
+        key: str | None,
+        result: LlmResult,
+    ) -> LlmResult | None:
+        if key is None:
+            return None
+        hit = await self.store.llm_cache_get(scope.tenant_id, key)
+        if hit is None:
+            return None
+        try:
+            data, output = self._validate(hit["text"], call.output)
+        except (ValueError, ValidationError, KeyError):
+            return None  # a cached answer the schema no longer accepts is a miss
+        seq[0] += 1
+        await self.store.llm_record(
+            self._new_call(model, tier, scope, seq[0], 0, 0, call),
+            CallResult(
+                "cached",
+                input_tokens=int(hit.get("input_tokens", 0)),
+                output_tokens=int(hit.get("output_tokens", 0)),
+                cache_hit=True,
+                latency_ms=0.0,
+                model=hit.get("model"),
+            ),
+            actor=self.actor,
+        )
+        result.text, result.data, result.output, result.cache_hit = hit["text"], data, output, True
+        return result
+
+    def _new_call(
+        self,
+        model: Model,
+        tier: str,
+        scope: CallScope,
+        seq: int,
+        nanos: int,
+        tokens: int,
+        call: LlmCall,
+    ) -> NewCall:
+        return NewCall(
+            scope=scope,
+            seq=seq,
+            provider=model.provider,
+            model=model.model,
+            tier=tier,
+            reserved_nanos=nanos,
+            reserved_tokens=tokens,
+            expires_in=self.settings.llm_timeout_seconds + GUARD_SECONDS + 60.0,
+            context_tokens=call.context_tokens,
+            context_limit=call.context_limit,
+        )
+
+    async def _send(
+        self,
+        model: Model,
+        tier: str,
+        request: ModelRequest,
+        call: LlmCall,
+        scope: CallScope,
+        seq: list[int],
+    ) -> tuple[ModelResponse, int, float]:
+        estimate = estimate_messages(request.messages, request.schema)
+        worst = self.pricing.worst_case_nanos(
+            model.provider, model.model, input_tokens=estimate, max_output_tokens=call.max_tokens
+        )
+        seq[0] += 1
+        new = self._new_call(
+            model, tier, scope, seq[0], worst or 0, estimate + call.max_tokens, call
+        )
+        try:
+            call_id = await self.store.llm_reserve(new, actor=self.actor)
+        except BudgetExceeded as exc:
+            _, warnings = await self.store.llm_record(
+                new,
+                CallResult("refused", error_class=ErrorClass.BUDGET.value, error=exc.message),
+                actor=self.actor,
+                refused_by=exc.budget,
+            )
+            for warning in warnings:
+                await self._alert({"kind": "budget_warning", **warning.to_dict()})
+            raise
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(request.timeout_seconds + GUARD_SECONDS):
+                response = await model.complete(request)
+        except BaseException as exc:
+            error = _as_provider_error(exc, model)
+            await self.store.llm_settle(
+                call_id,
+                CallResult(
+                    "error",
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error_class=error.error_class.value,
+                    error=error.message,
+                ),
+                actor=self.actor,
+                warn_ratio=self.settings.budget_warning_ratio,
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from exc
+        return response, call_id, started
+
+    async def _settle(
+        self,
+        call_id: int,
+        response: ModelResponse,
+        model: Model,
+        latency_ms: float,
+        scope: CallScope,
+        result: LlmResult,
+        problems: str | None,
+    ) -> None:
+        cost = self.pricing.cost_nanos(
+            model.provider,
+            model.model,
+            input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens,
+            cached_tokens=response.cached_tokens,
+        )
+        warnings = await self.store.llm_settle(
+            call_id,
+            CallResult(
+                "invalid_output" if problems else "ok",
+                input_tokens=response.input_tokens,
+                output_tokens=response.output_tokens,
+                cached_tokens=response.cached_tokens,
+                cost_nanos=cost or 0,
+                priced=cost is not None,
+                latency_ms=latency_ms,
+                error_class=ErrorClass.SEMANTIC.value if problems else None,
+                error=problems,
+                model=response.model or None,
+            ),
+            actor=self.actor,
+            warn_ratio=self.settings.budget_warning_ratio,
+        )
+        result.cost_nanos += cost or 0
+        result.warnings += warnings
+        for warning in warnings:
+            await self._alert({"kind": "budget_warning", **warning.to_dict()})
+
+    async def _alert(self, alert: dict[str, Any]) -> None:
+        log.warning(
+            "budget %s at %.0f%% of its limit",
+            alert.get("key"),
+            100 * float(alert.get("ratio", 0)),
+            extra={"action": "budget_warning", "job": alert.get("job_id")},
+        )
+        if self.on_alert is None:
+            return
+        try:
+            outcome = self.on_alert(alert)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # an alert hook must never fail the call that triggered it
+            log.exception("the alert hook failed", extra={"action": "alert_hook_failed"})
+
+    async def close(self) -> None:
+        """Close the models' connections."""
+        await self.models.close()
+
+
+def _as_provider_error(exc: BaseException, model: Model) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderError(
+            f"{model.provider}:{model.model} did not answer in time",
+            provider=model.provider,
+            model=model.model,
+            code="timeout",
+        )
+    if isinstance(exc, asyncio.CancelledError):
+        return ProviderError(
+            "the call was cancelled", error_class=ErrorClass.CANCELLED, code="cancelled"
+        )
+    return ProviderError(
+        f"{model.provider}:{model.model} failed with an unexpected {type(exc).__name__}: {exc}",
+        error_class=ErrorClass.NON_RETRIABLE,
+        provider=model.provider,
+        model=model.model,
+        code="unexpected_exception",
+    )
+
+
+def _cache_key(ref: str, request: ModelRequest) -> str:
+    return canonical_hash(
+        {
+            "model": ref,
+            "messages": [m.to_dict() for m in request.messages],
+            "schema": request.schema,
+            "schema_name": request.schema_name,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+    )
+
+
+__all__ = [
+    "Gateway",
+    "InvalidOutputError",
+    "LlmCall",
+    "LlmResult",
+    "TenantBudget",
+    "parse_json",
+    "split_ref",
+]

@@ -1,0 +1,178 @@
+"""`OpenAIChatModel`: the OpenAI chat-completions API, and every server that speaks it.
+
+Works with OpenAI itself and with OpenAI-compatible servers (vLLM, Ollama, llama.cpp, LM Studio,
+gateways): give `base_url` (ending in `/v1`, the SDK appends `/chat/completions`). The output cap
+is sent as `max_completion_tokens` to api.openai.com and as `max_tokens` elsewhere. The SDK's own
+retries are off (`max_retries=0`); retrying is the engine's job, durably. Every failure becomes a
+`ProviderError` with an error class, an HTTP status when there was one, and a code:
+`http_<status>`, `timeout`, `connection`, `malformed_response`, `provider_error`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import openai
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionUserMessageParam,
+)
+from openai.types.chat.completion_create_params import ResponseFormat
+
+from stalwart.errors import ErrorClass
+from stalwart.llm.providers._errors import as_count, failure, status_error
+from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
+
+PLACEHOLDER_API_KEY = "not-needed"
+"""Sent when no key is configured for a custom endpoint: local servers accept any key."""
+
+OFFICIAL_HOST = "api.openai.com"
+
+
+class OpenAIChatModel:
+    """A `Model` backed by an OpenAI-compatible chat-completions endpoint.
+
+    `provider` names the price table's provider (`openai`, or the endpoint's own name). With no
+    `api_key`, the official endpoint uses `OPENAI_API_KEY`; a custom `base_url` gets a placeholder
+    key instead, so an OpenAI key is never sent to a third-party server by accident.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        provider: str = "openai",
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        key = api_key
+        if key is None and base_url is None:
+            key = os.environ.get("OPENAI_API_KEY")
+        self._client = openai.AsyncOpenAI(
+            api_key=key or PLACEHOLDER_API_KEY,
+            base_url=base_url,
+            timeout=timeout_seconds,
+            max_retries=0,
+        )
+        # OpenAI itself refuses `max_tokens` for its reasoning models (o-series, gpt-5) and
+        # wants `max_completion_tokens`, which every current OpenAI chat model accepts; other
+        # servers (vLLM, Ollama, llama.cpp, LM Studio) understand `max_tokens` most widely.
+        self._official = self._client.base_url.host == OFFICIAL_HOST
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The underlying SDK client (for inspection; do not close it directly)."""
+        return self._client
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send one chat completion; structured output via `response_format` when the request
+        has a schema. The model asked is this adapter's `model`, whatever `request.model` says.
+        Raises `ProviderError` for every failure."""
+        messages: list[ChatCompletionMessageParam] = [
+            _message_param(m.role, m.content) for m in request.messages
+        ]
+        response_format: ResponseFormat | openai.Omit = openai.omit
+        if request.schema is not None:
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.schema_name,
+                    "schema": request.schema,
+                    "strict": False,
+                },
+            }
+        try:
+            completion = await self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,
+                max_tokens=openai.omit if self._official else request.max_tokens,
+                max_completion_tokens=request.max_tokens if self._official else openai.omit,
+                temperature=request.temperature,
+                response_format=response_format,
+                timeout=request.timeout_seconds,
+            )
+        except openai.APIStatusError as exc:
+            raise status_error(
+                self.provider,
+                self.model,
+                exc.status_code,
+                headers=exc.response.headers,
+                body=exc.body,
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise self._failure(
+                "timeout", f"no answer within {request.timeout_seconds:g}s"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise self._failure("connection", f"connection failed ({_cause(exc)})") from exc
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            # A body that is not JSON raises json.JSONDecodeError (a ValueError) from the SDK.
+            raise self._failure("malformed_response", f"unreadable answer ({exc!r:.200})") from exc
+        except openai.OpenAIError as exc:
+            raise self._failure(
+                "provider_error", f"SDK error: {exc}", error_class=ErrorClass.NON_RETRIABLE
+            ) from exc
+        except Exception as exc:
+            raise self._failure(
+                "unexpected_error", f"unexpected {exc!r:.200}", error_class=ErrorClass.NON_RETRIABLE
+            ) from exc
+        return self._response(completion)
+
+    def _response(self, completion: object) -> ModelResponse:
+        """Map a completion to a `ModelResponse`; anything unexpected is `malformed_response`.
+
+        Without strict validation the SDK builds its objects from whatever JSON arrived (and
+        returns plain text when the content type is not JSON), so every field is checked here.
+        """
+        if not isinstance(completion, ChatCompletion):
+            raise self._failure("malformed_response", "the answer is not a chat completion")
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise self._failure("malformed_response", "the answer has no choices")
+        try:
+            choice = choices[0]
+            content = choice.message.content
+            finish_reason = getattr(choice, "finish_reason", None)
+        except (AttributeError, TypeError) as exc:
+            raise self._failure("malformed_response", "the answer has no message") from exc
+        if content is not None and not isinstance(content, str):
+            raise self._failure("malformed_response", "the message content is not text")
+        usage = getattr(completion, "usage", None)
+        details = getattr(usage, "prompt_tokens_details", None)
+        model = getattr(completion, "model", None)
+        return ModelResponse(
+            text=content or "",
+            input_tokens=as_count(getattr(usage, "prompt_tokens", 0)),
+            output_tokens=as_count(getattr(usage, "completion_tokens", 0)),
+            cached_tokens=as_count(getattr(details, "cached_tokens", 0)),
+            model=model if isinstance(model, str) and model else self.model,
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        )
+
+    def _failure(
+        self, code: str, what: str, *, error_class: ErrorClass = ErrorClass.TRANSIENT
+    ) -> ProviderError:
+        return failure(self.provider, self.model, code, what, error_class=error_class)
+
+    async def close(self) -> None:
+        """Close the SDK client and its connections."""
+        await self._client.close()
+
+
+def _message_param(role: str, content: str) -> ChatCompletionMessageParam:
+    if role == "system":
+        return ChatCompletionSystemMessageParam(role="system", content=content)
+    if role == "assistant":
+        return ChatCompletionAssistantMessageParam(role="assistant", content=content)
+    return ChatCompletionUserMessageParam(role="user", content=content)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return type(cause).__name__ if cause is not None else "no detail"

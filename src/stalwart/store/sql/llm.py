@@ -1,0 +1,407 @@
+"""The LLM gateway's tables on both backends: budgets, the ledger of calls, the response cache.
+
+A call's life in the ledger: `llm_reserve` inserts its row as `reserved` and adds its worst case
+to every budget it is charged to, in one transaction, one conditional UPDATE per budget row
+(taken in key order, so concurrent reservations cannot deadlock); a budget that would pass its
+limit refuses and nothing is written. `llm_settle` records the outcome and moves the budgets
+from reserved to spent by the actual figures, and marks (once) the budgets that crossed their
+warning ratio. A reservation whose worker died is released by `llm_reservations_release` after
+the row's `expires`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from stalwart.domain.budgets import (
+    BudgetLine,
+    BudgetRecord,
+    BudgetWarning,
+    CallResult,
+    LlmCallRecord,
+    NewCall,
+    to_usd,
+)
+from stalwart.domain.events import note
+from stalwart.errors import BudgetExceeded
+from stalwart.store.sql.rows import loads
+from stalwart.store.sql.tx import Tx
+from stalwart.types import dumps
+
+T = TypeVar("T")
+
+CALL_COLUMNS = (
+    "id, tenant_id, job_id, step_key, attempt, seq, purpose, provider, model, tier, outcome, "
+    "reserved_nanos, input_tokens, output_tokens, cached_tokens, cost_nanos, priced, cache_hit, "
+    "latency_ms, context_tokens, context_limit, error_class, error, created, budget_keys"
+)
+BUDGET_COLUMNS = (
+    "key, tenant_id, scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens, "
+    "reserved_nanos, reserved_tokens, warned"
+)
+RESERVATION_EXPIRED = "FROM llm_calls WHERE outcome = 'reserved' AND expires < {now}"
+
+
+def _call(row: Sequence[Any]) -> LlmCallRecord:
+    fields = dict(zip(CALL_COLUMNS.split(", "), row, strict=True))
+    fields["priced"] = bool(fields["priced"])
+    fields["cache_hit"] = bool(fields["cache_hit"])
+    fields["budget_keys"] = loads(fields["budget_keys"], "budget keys of an LLM call")
+    return LlmCallRecord(**fields)
+
+
+def _budget(row: Sequence[Any]) -> BudgetRecord:
+    fields = dict(zip(BUDGET_COLUMNS.split(", "), row, strict=True))
+    fields["warned"] = bool(fields["warned"])
+    return BudgetRecord(**fields)
+
+
+def _describe(line: BudgetLine) -> str:
+    return {"job": "the job's budget", "tenant_day": "the tenant's daily budget"}.get(
+        line.scope, "the tenant's monthly budget"
+    )
+
+
+def _reserve_line(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> None:
+    tx.con.execute(
+        "INSERT INTO budgets (key, tenant_id, scope, limit_nanos, limit_tokens, updated) "
+        "VALUES (?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+        (line.key, line.tenant_id, line.scope, line.limit_nanos, line.limit_tokens, tx.now),
+    )
+    sql = (
+        "UPDATE budgets SET reserved_nanos = reserved_nanos + ?, "
+        "reserved_tokens = reserved_tokens + ?, limit_nanos = ?, limit_tokens = ?, updated = ? "
+        "WHERE key = ?"
+    )
+    params: list[Any] = [nanos, tokens, line.limit_nanos, line.limit_tokens, tx.now, line.key]
+    if line.limit_nanos is not None:
+        sql += " AND spent_nanos + reserved_nanos + ? <= ?"
+        params += [nanos, line.limit_nanos]
+    if line.limit_tokens is not None:
+        sql += " AND spent_tokens + reserved_tokens + ? <= ?"
+        params += [tokens, line.limit_tokens]
+    if tx.con.execute(sql + " RETURNING key", tuple(params)).fetchone() is not None:
+        return
+    row = tx.con.execute(
+        "SELECT spent_nanos, reserved_nanos, spent_tokens, reserved_tokens FROM budgets "
+        "WHERE key = ?",
+        (line.key,),
+    ).fetchone()
+    spent_nanos, held_nanos, spent_tokens, held_tokens = row
+    if line.limit_nanos is not None and spent_nanos + held_nanos + nanos > line.limit_nanos:
+        raise BudgetExceeded(
+            f"{_describe(line)} ({line.key}) would be exceeded: limit "
+            f"${to_usd(line.limit_nanos):.6f}, spent ${to_usd(spent_nanos):.6f}, held by calls "
+            f"in flight ${to_usd(held_nanos):.6f}, this call may cost up to "
+            f"${to_usd(nanos):.6f}; the provider was not called",
+            budget=line.key,
+            limit=to_usd(line.limit_nanos),
+            spent=to_usd(spent_nanos),
+            asked=to_usd(nanos),
+        )
+    raise BudgetExceeded(
+        f"{_describe(line)} ({line.key}) would be exceeded: limit {line.limit_tokens} tokens, "
+        f"spent {spent_tokens}, held by calls in flight {held_tokens}, this call may use up to "
+        f"{tokens}; the provider was not called",
+        budget=line.key,
+        limit=line.limit_tokens,
+        spent=spent_tokens,
+        asked=tokens,
+        unit="tokens",
+    )
+
+
+def _insert_call(tx: Tx, call: NewCall, outcome: str, expires: float | None) -> int:
+    s = call.scope
+    row = tx.con.execute(
+        "INSERT INTO llm_calls (tenant_id, job_id, step_key, attempt, seq, purpose, provider, "
+        "model, tier, outcome, budget_keys, reserved_nanos, reserved_tokens, context_tokens, "
+        "context_limit, created, expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+        (
+            s.tenant_id,
+            s.job_id,
+            s.step_key,
+            s.attempt,
+            call.seq,
+            s.purpose,
+            call.provider,
+            call.model,
+            call.tier,
+            outcome,
+            dumps(sorted(line.key for line in s.budgets)),
+            call.reserved_nanos if outcome == "reserved" else 0,
+            call.reserved_tokens if outcome == "reserved" else 0,
+            call.context_tokens,
+            call.context_limit,
+            tx.now,
+            expires,
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+def _write_result(tx: Tx, call_id: int, result: CallResult) -> None:
+    tx.con.execute(
+        "UPDATE llm_calls SET outcome = ?, input_tokens = ?, output_tokens = ?, "
+        "cached_tokens = ?, cost_nanos = ?, priced = ?, cache_hit = ?, latency_ms = ?, "
+        "error_class = ?, error = ?, model = COALESCE(?, model), settled = ? WHERE id = ?",
+        (
+            result.outcome,
+            result.input_tokens,
+            result.output_tokens,
+            result.cached_tokens,
+            result.cost_nanos,
+            int(result.priced),
+            int(result.cache_hit),
+            result.latency_ms,
+            result.error_class,
+            result.error,
+            result.model,
+            tx.now,
+            call_id,
+        ),
+    )
+
+
+def _warnings(
+    tx: Tx,
+    keys: list[str],
+    job_id: str,
+    ratio: float,
+    step_key: str | None,
+    *,
+    committed: bool = False,
+) -> list[BudgetWarning]:
+    """Mark (once) the budgets among `keys` whose spend reached `ratio` of a limit, with a
+    `budget_warning` event each. `committed` counts reservations in flight too (a refused call:
+    the budget is as good as spent)."""
+    if not keys:
+        return []
+    marks = ",".join("?" * len(keys))
+    usd = "spent_nanos + reserved_nanos" if committed else "spent_nanos"
+    tokens = "spent_tokens + reserved_tokens" if committed else "spent_tokens"
+    rows = tx.con.execute(
+        f"UPDATE budgets SET warned = 1 WHERE key IN ({marks}) AND warned = 0 AND ("
+        f"(limit_nanos IS NOT NULL AND limit_nanos > 0 AND {usd} >= limit_nanos * ?) OR "
+        f"(limit_tokens IS NOT NULL AND limit_tokens > 0 AND {tokens} >= limit_tokens * ?)) "
+        f"RETURNING key, tenant_id, scope, limit_nanos, limit_tokens, {usd}, {tokens}",
+        (*keys, ratio, ratio),
+    ).fetchall()
+    out = []
+    for key, tenant, scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens in sorted(rows):
+        if limit_nanos and spent_nanos >= limit_nanos * ratio:
+            warning = BudgetWarning(
+                key,
+                tenant,
+                job_id,
+                scope,
+                "usd",
+                limit_nanos / 1e9,
+                spent_nanos / 1e9,
+                spent_nanos / limit_nanos,
+            )
+        else:
+            warning = BudgetWarning(
+                key,
+                tenant,
+                job_id,
+                scope,
+                "tokens",
+                float(limit_tokens),
+                float(spent_tokens),
+                spent_tokens / limit_tokens,
+            )
+        tx.events.append(
+            note(
+                "budget_warning",
+                tenant,
+                job_id,
+                actor=tx.actor,
+                at=tx.now,
+                step_key=step_key,
+                reason=f"{key} at {warning.ratio:.0%} of its limit"
+                + (" (a call was refused)" if committed else ""),
+                data=warning.to_dict(),
+            )
+        )
+        out.append(warning)
+    return out
+
+
+class LlmLedger:
+    """Budgets, ledger and cache, over the backend's `_write` and `_read` (mixed into
+    `SqlStore`)."""
+
+    now_sql: str
+
+    @abstractmethod
+    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in one write transaction."""
+
+    @abstractmethod
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement."""
+
+    async def llm_reserve(self, call: NewCall, *, actor: str) -> int:
+        """Open a ledger row and reserve the call's worst case against every budget of its
+        scope, all or nothing. Raises `BudgetExceeded` (nothing written) when a budget would
+        pass its limit. Returns the row's id, for `llm_settle`."""
+
+        def run(tx: Tx) -> int:
+            for line in sorted(call.scope.budgets, key=lambda b: b.key):
+                _reserve_line(tx, line, call.reserved_nanos, call.reserved_tokens)
+            return _insert_call(tx, call, "reserved", tx.now + call.expires_in)
+
+        return await self._write(actor, run)
+
+    async def llm_settle(
+        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+    ) -> list[BudgetWarning]:
+        """Settle a reserved call to its actual figures; return the budgets that crossed
+        `warn_ratio` of a limit with this call (each budget warns once, with an event)."""
+
+        def run(tx: Tx) -> list[BudgetWarning]:
+            row = tx.con.execute(
+                "SELECT outcome, budget_keys, reserved_nanos, reserved_tokens, job_id, step_key "
+                f"FROM llm_calls WHERE id = ?{tx.lock}",
+                (call_id,),
+            ).fetchone()
+            if row is None or row[0] not in ("reserved", "abandoned"):
+                return []  # settled already: settling is idempotent
+            outcome, raw_keys, held_nanos, held_tokens, job_id, step_key = row
+            if outcome == "abandoned":  # released already; only the spend is left to add
+                held_nanos = held_tokens = 0
+            keys = sorted(loads(raw_keys, "budget keys of an LLM call"))
+            _write_result(tx, call_id, result)
+            for key in keys:
+                tx.con.execute(
+                    "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
+                    "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
+                    "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
+                    (result.cost_nanos, result.tokens, held_nanos, held_tokens, tx.now, key),
+                )
+            return _warnings(tx, keys, job_id, warn_ratio, step_key)
+
+        return await self._write(actor, run)
+
+    async def llm_record(
+        self,
+        call: NewCall,
+        result: CallResult,
+        *,
+        actor: str,
+        refused_by: str | None = None,
+    ) -> tuple[int, list[BudgetWarning]]:
+        """Record a call that reserved nothing: a cache hit (free) or a refused reservation.
+        A refusal by budget `refused_by` warns for that budget (once, if it has not warned yet):
+        a budget that refuses is as good as spent. Returns the row's id and the warnings."""
+
+        def run(tx: Tx) -> tuple[int, list[BudgetWarning]]:
+            call_id = _insert_call(tx, call, result.outcome, None)
+            _write_result(tx, call_id, result)
+            if refused_by is None:
+                return call_id, []
+            # A budget that refuses a call warns whatever its ratio: it is as good as spent.
+            warned = _warnings(
+                tx, [refused_by], call.scope.job_id, 0.0, call.scope.step_key, committed=True
+            )
+            return call_id, warned
+
+        return await self._write(actor, run)
+
+    async def llm_reservations_release(self, *, actor: str) -> int:
+        """Release the reservations of calls whose worker died before settling them."""
+
+        def run(tx: Tx) -> int:
+            rows = tx.con.execute(
+                f"SELECT id, budget_keys, reserved_nanos, reserved_tokens "
+                f"{RESERVATION_EXPIRED.format(now='?')} ORDER BY id{tx.skip_locked}",
+                (tx.now,),
+            ).fetchall()
+            for call_id, raw_keys, held_nanos, held_tokens in rows:
+                for key in sorted(loads(raw_keys, "budget keys of an LLM call")):
+                    tx.con.execute(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos - ?, "
+                        "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
+                        (held_nanos, held_tokens, tx.now, key),
+                    )
+                tx.con.execute(
+                    "UPDATE llm_calls SET outcome = 'abandoned', error = ?, settled = ? "
+                    "WHERE id = ?",
+                    (
+                        "the worker did not settle the call before its reservation expired",
+                        tx.now,
+                        call_id,
+                    ),
+                )
+            return len(rows)
+
+        if not await self._read(f"SELECT 1 {RESERVATION_EXPIRED.format(now=self.now_sql)} LIMIT 1"):
+            return 0
+        return await self._write(actor, run)
+
+    async def llm_call_list(
+        self, job_id: str, *, tenant_id: str | None = None
+    ) -> list[LlmCallRecord]:
+        """A job's ledger rows, oldest first."""
+        sql = f"SELECT {CALL_COLUMNS} FROM llm_calls WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        return [_call(r) for r in await self._read(sql + " ORDER BY id", params)]
+
+    async def budget_list(
+        self, *, tenant_id: str | None = None, keys: Sequence[str] | None = None
+    ) -> list[BudgetRecord]:
+        """Budget rows, by key; filtered by tenant or by keys."""
+        sql = f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE 1 = 1"
+        params: list[Any] = []
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        if keys is not None:
+            if not keys:
+                return []
+            sql += f" AND key IN ({','.join('?' * len(keys))})"
+            params += list(keys)
+        return [_budget(r) for r in await self._read(sql + " ORDER BY key", params)]
+
+    async def llm_cache_get(self, tenant_id: str, key: str) -> dict[str, Any] | None:
+        """A cached answer of this tenant, or None (expired entries are misses)."""
+        rows = await self._read(
+            "SELECT response FROM llm_cache WHERE tenant_id = ? AND key = ? "
+            f"AND (expires IS NULL OR expires > {self.now_sql})",
+            (tenant_id, key),
+        )
+        if not rows:
+            return None
+        value: dict[str, Any] = loads(rows[0][0], "cached LLM response")
+        return value
+
+    async def llm_cache_put(
+        self,
+        tenant_id: str,
+        key: str,
+        *,
+        provider: str,
+        model: str,
+        response: dict[str, Any],
+        ttl_seconds: float | None,
+        actor: str,
+    ) -> None:
+        """Store an answer under this tenant's key (the latest answer wins)."""
+
+        def run(tx: Tx) -> None:
+            expires = tx.now + ttl_seconds if ttl_seconds else None
+            tx.con.execute(
+                "INSERT INTO llm_cache (tenant_id, key, provider, model, response, created, "
+                "expires) VALUES (?,?,?,?,?,?,?) ON CONFLICT (tenant_id, key) DO UPDATE SET "
+                "response = excluded.response, provider = excluded.provider, "
+                "model = excluded.model, created = excluded.created, expires = excluded.expires",
+                (tenant_id, key, provider, model, dumps(response), tx.now, expires),
+            )
+
+        await self._write(actor, run)
