@@ -3,8 +3,15 @@
 * **onboarding** (`{"user_id": "u-1001"}`): fetch the profile, check it against the policy
   engine, open an onboarding ticket (enterprise customers need a person to approve it first),
   then send a welcome notification (not critical: the job completes degraded without it).
-* **invoice** (`{"invoice_id": "INV-7-250.00"}`): fetch the invoice, extract amount, currency and
-  vendor from its text, validate them, and pay (payments over 1000 need a person to approve).
+* **invoice** (`{"invoice_id": "INV-7-250.00"}`): fetch the invoice, extract vendor, amount,
+  currency and due date from its text with a language model (structured output, validated),
+  validate them, and pay (payments over 1000, a low extraction confidence or any risk flag need
+  a person to approve).
+
+The extraction runs on a **scripted model** by default (`scripted:invoice-reader`, offline, free,
+clearly not a real model: it reads the fields with a regular expression). Point it at a real one
+by routing the small tier, e.g. `STALWART_LLM_TIERS='{"small": ["openai:gpt-4o-mini"]}'` with
+`STALWART_OPENAI_API_KEY`, or any OpenAI-compatible server with `STALWART_OPENAI_BASE_URL`.
 
 Tools call the service over HTTP with `httpx`; the engine classifies what goes wrong (5xx, 429
 and timeouts are retried with backoff, other 4xx are not). The templates live in
@@ -28,9 +35,10 @@ from pydantic import BaseModel, Field
 from stalwart import (
     App,
     Budget,
+    ModelRequest,
     NonRetriableError,
     RetryPolicy,
-    SemanticError,
+    ScriptedModel,
     Settings,
     ToolContext,
 )
@@ -177,16 +185,18 @@ class InvoiceDocument(BaseModel):
     text: str
 
 
-class ExtractArgs(BaseModel):
-    invoice_id: str
-    text: str
+class InvoiceExtraction(BaseModel):
+    """What the extraction step must answer (the LLM's output schema)."""
 
-
-class InvoiceFields(BaseModel):
-    invoice_id: str
-    vendor: str
-    amount: float
-    currency: str
+    vendor: str = Field(description="Who sent the invoice.")
+    amount: float = Field(description="Total due.")
+    currency: str = Field(description="ISO 4217 code, e.g. EUR.")
+    due_date: str | None = Field(None, description="YYYY-MM-DD, if the invoice states one.")
+    confidence: float = Field(ge=0, le=1, description="How sure the reading is, 0 to 1.")
+    missing_fields: list[str] = Field(default_factory=list)
+    risk_flags: list[str] = Field(
+        default_factory=list, description="Anything a reviewer should look at before paying."
+    )
 
 
 class InvoiceCheckArgs(BaseModel):
@@ -213,6 +223,7 @@ _INVOICE_TEXT = re.compile(
     r"from (?P<vendor>[A-Za-z0-9_\-]+)\.\s+Total due:\s*(?P<amount>\d+(?:\.\d+)?)\s+"
     r"(?P<currency>[A-Z]{3})"
 )
+_DUE_DATE = re.compile(r"Due date:\s*(?P<due>\d{4}-\d{2}-\d{2})")
 
 
 async def fetch_invoice(args: InvoiceRef, ctx: ToolContext) -> InvoiceDocument:
@@ -223,20 +234,36 @@ async def fetch_invoice(args: InvoiceRef, ctx: ToolContext) -> InvoiceDocument:
         return InvoiceDocument.model_validate(response.json())
 
 
-async def extract_invoice(args: ExtractArgs, ctx: ToolContext) -> InvoiceFields:
-    """Read vendor, amount and currency out of the invoice text (no network)."""
-    found = _INVOICE_TEXT.search(args.text)
+def read_invoice(request: ModelRequest) -> dict[str, object]:
+    """The scripted invoice reader's answer: the fields a regular expression finds in the
+    prompt. A stand-in for a model, so the demo and tests run offline."""
+    text = request.messages[-1].content
+    found = _INVOICE_TEXT.search(text)
+    due = _DUE_DATE.search(text)
     if found is None:
-        raise SemanticError(
-            f"could not find vendor, amount and currency in invoice {args.invoice_id}",
-            code="extraction_failed",
-        )
-    return InvoiceFields(
-        invoice_id=args.invoice_id,
-        vendor=found["vendor"],
-        amount=float(found["amount"]),
-        currency=found["currency"],
-    )
+        return {
+            "vendor": "unknown",
+            "amount": 0.0,
+            "currency": "EUR",
+            "due_date": None,
+            "confidence": 0.1,
+            "missing_fields": ["vendor", "amount", "currency"],
+            "risk_flags": ["unreadable_invoice"],
+        }
+    return {
+        "vendor": found["vendor"],
+        "amount": float(found["amount"]),
+        "currency": found["currency"],
+        "due_date": due["due"] if due else None,
+        "confidence": 0.96 if due else 0.7,
+        "missing_fields": [] if due else ["due_date"],
+        "risk_flags": [],
+    }
+
+
+def invoice_reader() -> ScriptedModel:
+    """The scripted model behind the `small` tier in the demo and tests."""
+    return ScriptedModel("invoice-reader", default=read_invoice)
 
 
 async def validate_invoice(args: InvoiceCheckArgs, ctx: ToolContext) -> InvoiceCheck:
@@ -279,11 +306,17 @@ def build_app(settings: Settings | None = None) -> App:
     # Medium, not high: under the default approval policy a high-risk tool always needs a
     # person; the invoice template asks for one only above an amount.
     app.tool(timeout=HTTP_TIMEOUT, retry=HTTP_RETRY, risk="medium", idempotent=True)(pay_invoice)
-    # Pure functions of their arguments.
-    app.tool(timeout=PURE_TIMEOUT, retry=PURE_RETRY, idempotent=True)(extract_invoice)
+    # A pure function of its arguments.
     app.tool(timeout=PURE_TIMEOUT, retry=PURE_RETRY, idempotent=True)(validate_invoice)
 
-    budget = Budget(max_steps=40, max_wall_seconds=3600)
+    # The LLM side: the extraction's output schema, and the model that answers it. Settings'
+    # STALWART_LLM_TIERS replaces these routes with real models.
+    app.schema(InvoiceExtraction)
+    app.model("scripted:invoice-reader", invoice_reader())
+    for tier in ("small", "medium", "large"):
+        app.route(tier, ["scripted:invoice-reader"])
+
+    budget = Budget(max_steps=40, max_wall_seconds=3600, max_usd=0.05, max_tokens=20_000)
     app.workflow(
         "onboarding",
         input=OnboardingInput,
@@ -298,7 +331,8 @@ def build_app(settings: Settings | None = None) -> App:
         templates=["templates/invoice.yaml"],
         budget=budget,
         max_replans=1,
-        description="Pay a vendor invoice: fetch, extract, validate, pay.",
+        review_confidence=0.8,
+        description="Pay a vendor invoice: fetch, extract (LLM), validate, pay.",
     )
     return app
 

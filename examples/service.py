@@ -264,9 +264,10 @@ class FlakyService:
                 raise HTTPError(404, "not found")
             match = _AMOUNT_RE.match(invoice_id)
             amount = float(match.group(1)) if match else 10 + (_hash(invoice_id) % 500000) / 100
+            due = f"2026-12-{1 + _hash('due:' + invoice_id) % 28:02d}"
             text = (
                 f"Invoice {invoice_id} from {vendor}. Total due: {amount:.2f} EUR. "
-                "Payment terms: 30 days net. Thank you for your business."
+                f"Due date: {due}. Thank you for your business."
             )
             return 200, {
                 "invoice_id": invoice_id,

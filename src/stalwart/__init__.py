@@ -6,11 +6,20 @@ Define tools and workflows on an `App`, submit jobs with a `Client`, run them wi
 from stalwart.app import App
 from stalwart.client import Client, Submitted
 from stalwart.domain.limits import Breaker
-from stalwart.domain.plans import ReviewOption, ReviewSpec, StepSpec, Template
+from stalwart.domain.plans import (
+    Check,
+    Judge,
+    LlmSpec,
+    ReviewOption,
+    ReviewSpec,
+    StepSpec,
+    Template,
+)
 from stalwart.domain.retry import RetryPolicy
 from stalwart.domain.states import JobStatus, StepStatus
 from stalwart.errors import (
     AuthorizationError,
+    BudgetExceeded,
     CriticalError,
     InvalidArgumentsError,
     NonRetriableError,
@@ -20,6 +29,9 @@ from stalwart.errors import (
     TransientError,
     error_for_status,
 )
+from stalwart.llm.gateway import Gateway, LlmCall, LlmResult
+from stalwart.llm.scripted import ScriptedModel
+from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
 from stalwart.planning.workflows import ApprovalPolicy, Budget, Workflow
 from stalwart.settings import Settings
 from stalwart.tools.context import ToolContext
@@ -33,15 +45,28 @@ __all__ = [
     "AuthorizationError",
     "Breaker",
     "Budget",
+    "BudgetExceeded",
+    "Check",
     "Client",
     "CriticalError",
+    "Gateway",
     "InvalidArgumentsError",
     "JobStatus",
+    "Judge",
+    "LlmCall",
+    "LlmResult",
+    "LlmSpec",
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
     "NonRetriableError",
+    "ProviderError",
     "RetryPolicy",
     "RetryStep",
     "ReviewOption",
     "ReviewSpec",
+    "ScriptedModel",
     "SemanticError",
     "Settings",
     "StalwartError",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import BaseModel
 
@@ -14,6 +14,11 @@ from stalwart.domain.limits import Breaker, LimitSpec, parse_rate, tenant_key, t
 from stalwart.domain.plans import Template
 from stalwart.domain.retry import RetryPolicy
 from stalwart.errors import TemplateError, WorkflowDefinitionError
+from stalwart.llm.gateway import AlertHook, Gateway, TenantBudget
+from stalwart.llm.pricing import pricing_from_settings
+from stalwart.llm.routing import TIERS, ModelRegistry, Router, split_ref
+from stalwart.llm.types import Model
+from stalwart.planning.costs import CostEstimator
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.templates import load_template, template_from_data
 from stalwart.planning.validation import PlanLimits
@@ -53,13 +58,82 @@ class App:
         settings: Settings | None = None,
         *,
         on_review_escalated: Callable[..., Any] | None = None,
+        on_alert: AlertHook | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.tools = ToolRegistry()
         self.workflows: dict[str, Workflow] = {}
         self.on_review_escalated = on_review_escalated
+        self.on_alert = on_alert
         self.limits: dict[str, LimitSpec] = {}
+        self.schemas: dict[str, type[BaseModel]] = {}
+        self.routes: dict[str, list[str]] = {}
+        self.models: dict[str, Model] = {}
+        self.tenant_budgets: dict[str, TenantBudget] = {}
         self._store: Store | None = None
+        self._planner: TemplatePlanner | None = None
+
+    # -- the LLM side ---------------------------------------------------------------------------
+
+    def schema(self, model: type[BaseModel], *, name: str | None = None) -> type[BaseModel]:
+        """Register a pydantic model that llm steps may name as their `output` (by its class
+        name unless `name` is given). Usable as a class decorator."""
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise WorkflowDefinitionError("app.schema() takes a pydantic model class")
+        key = name or model.__name__
+        if key in self.schemas and self.schemas[key] is not model:
+            raise WorkflowDefinitionError(f"two output schemas are named {key!r}")
+        self.schemas[key] = model
+        return model
+
+    def model(self, ref: str, model: Model) -> Model:
+        """Answer the model reference `ref` (`provider:name`) with `model`: a `ScriptedModel`
+        for tests and demos, or a provider adapter you built yourself."""
+        split_ref(ref)
+        self.models[ref] = model
+        self._planner = None
+        return model
+
+    def route(self, tier: str, models: Sequence[str]) -> None:
+        """Route `tier` (`small`, `medium`, `large`) to `models`, first choice first; later
+        ones answer when earlier ones fail (outage, overload, timeout). `STALWART_LLM_TIERS`
+        overrides these routes per tier."""
+        if tier not in TIERS:
+            raise WorkflowDefinitionError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
+        for ref in models:
+            split_ref(ref)
+        self.routes[tier] = list(models)
+        self._planner = None
+
+    def tenant_budget(
+        self, tenant_id: str, *, daily_usd: float | None = None, monthly_usd: float | None = None
+    ) -> TenantBudget:
+        """Limit a tenant's LLM spend per UTC day and month (USD), across every worker. The
+        gateway refuses a call whose worst case would pass a limit, before the provider sees
+        it. Tenants without one get `tenant_daily_usd` / `tenant_monthly_usd` from settings."""
+        for name, value in (("daily_usd", daily_usd), ("monthly_usd", monthly_usd)):
+            if value is not None and value < 0:
+                raise WorkflowDefinitionError(f"tenant_budget {tenant_id!r}: {name} must be >= 0")
+        budget = TenantBudget(daily_usd, monthly_usd)
+        self.tenant_budgets[tenant_id] = budget
+        return budget
+
+    def router(self) -> Router:
+        """The tier routes: the app's, overridden per tier by settings."""
+        return Router(self.routes, self.settings)
+
+    def gateway(self, store: Store | None = None, *, actor: str = "gateway") -> Gateway:
+        """A gateway over this app's routes, models, prices and budgets."""
+        return Gateway(
+            store=store or self.store(),
+            router=self.router(),
+            models=ModelRegistry(self.settings, self.models),
+            pricing=pricing_from_settings(self.settings),
+            settings=self.settings,
+            tenant_budgets=self.tenant_budgets,
+            on_alert=self.on_alert,
+            actor=actor,
+        )
 
     # -- definitions ------------------------------------------------------------------------------
 
@@ -82,6 +156,7 @@ class App:
         rate_limit: str | float | None = None,
         burst: float | None = None,
         breaker: Breaker | None = None,
+        cost_usd: float | None = None,
     ) -> Callable[[ToolFunction], ToolFunction]: ...
 
     def tool(
@@ -99,6 +174,7 @@ class App:
         rate_limit: str | float | None = None,
         burst: float | None = None,
         breaker: Breaker | None = None,
+        cost_usd: float | None = None,
     ) -> Any:
         """Register an async tool `(args: Model, ctx: ToolContext) -> Model`.
 
@@ -111,6 +187,9 @@ class App:
         `burst` tokens, one second's worth by default) and `breaker` (open after N failures in
         a window, one probe after a cool-down). Steps a limit holds back wait, ready; they do
         not fail and use up no attempt.
+
+        `cost_usd` is what one call costs (an external API's fee): plans are checked against
+        their job's `Budget(max_usd=...)` before they run.
         """
 
         def register(func: ToolFunction) -> ToolFunction:
@@ -131,6 +210,7 @@ class App:
                 idempotent=idempotent,
                 reconcile=reconcile,
                 description=description,
+                cost_usd=cost_usd,
             )
             self.limits[spec.key] = spec
             return func
@@ -167,15 +247,28 @@ class App:
         approval: ApprovalPolicy | None = None,
         allowed_tools: Sequence[str] | None = None,
         description: str = "",
+        planner: Literal["template", "llm"] = "template",
+        llm_replan: bool = False,
+        review_confidence: float | None = None,
     ) -> Workflow:
         """Register a workflow. `templates` are `Template`s, dicts, or YAML paths (relative paths
-        are looked up next to the calling module first)."""
+        are looked up next to the calling module first).
+
+        `planner="llm"` lets a model write each job's plan (validated like a template's; the
+        templates then only document the shape); `llm_replan=True` keeps templates first and
+        lets a model write the next plan after a failure, bounded by `max_replans`. Steps that
+        consume an output whose `confidence` is below `review_confidence`, or whose
+        `risk_flags` is not empty, wait for a reviewer."""
         if name in self.workflows:
             raise WorkflowDefinitionError(f"workflow {name!r} is registered twice")
         if not (isinstance(input, type) and issubclass(input, BaseModel)):
             raise WorkflowDefinitionError(f"workflow {name!r}: input= must be a pydantic model")
-        if not templates:
+        if not templates and planner != "llm":
             raise WorkflowDefinitionError(f"workflow {name!r} needs at least one template")
+        if review_confidence is not None and not 0 <= review_confidence <= 1:
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: review_confidence must be between 0 and 1"
+            )
         if max_replans < 0:
             raise WorkflowDefinitionError(f"workflow {name!r}: max_replans must be 0 or more")
         base = _caller_dir()
@@ -192,6 +285,9 @@ class App:
             approval=approval or ApprovalPolicy(),
             allowed_tools=frozenset(allowed_tools) if allowed_tools is not None else None,
             description=description,
+            planner=planner,
+            llm_replan=llm_replan,
+            review_confidence=review_confidence,
         )
         self.workflows[name] = workflow
         return workflow
@@ -199,16 +295,24 @@ class App:
     # -- putting it to work -----------------------------------------------------------------------
 
     def planner(self) -> TemplatePlanner:
-        """The template planner over this app's tools, within the settings' limits."""
+        """The template planner over this app's tools and schemas, within the settings'
+        limits, checking plans' estimated cost against their budgets."""
+        if self._planner is not None:
+            return self._planner
         s = self.settings
-        return TemplatePlanner(
+        router = self.router()
+        self._planner = TemplatePlanner(
             self.tools,
             PlanLimits(
                 max_steps=s.max_plan_steps,
                 max_attempts=s.max_retry_attempts,
                 max_retry_cap_seconds=s.max_retry_cap_seconds,
             ),
+            schemas=self.schemas,
+            tiers=frozenset(t for t in TIERS if router.has(t)),
+            costs=CostEstimator(router, pricing_from_settings(s)),
         )
+        return self._planner
 
     def store(self) -> Store:
         """The store at `settings.database_url` (opened once)."""
@@ -226,12 +330,15 @@ class App:
         """An `Executor` over this app's tools and workflows."""
         from stalwart.engine.executor import Executor
 
+        store = store or self.store()
         return Executor(
-            store=store or self.store(),
+            store=store,
             tools=self.tools,
             workflows=self.workflows,
             planner=self.planner(),
             settings=self.settings,
+            gateway=self.gateway(store, actor="worker"),
+            schemas=self.schemas,
         )
 
     def worker(

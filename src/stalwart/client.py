@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
 from stalwart.domain.records import (
     DeadLetterRecord,
     EventRecord,
@@ -114,10 +115,12 @@ class Client:
                 errors=details,
             ) from None
         job_input = model.model_dump(mode="json")
-        plan = self.app.planner().plan(flow, job_input)
+        # A workflow planned by a model waits in `planning` for a worker: no model call is made
+        # while the submitter waits, and a duplicate submission costs nothing.
+        plan = None if flow.planner == "llm" else self.app.planner().plan(flow, job_input)
         hashes = {
             s.tool: spec.schema_hash
-            for s in plan.steps
+            for s in (plan.steps if plan else [])
             if s.tool and (spec := self.app.tools.get(s.tool)) is not None
         }
         job = NewJob(
@@ -171,6 +174,16 @@ class Client:
     ) -> builtins.list[EventRecord]:
         """A job's events, in order."""
         return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id)
+
+    async def llm_calls(
+        self, job_id: str, *, tenant: str | None = None
+    ) -> builtins.list[LlmCallRecord]:
+        """A job's model calls (the ledger), oldest first."""
+        return await self.store.llm_call_list(job_id, tenant_id=tenant)
+
+    async def budgets(self, *, tenant: str | None = None) -> builtins.list[BudgetRecord]:
+        """Budget rows (jobs', tenants' days and months): limits, spend, reservations."""
+        return await self.store.budget_list(tenant_id=tenant)
 
     async def plans(self, job_id: str, *, tenant: str | None = None) -> builtins.list[PlanRecord]:
         """A job's plan versions."""

@@ -101,7 +101,7 @@ def test_disallowed_tool(tools: ToolRegistry) -> None:
 def test_llm_step(tools: ToolRegistry) -> None:
     problem = only_problem(plan_problems(plan(st("think", kind="llm", tool=None)), tools))
     assert problem["step"] == "think"
-    assert "LLM gateway" in problem["problem"]
+    assert "needs a prompt" in problem["problem"]
 
 
 def test_human_step_with_a_tool(tools: ToolRegistry) -> None:
@@ -299,7 +299,7 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
         ("c", "unknown step 'ghost'"),
         ("c", "unknown argument 'extra'"),
         ("c", "argument 'user_id' of tool 'fetch_profile' is not valid"),
-        ("d", "LLM gateway"),
+        ("d", "needs a prompt"),
         ("f", "${input.who} was not bound"),
         ("g", "success: condition on 'output.x'"),
         ("", "dependency cycle: e -> f -> e"),

@@ -59,7 +59,11 @@ cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(plan_cli, name="plan")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(workers_cli, name="workers")
+budgets_cli = typer.Typer(
+    help="LLM budgets: limits, spend and reservations per job and tenant.", no_args_is_help=True
+)
 cli.add_typer(limits_cli, name="limits")
+cli.add_typer(budgets_cli, name="budgets")
 
 
 @dataclass
@@ -301,6 +305,41 @@ def limits_list(ctx: typer.Context) -> None:
     )
 
 
+def _usd(nanos: int | None) -> str:
+    return "-" if nanos is None else f"${nanos / 1e9:.6f}"
+
+
+@budgets_cli.command("list")
+def budgets_list(ctx: typer.Context) -> None:
+    """Every budget of the tenant (all tenants without --tenant): limit, spent, held by calls in
+    flight, and whether its warning fired."""
+    state = _state(ctx)
+    found = _with_store(state, lambda store: store.budget_list(tenant_id=state.tenant))
+    if state.json:
+        ui.dump_json([b.to_dict() for b in found])
+        return
+    if not found:
+        ui.out.print("no budgets yet: they appear with the first model call")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["budget", "limit", "spent", "in flight", "tokens", "warned"],
+            [
+                (
+                    b.key,
+                    _usd(b.limit_nanos),
+                    _usd(b.spent_nanos),
+                    _usd(b.reserved_nanos),
+                    f"{b.spent_tokens}" + (f"/{b.limit_tokens}" if b.limit_tokens else ""),
+                    "yes" if b.warned else "-",
+                )
+                for b in found
+            ],
+        )
+    )
+
+
 # -- submit ---------------------------------------------------------------------------------------
 
 
@@ -450,25 +489,40 @@ def jobs_list(
     )
 
 
+def _llm_totals(calls: list[Any]) -> dict[str, Any]:
+    return {
+        "calls": len(calls),
+        "cache_hits": sum(1 for c in calls if c.cache_hit),
+        "refused": sum(1 for c in calls if c.outcome == "refused"),
+        "input_tokens": sum(c.input_tokens for c in calls),
+        "output_tokens": sum(c.output_tokens for c in calls),
+        "cost_usd": sum(c.cost_nanos for c in calls) / 1e9,
+    }
+
+
 @jobs_cli.command("show")
 def jobs_show(ctx: typer.Context, job_id: str) -> None:
     """A job: its steps, attempts, outputs and event timeline."""
     state = _state(ctx)
 
-    async def fetch(c: Client) -> tuple[Any, Any, Any]:
+    async def fetch(c: Client) -> tuple[Any, Any, Any, Any]:
         return (
             await c.get(job_id, tenant=state.tenant),
             await c.steps(job_id, tenant=state.tenant),
             await c.events(job_id, tenant=state.tenant),
+            await c.llm_calls(job_id, tenant=state.tenant),
         )
 
-    job, steps, events = _client(state, fetch)
+    job, steps, events, calls = _client(state, fetch)
+    totals = _llm_totals(calls)
     if state.json:
         ui.dump_json(
             {
                 "job": job.to_dict(),
                 "steps": [s.to_dict() for s in steps],
                 "events": [e.to_dict() for e in events],
+                "llm_calls": [c.to_dict() for c in calls],
+                "llm_totals": totals,
             }
         )
         return
@@ -501,6 +555,30 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
             ],
         )
     )
+    if calls:
+        ui.out.print(
+            ui.table(
+                "llm calls",
+                ["step", "model", "tier", "outcome", "tokens in/out (cached)", "cost", "ms"],
+                [
+                    (
+                        c.step_key or c.purpose or "-",
+                        f"{c.provider}:{c.model}",
+                        c.tier or "-",
+                        ui.status(c.outcome) if c.outcome != "cached" else "cache hit",
+                        f"{c.input_tokens}/{c.output_tokens} ({c.cached_tokens})",
+                        _usd(c.cost_nanos) if c.priced else "unpriced",
+                        f"{c.latency_ms:.0f}" if c.latency_ms is not None else "-",
+                    )
+                    for c in calls
+                ],
+            )
+        )
+        ui.out.print(
+            f"llm totals: {totals['calls']} calls ({totals['cache_hits']} cache hits, "
+            f"{totals['refused']} refused), {totals['input_tokens']} tokens in, "
+            f"{totals['output_tokens']} out, ${totals['cost_usd']:.6f}"
+        )
     ui.out.print(
         ui.table(
             "timeline",

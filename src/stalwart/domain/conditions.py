@@ -9,7 +9,10 @@ A condition maps a path to a test. A test is a literal (equality) or a mapping o
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeAlias
+
+import yaml
 
 from stalwart.domain.refs import MISSING, lookup
 
@@ -83,3 +86,41 @@ def _compare(op: str, value: Any, expected: Any) -> bool:
     if op == "not_in":
         return value not in expected
     raise TypeError(op)
+
+
+_EXPRESSION = re.compile(
+    r"^\s*(?P<path>[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*)\s*"
+    r"(?P<op>>=|<=|==|!=|>|<|not in|in)\s*(?P<value>.+?)\s*$"
+)
+_EXPRESSION_OPS = {
+    ">=": "gte",
+    "<=": "lte",
+    "==": "eq",
+    "!=": "ne",
+    ">": "gt",
+    "<": "lt",
+    "in": "in",
+    "not in": "not_in",
+}
+
+
+def parse_expression(text: str, *, prefix: str = "") -> Condition:
+    """Parse `"confidence >= 0.85"` into the condition `{prefix + "confidence": {"gte": 0.85}}`.
+
+    The right side is a JSON/YAML literal (a number, a quoted string, `true`, `null`, `[]`,
+    `["a", "b"]`); a bare word is a string. Raises ValueError naming what is wrong.
+    """
+    found = _EXPRESSION.match(text)
+    if found is None:
+        raise ValueError(
+            f"cannot read {text!r}: write <path> <op> <value>, with op one of "
+            f"{', '.join(_EXPRESSION_OPS)} (e.g. 'confidence >= 0.85')"
+        )
+    try:
+        value = yaml.safe_load(found["value"])
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot read the value in {text!r}: {exc}") from exc
+    op = _EXPRESSION_OPS[found["op"]]
+    if op in ("in", "not_in") and not isinstance(value, list):
+        raise ValueError(f'{text!r}: {found["op"]!r} needs a list, e.g. ["EUR", "USD"]')
+    return {prefix + found["path"]: {op: value}}

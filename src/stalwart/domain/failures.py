@@ -47,6 +47,7 @@ def decide(
     replans: int,
     max_replans: int,
     rng: random.Random | None = None,
+    on_budget: str = "fail",
 ) -> Decision:
     """Decide what follows a failed attempt, from the error's class and the step's policy.
 
@@ -55,7 +56,10 @@ def decide(
     - authorization: always escalate to a human;
     - non-retriable: escalate if critical, else skip;
     - invalid arguments, semantic: replan while replans remain, then escalate;
-    - budget: fail the job; critical: halt and escalate; cancelled: cancel.
+    - budget (a model call refused): per the workflow's `on_exceeded` — `fail` the job,
+      `partial` (skip the step if it is not critical, so the job completes with what it has),
+      `escalate`, or `cheaper_tier` (the gateway already tried the cheaper tiers: escalate);
+    - critical: halt and escalate; cancelled: cancel.
     """
     kind = ErrorClass(error.error_class)
     if kind is ErrorClass.TRANSIENT and error.asks_to_wait:
@@ -84,7 +88,13 @@ def decide(
             return Decision(Outcome.REPLAN, f"{kind}: replanning ({replans + 1}/{max_replans})")
         return Decision(Outcome.ESCALATE, f"{kind}: no replans left (max_replans={max_replans})")
     if kind is ErrorClass.BUDGET:
-        return Decision(Outcome.FAIL_JOB, "budget exceeded")
+        if on_budget == "fail":
+            return Decision(Outcome.FAIL_JOB, "budget exceeded")
+        if on_budget == "partial" and not critical:
+            return Decision(
+                Outcome.SKIP, "budget exceeded; step is not critical, job completes partial"
+            )
+        return Decision(Outcome.ESCALATE, "budget exceeded: a human decides")
     if kind is ErrorClass.CANCELLED:
         return Decision(Outcome.CANCEL, "job cancelled")
     return Decision(Outcome.ESCALATE, "critical failure: job halted")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stalwart.domain.conditions import Condition
 from stalwart.domain.refs import find_refs, ref_step
@@ -18,6 +18,92 @@ from stalwart.types import JSON, canonical_hash
 
 StepKind = Literal["tool", "human", "llm"]
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+Severity = Literal["soft", "hard", "critical"]
+BudgetFallback = Literal["cheaper_tier", "partial", "escalate", "fail"]
+LLM_FIELDS = frozenset(
+    {
+        "prompt",
+        "system",
+        "output",
+        "purpose",
+        "tier",
+        "max_tokens",
+        "temperature",
+        "cacheable",
+        "max_reasks",
+        "consensus",
+        "consensus_models",
+        "context",
+        "context_window",
+    }
+)
+
+
+class LlmSpec(BaseModel):
+    """What an `llm` step asks and how. Written flat on the step in templates:
+
+    ```yaml
+    - id: extract
+      kind: llm
+      purpose: extraction          # picks the default tier (small)
+      prompt: "Extract the fields of this invoice: ${steps.fetch.output.text}"
+      output: InvoiceExtraction    # a pydantic model registered with app.schema()
+      max_tokens: 400
+      temperature: 0
+      cacheable: true
+    ```
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1)
+    system: str = ""
+    output: str | None = Field(None, description="Name of a schema registered with app.schema.")
+    purpose: str = "reasoning"
+    tier: Literal["small", "medium", "large"] | None = None
+    max_tokens: int = Field(1024, ge=1, le=200_000)
+    temperature: float = Field(0.0, ge=0, le=2)
+    cacheable: bool = False
+    max_reasks: int | None = Field(None, ge=0, le=10)
+    consensus: int | None = Field(None, ge=2, le=9)
+    consensus_models: list[str] | None = None
+    context: Literal["dependencies", "job", "none"] = "dependencies"
+    context_window: int | None = Field(None, ge=256)
+
+
+class Check(BaseModel):
+    """One success criterion of a step's output, and what failing it means: `soft` warns and
+    continues, `hard` replans with the failure as context, `critical` halts and escalates.
+    `expect` is an expression (`"confidence >= 0.85"`, `"missing_fields == []"`; paths are
+    relative to the output) or a condition mapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expect: str | Condition
+    on_fail: Severity = "hard"
+    message: str = ""
+
+
+class Judge(BaseModel):
+    """An LLM judge on a cheap tier: asked `question` about the output, it answers pass/fail
+    with a reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    question: str = Field(min_length=1)
+    tier: Literal["small", "medium", "large"] = "small"
+    on_fail: Severity = "hard"
+    max_tokens: int = Field(300, ge=16)
+
+
+class ReviewTrigger(BaseModel):
+    """Send this step to the review queue before it runs when `when` holds (it looks at an
+    earlier step's output: a low confidence, a risk flag)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: Condition
+    reason: str
 
 
 class ReviewOption(BaseModel):
@@ -67,6 +153,30 @@ class StepSpec(BaseModel):
     review: ReviewSpec | None = None
     critical: bool = True
     success: Condition | None = None
+    llm: LlmSpec | None = None
+    checks: list[Check] = Field(default_factory=list)
+    judge: Judge | None = None
+    cost_usd: float | None = Field(None, ge=0, description="Estimated cost of a tool step.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_llm_fields(cls, data: Any) -> Any:
+        """Templates write an llm step's fields on the step; they live in `llm`."""
+        if isinstance(data, dict) and LLM_FIELDS & data.keys():
+            data = dict(data)
+            llm = dict(data.get("llm") or {})
+            for name in LLM_FIELDS & data.keys():
+                llm[name] = data.pop(name)
+            data["llm"] = llm
+        return data
+
+    @model_validator(mode="after")
+    def _llm_matches_kind(self) -> StepSpec:
+        if self.kind == "llm" and self.llm is None:
+            raise ValueError("an llm step needs a prompt")
+        if self.kind != "llm" and self.llm is not None:
+            raise ValueError(f"prompt, output and tier belong to llm steps, not {self.kind} steps")
+        return self
 
     def dependencies(self) -> list[str]:
         """Declared dependencies plus every step the arguments or the conditions reference, in
@@ -76,6 +186,8 @@ class StepSpec(BaseModel):
         if isinstance(self.requires_approval, dict):
             paths += list(self.requires_approval)
         paths += list(self.success or {})
+        if self.llm is not None:
+            paths += find_refs(self.llm.prompt) + find_refs(self.llm.system)
         for path in paths:
             step = ref_step(path)
             if step is not None and step != self.id and step not in deps:
@@ -118,6 +230,12 @@ class PlanStep(BaseModel):
     success: Condition | None
     idempotent: bool = True
     has_reconcile: bool = False
+    llm: LlmSpec | None = None
+    checks: list[Check] = Field(default_factory=list)
+    judge: Judge | None = None
+    review_if: list[ReviewTrigger] = Field(default_factory=list)
+    on_budget: BudgetFallback = "fail"
+    cost_usd: float | None = None
 
     def spec_hash(self) -> str:
         """A hash of what this step does; equal hashes across plan versions reuse the output."""

@@ -14,17 +14,27 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from stalwart.domain.budgets import CallScope
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.failures import Decision, Outcome, decide
+from stalwart.domain.plans import Check, Judge, Plan
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
+from stalwart.engine.evaluator import Evaluator
+from stalwart.engine.llm_steps import LlmStepRunner
 from stalwart.errors import (
+    BudgetExceeded,
     EffectFailedError,
     ErrorClass,
     PlanValidationError,
     StoreUnavailableError,
+    ToolError,
 )
+from stalwart.llm.gateway import Gateway
+from stalwart.planning.llm_planner import LlmPlanner
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
@@ -49,12 +59,20 @@ class Executor:
         workflows: Mapping[str, Workflow],
         planner: TemplatePlanner,
         settings: Settings,
+        gateway: Gateway | None = None,
+        schemas: Mapping[str, type[BaseModel]] | None = None,
     ) -> None:
         self.store = store
         self.tools = tools
         self.workflows = workflows
         self.planner = planner
         self.settings = settings
+        self.gateway = gateway
+        self.llm = LlmStepRunner(gateway, schemas or {}, workflows, settings) if gateway else None
+        self.evaluator = Evaluator(gateway)
+        self.llm_planner = (
+            LlmPlanner(gateway, planner, max_reasks=settings.llm_max_reasks) if gateway else None
+        )
 
     def context_for(self, claim: Claim) -> ToolContext:
         """The ToolContext for one attempt of a claimed step."""
@@ -91,6 +109,7 @@ class Executor:
                         claim_next=claim_next,
                         lease_seconds=self.settings.lease_seconds,
                         effects=ctx.effects,
+                        warnings=outcome.warnings,
                     ),
                 )
             except EffectFailedError as exc:
@@ -173,6 +192,7 @@ class Executor:
             critical=bool(claim.spec.get("critical", True)),
             replans=claim.plan_version - 1,  # every replan makes the next plan version
             max_replans=claim.max_replans,
+            on_budget=str(claim.spec.get("on_budget") or "fail"),
         )
 
     async def attempt(self, claim: Claim, ctx: ToolContext) -> ToolOutcome:
@@ -188,6 +208,18 @@ class Executor:
                     "comment": review.get("comment"),
                 }
             )
+        context = {
+            "input": claim.job_input,
+            "steps": {key: {"output": value} for key, value in claim.outputs.items()},
+        }
+        if claim.kind == "llm":
+            if self.llm is None:
+                return _critical(
+                    f"step {claim.key} is an llm step but this worker has no LLM gateway "
+                    "(route a model with app.route() or STALWART_LLM_TIERS)",
+                    code="llm_not_configured",
+                )
+            return await self._checked(claim, await self.llm.run(claim, context), context)
         if claim.kind != "tool" or not claim.tool:
             return _critical(f"step kind {claim.kind!r} cannot run in this worker")
         spec = self.tools.get(claim.tool)
@@ -199,10 +231,6 @@ class Executor:
                 f"{claim.tool_schema_hash[:12]} became {spec.schema_hash[:12]}); failing closed",
                 code="schema_changed",
             )
-        context = {
-            "input": claim.job_input,
-            "steps": {key: {"output": value} for key, value in claim.outputs.items()},
-        }
         try:
             args = resolve(claim.spec.get("args") or {}, context)
         except UnresolvedReferenceError as exc:
@@ -213,13 +241,15 @@ class Executor:
         if claim.reconcile_pending and spec.reconcile is not None:
             found = await invoke_tool(spec, args, ctx, timeout_seconds=timeout, reconcile=True)
             if found.error is not None or found.output is not None:
-                return self._checked(claim, found, context)
+                return await self._checked(claim, found, context)
             # Nothing found: the call itself gets its whole timeout, not what reconcile left.
             ctx.deadline = time.time() + timeout
         outcome = await invoke_tool(spec, args, ctx, timeout_seconds=timeout)
-        return self._checked(claim, outcome, context)
+        return await self._checked(claim, outcome, context)
 
-    def _checked(self, claim: Claim, outcome: ToolOutcome, context: dict[str, Any]) -> ToolOutcome:
+    async def _checked(
+        self, claim: Claim, outcome: ToolOutcome, context: dict[str, Any]
+    ) -> ToolOutcome:
         if outcome.error is not None or outcome.output is None:
             return outcome
         size = len(dumps(outcome.output).encode())
@@ -242,7 +272,24 @@ class Executor:
                     details={"output": outcome.output},
                 )
             )
+        checks = [Check.model_validate(c) for c in claim.spec.get("checks") or []]
+        judge = Judge.model_validate(claim.spec["judge"]) if claim.spec.get("judge") else None
+        if not checks and judge is None:
+            return outcome
+        verdict = await self.evaluator.evaluate(
+            claim.key, outcome.output, context, checks, judge, self._scope_for(claim)
+        )
+        if verdict.error is not None:
+            return ToolOutcome(error=verdict.error)
+        outcome.warnings += verdict.warnings
         return outcome
+
+    def _scope_for(self, claim: Claim) -> Callable[[str], CallScope]:
+        def scope(purpose: str) -> CallScope:
+            assert self.llm is not None
+            return self.llm.scope(claim, purpose)
+
+        return scope
 
     async def replan_waiting(self, worker_id: str, *, limit: int = 5) -> int:
         """Claim jobs in `replanning` and give each a new plan, or escalate it. Returns how many
@@ -254,6 +301,53 @@ class Executor:
             await self._replan(claim, worker_id)
         return len(claims)
 
+    async def _new_plan(self, workflow: Workflow, claim: ReplanClaim, first: bool) -> Plan:
+        """The template planner's plan, or the model's when the workflow plans with one (from
+        the start, or after a failure when `llm_replan` is set)."""
+        job = claim.job
+        version = job.plan_version + 1
+        by_model = workflow.planner == "llm" or (workflow.llm_replan and not first)
+        if not by_model:
+            return self.planner.plan(
+                workflow,
+                job.input,
+                version=version,
+                tried_hashes=claim.tried_hashes,
+                feedback=claim.feedback,
+            )
+        if self.llm_planner is None or self.llm is None:
+            raise PlanValidationError(
+                [
+                    {
+                        "step": "",
+                        "problem": f"workflow {workflow.name!r} plans with a model but this "
+                        "worker has no LLM gateway (app.route() or STALWART_LLM_TIERS)",
+                    }
+                ]
+            )
+        tried = [
+            Plan.model_validate(record.plan)
+            for record in await self.store.plan_list(job.id, tenant_id=job.tenant_id)
+        ]
+        budget = workflow.budget
+        scope = self.llm.gateway.scope(
+            job.tenant_id,
+            job.id,
+            step_key=None,
+            attempt=version,
+            purpose="planning",
+            job_max_usd=budget.max_usd,
+            job_max_tokens=budget.max_tokens,
+        )
+        return await self.llm_planner.plan(
+            workflow,
+            job.input,
+            scope=scope,
+            version=version,
+            tried=tried,
+            feedback=claim.feedback,
+        )
+
     async def _replan(self, claim: ReplanClaim, worker_id: str) -> None:
         job = claim.job
         workflow = self.workflows.get(job.workflow)
@@ -262,24 +356,40 @@ class Executor:
                 claim, actor=worker_id, reason=f"workflow {job.workflow!r} is not registered here"
             )
             return
-        if job.replans >= job.max_replans:
+        first = job.status == "planning"
+        if not first and job.replans >= job.max_replans:
             await self.store.job_escalate(
                 claim,
                 actor=worker_id,
                 reason=f"no replans left (max_replans={job.max_replans})",
             )
             return
+        doing = "planning" if first else "replanning"
         try:
-            plan = self.planner.plan(
-                workflow,
-                job.input,
-                version=job.plan_version + 1,
-                tried_hashes=claim.tried_hashes,
-                feedback=claim.feedback,
-            )
+            plan = await self._new_plan(workflow, claim, first)
         except PlanValidationError as exc:
             await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"replanning produced an invalid plan: {exc.message}"
+                claim, actor=worker_id, reason=f"{doing} produced an invalid plan: {exc.message}"
+            )
+            return
+        except BudgetExceeded as exc:
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=f"{doing} was refused by the budget: {exc.message}"
+            )
+            return
+        except ToolError as exc:
+            if exc.error_class is ErrorClass.TRANSIENT:
+                # The job's planning lease expires and a worker tries again.
+                log.warning(
+                    "%s job %s failed for now: %s",
+                    doing,
+                    job.id,
+                    exc.message,
+                    extra={"action": "plan_deferred", "job": job.id},
+                )
+                return
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=f"{doing} failed: {exc.message}"
             )
             return
         if plan.plan_hash() in claim.tried_hashes:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from stalwart.domain.conditions import evaluate
-from stalwart.domain.plans import Plan, PlanStep, StepSpec, Template
+from stalwart.domain.plans import Plan, PlanStep, ReviewTrigger, StepSpec, Template
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
 from stalwart.errors import PlanValidationError
+from stalwart.planning.costs import CostEstimator
 from stalwart.planning.validation import PlanLimits, validate_plan
 from stalwart.planning.workflows import Workflow
 from stalwart.tools.registry import ToolRegistry
@@ -19,9 +23,21 @@ class TemplatePlanner:
     job's input into it; validate the result. Deterministic: the same input gives the same plan.
     """
 
-    def __init__(self, tools: ToolRegistry, limits: PlanLimits | None = None) -> None:
+    def __init__(
+        self,
+        tools: ToolRegistry,
+        limits: PlanLimits | None = None,
+        *,
+        schemas: Mapping[str, type[BaseModel]] | None = None,
+        tiers: frozenset[str] | None = None,
+        costs: CostEstimator | None = None,
+    ) -> None:
         self.tools = tools
         self.limits = limits or PlanLimits()
+        self.schemas: Mapping[str, type[BaseModel]] = schemas or {}
+        self.tiers = tiers
+        # Set: every bound plan records its estimated cost and is fitted into the job's budget.
+        self.costs = costs
 
     def plan(
         self,
@@ -70,9 +86,12 @@ class TemplatePlanner:
         version: int = 1,
         notes: dict[str, Any] | None = None,
     ) -> Plan:
-        """Bind `input.*` references and fill defaults from the tools; then validate."""
+        """Bind `input.*` references and fill defaults from the tools; then validate. With a
+        cost estimator, record the estimate and fit the plan into `workflow.budget.max_usd`
+        (dropping non-critical steps, or raising `PlanValidationError`)."""
         problems: list[dict[str, str]] = []
         steps = [self._bind_step(workflow, s, job_input, problems) for s in template.steps]
+        steps = self._with_review_triggers(workflow, steps)
         plan = Plan(
             version=version,
             template_name=template.name,
@@ -82,12 +101,20 @@ class TemplatePlanner:
         )
         try:
             validate_plan(
-                plan, self.tools, allowed_tools=workflow.allowed_tools, limits=self.limits
+                plan,
+                self.tools,
+                allowed_tools=workflow.allowed_tools,
+                limits=self.limits,
+                schemas=self.schemas,
+                tiers=self.tiers,
             )
         except PlanValidationError as exc:
             problems.extend(exc.problems)
         if problems:
             raise PlanValidationError(problems)
+        if self.costs is not None:
+            max_usd = workflow.budget.max_usd
+            plan = self.costs.annotate(plan) if max_usd is None else self.costs.fit(plan, max_usd)
         return plan
 
     def _bind_step(
@@ -104,6 +131,19 @@ class TemplatePlanner:
                 {"step": step.id, "problem": f"{exc.message}: the input has no {exc.path!r}"}
             )
             args = step.args
+        llm = step.llm
+        if llm is not None:
+            try:
+                llm = llm.model_copy(
+                    update={
+                        "prompt": resolve(llm.prompt, {"input": job_input}, roots=("input",)),
+                        "system": resolve(llm.system, {"input": job_input}, roots=("input",)),
+                    }
+                )
+            except UnresolvedReferenceError as exc:
+                problems.append(
+                    {"step": step.id, "problem": f"{exc.message}: the input has no {exc.path!r}"}
+                )
         spec = self.tools.get(step.tool) if step.tool else None
         timeout = step.timeout_seconds or (spec.timeout_seconds if spec else None)
         retry = step.retry or (spec.retry if spec else None) or RetryPolicy()
@@ -127,4 +167,52 @@ class TemplatePlanner:
             success=step.success,
             idempotent=spec.idempotent if spec else True,
             has_reconcile=spec.reconcile is not None if spec else False,
+            llm=llm,
+            checks=step.checks,
+            judge=step.judge,
+            on_budget=workflow.budget.on_exceeded,
+            cost_usd=step.cost_usd
+            if step.cost_usd is not None
+            else (spec.cost_usd if spec else None),
         )
+
+    def output_model(self, step: PlanStep) -> type[BaseModel] | None:
+        """The pydantic model of a step's output, when known (a tool's result, an llm step's
+        schema)."""
+        if step.llm is not None and step.llm.output:
+            return self.schemas.get(step.llm.output)
+        spec = self.tools.get(step.tool) if step.tool else None
+        return spec.result_model if spec else None
+
+    def _with_review_triggers(self, workflow: Workflow, steps: list[PlanStep]) -> list[PlanStep]:
+        """Gate the steps that consume an output with a low `confidence` or a `risk_flags`
+        entry: they wait for a reviewer before they run."""
+        triggers: dict[str, list[ReviewTrigger]] = {}
+        for step in steps:
+            model = self.output_model(step)
+            fields = model.model_fields if model is not None else {}
+            found = []
+            if "confidence" in fields and workflow.review_confidence is not None:
+                threshold = workflow.review_confidence
+                found.append(
+                    ReviewTrigger(
+                        when={f"steps.{step.id}.output.confidence": {"lt": threshold}},
+                        reason=f"the confidence of step {step.id} is below {threshold:g}",
+                    )
+                )
+            if "risk_flags" in fields:
+                found.append(
+                    ReviewTrigger(
+                        when={f"steps.{step.id}.output.risk_flags": {"ne": []}},
+                        reason=f"step {step.id} raised risk flags",
+                    )
+                )
+            if found:
+                triggers[step.id] = found
+        if not triggers:
+            return steps
+        out = []
+        for step in steps:
+            gates = [t for dep in step.depends_on for t in triggers.get(dep, [])]
+            out.append(step.model_copy(update={"review_if": gates}) if gates else step)
+        return out

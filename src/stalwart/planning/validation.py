@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from stalwart.domain.conditions import condition_problems
+from stalwart.domain.conditions import condition_problems, parse_expression
 from stalwart.domain.plans import Plan, PlanStep
 from stalwart.domain.refs import find_refs
 from stalwart.errors import PlanValidationError
+from stalwart.llm.routing import Router
 from stalwart.tools.registry import ToolRegistry
 
 
@@ -37,8 +39,13 @@ def plan_problems(
     *,
     allowed_tools: frozenset[str] | None = None,
     limits: PlanLimits | None = None,
+    schemas: Mapping[str, type[BaseModel]] | None = None,
+    tiers: frozenset[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Every problem of `plan`, each with its step id (empty for plan-wide problems)."""
+    """Every problem of `plan`, each with its step id (empty for plan-wide problems).
+
+    `schemas` are the output schemas llm steps may name; `tiers` the tiers that have a model
+    (None: not checked here)."""
     limits = limits or PlanLimits()
     problems: list[dict[str, str]] = []
     if not plan.steps:
@@ -55,6 +62,8 @@ def plan_problems(
         seen.add(step_id)
     for step in plan.steps:
         problems.extend(_step_problems(step, seen, tools, allowed_tools, limits))
+        problems.extend(_llm_problems(step, seen, schemas or {}, tiers))
+        problems.extend(_check_problems(step, tiers))
     problems.extend(_cycle_problems(plan))
     return problems
 
@@ -65,9 +74,13 @@ def validate_plan(
     *,
     allowed_tools: frozenset[str] | None = None,
     limits: PlanLimits | None = None,
+    schemas: Mapping[str, type[BaseModel]] | None = None,
+    tiers: frozenset[str] | None = None,
 ) -> None:
     """Raise `PlanValidationError` listing every problem of `plan`; return if it is valid."""
-    problems = plan_problems(plan, tools, allowed_tools=allowed_tools, limits=limits)
+    problems = plan_problems(
+        plan, tools, allowed_tools=allowed_tools, limits=limits, schemas=schemas, tiers=tiers
+    )
     if problems:
         raise PlanValidationError(problems)
 
@@ -82,7 +95,8 @@ def _step_problems(
     out: list[dict[str, str]] = []
     sid = step.id
     if step.kind == "llm":
-        out.append(_problem(sid, "llm steps need the LLM gateway, which is not configured"))
+        if step.tool:
+            out.append(_problem(sid, "an llm step does not call a tool; remove 'tool'"))
     elif step.kind == "human":
         if step.tool:
             out.append(_problem(sid, "a human step does not call a tool; remove 'tool'"))
@@ -95,7 +109,8 @@ def _step_problems(
             out.append(_problem(sid, f"depends_on names unknown step {dep!r}"))
     for path in find_refs(step.args):
         out.extend(_ref_problems(sid, path, ids))
-    if step.kind == "tool" and step.timeout_seconds is None:
+    # An unknown tool is one problem, not two: its missing timeout follows from it.
+    if step.kind == "tool" and step.timeout_seconds is None and step.tool in tools:
         out.append(
             _problem(sid, "no timeout: set timeout_seconds on the step or timeout= on the tool")
         )
@@ -121,6 +136,68 @@ def _step_problems(
     ):
         if isinstance(condition, dict):
             out.extend(_problem(sid, f"{name}: {p}") for p in condition_problems(condition))
+    return out
+
+
+def _llm_problems(
+    step: PlanStep,
+    ids: set[str],
+    schemas: Mapping[str, type[BaseModel]],
+    tiers: frozenset[str] | None,
+) -> list[dict[str, str]]:
+    llm, sid = step.llm, step.id
+    if llm is None:
+        return [_problem(sid, "an llm step needs a prompt")] if step.kind == "llm" else []
+    out: list[dict[str, str]] = []
+    if llm.output is not None and llm.output not in schemas:
+        known = ", ".join(sorted(schemas)) or "none registered"
+        out.append(
+            _problem(
+                sid,
+                f"output schema {llm.output!r} is not registered (known: {known}); "
+                "register it with app.schema(Model)",
+            )
+        )
+    if llm.cacheable and llm.temperature != 0:
+        out.append(
+            _problem(sid, "cacheable answers need temperature 0 (a sampled answer is not reusable)")
+        )
+    tier = llm.tier or _purpose_tier(llm.purpose)
+    if tiers is not None and not llm.consensus_models and tier not in tiers:
+        out.append(
+            _problem(
+                sid,
+                f"no model is routed for tier {tier!r}: set STALWART_LLM_TIERS or app.route()",
+            )
+        )
+    models, votes = llm.consensus_models, llm.consensus
+    if models is not None and votes is not None and len(models) < votes:
+        out.append(
+            _problem(
+                sid, f"consensus of {votes} needs as many consensus_models (got {len(models)})"
+            )
+        )
+    for path in find_refs(llm.prompt) + find_refs(llm.system):
+        out.extend(_ref_problems(sid, path, ids))
+    return out
+
+
+def _purpose_tier(purpose: str) -> str:
+    return Router.tier_for(purpose)
+
+
+def _check_problems(step: PlanStep, tiers: frozenset[str] | None) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for check in step.checks:
+        if isinstance(check.expect, str):
+            try:
+                parse_expression(check.expect)
+            except ValueError as exc:
+                out.append(_problem(step.id, f"checks: {exc}"))
+        else:
+            out.extend(_problem(step.id, f"checks: {p}") for p in condition_problems(check.expect))
+    if step.judge is not None and tiers is not None and step.judge.tier not in tiers:
+        out.append(_problem(step.id, f"judge: no model is routed for tier {step.judge.tier!r}"))
     return out
 
 

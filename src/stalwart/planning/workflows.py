@@ -7,13 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stalwart.domain.plans import Template
+from stalwart.domain.plans import BudgetFallback, Template
 
 DEFAULT_MAX_REPLANS = 1
 
 
 class Budget(BaseModel):
-    """Limits the engine enforces on one job without any LLM: steps executed and wall time."""
+    """Limits on one job: steps executed and wall time (enforced by the engine), tokens and USD
+    spent on model calls (enforced by the LLM gateway before each call), and what happens when
+    a call is refused (`on_exceeded`): try the next cheaper tier, complete with a partial result
+    (skip the step when it is not critical), escalate to a human, or fail the job."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -21,6 +24,9 @@ class Budget(BaseModel):
     max_wall_seconds: float | None = Field(
         None, gt=0, description="Seconds from submission after which the job is failed."
     )
+    max_usd: float | None = Field(None, ge=0, description="Most USD its model calls may cost.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens its model calls may use.")
+    on_exceeded: BudgetFallback = "cheaper_tier"
 
 
 class ApprovalPolicy(BaseModel):
@@ -45,6 +51,12 @@ class Workflow:
     approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     allowed_tools: frozenset[str] | None = None
     description: str = ""
+    # "llm": a model writes the first plan (in a worker); "template" selects a template.
+    planner: Literal["template", "llm"] = "template"
+    # After a failure, let a model write the next plan (free-form, bounded by max_replans).
+    llm_replan: bool = False
+    # Steps that consume an output whose `confidence` is below this wait for a reviewer.
+    review_confidence: float | None = None
 
     def template(self, name: str) -> Template | None:
         """The template with this name, or None."""

@@ -4,7 +4,7 @@ failure into a structured `StepError` with an error class. No bare exception lea
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -18,10 +18,12 @@ from stalwart.tools.registry import ToolSpec
 
 @dataclass(slots=True)
 class ToolOutcome:
-    """Either `output` (plain JSON) or `error`."""
+    """Either `output` (plain JSON) or `error`; `warnings` are soft evaluation failures that
+    let the step succeed."""
 
     output: dict[str, Any] | None = None
     error: StepError | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:

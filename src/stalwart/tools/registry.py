@@ -35,6 +35,7 @@ class ToolSpec:
     reconcile: ReconcileFunction | None
     description: str
     schema_hash: str
+    cost_usd: float | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description: name, schemas, contract."""
@@ -48,6 +49,7 @@ class ToolSpec:
             "idempotent": self.idempotent,
             "reconcile": self.reconcile is not None,
             "schema_hash": self.schema_hash,
+            "cost_usd": self.cost_usd,
         }
 
 
@@ -68,6 +70,7 @@ class ToolRegistry:
         idempotent: bool | None = None,
         reconcile: ReconcileFunction | None = None,
         description: str | None = None,
+        cost_usd: float | None = None,
     ) -> ToolSpec:
         """Check `fn` and its contract, and add it. Raises `ToolDefinitionError` naming the fix."""
         tool_name = name or fn.__name__
@@ -88,6 +91,8 @@ class ToolRegistry:
             raise ToolDefinitionError(f"{where}: reconcile must be an async function")
         if timeout is not None and timeout <= 0:
             raise ToolDefinitionError(f"{where}: timeout must be a positive number of seconds")
+        if cost_usd is not None and cost_usd < 0:
+            raise ToolDefinitionError(f"{where}: cost_usd must be 0 or more (USD per call)")
         if risk not in ("low", "medium", "high"):
             raise ToolDefinitionError(f"{where}: risk must be 'low', 'medium' or 'high'")
         schema_hash = canonical_hash(
@@ -108,6 +113,7 @@ class ToolRegistry:
             reconcile=reconcile,
             description=description or inspect.getdoc(fn) or "",
             schema_hash=schema_hash,
+            cost_usd=cost_usd,
         )
         self._tools[tool_name] = spec
         return spec

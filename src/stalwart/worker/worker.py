@@ -187,6 +187,9 @@ class Worker:
                 raise main.exception()  # type: ignore[misc]
         finally:
             await self._drain()
+            if self.executor.gateway is not None:
+                with contextlib.suppress(Exception):
+                    await self.executor.gateway.close()
             for task in side:
                 task.cancel()
             for task in side:
@@ -349,6 +352,13 @@ class Worker:
         reaped = await self.store.leases_reap(actor=actor)
         expired = await self.store.jobs_expire(actor=actor)
         escalated = await self.store.reviews_escalate_overdue(actor=actor)
+        released = await self.store.llm_reservations_release(actor=actor)
+        if released:
+            log.warning(
+                "released %d model-call reservations whose worker died",
+                released,
+                extra={"action": "reservations_released", "count": released},
+            )
         if reaped or expired:
             log.info("reaped", extra={"action": "reaped", "leases": reaped, "jobs": len(expired)})
             self._wake.set()
