@@ -394,7 +394,17 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
         table.add_row(view.job.id, view.label, _status(view.job.status), _outcome(view))
     console.print(table)
     counts = Counter(v.job.status for v in views)
-    console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "\n")
+    console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    calls = [c for job_id in job_ids for c in await client.llm_calls(job_id)]
+    if calls:
+        models = sorted({f"{c.provider}:{c.model}" for c in calls})
+        cost = sum(c.cost_nanos for c in calls) / 1e9
+        hits = sum(1 for c in calls if c.cache_hit)
+        console.print(
+            f"LLM calls: {len(calls)} ({hits} from the cache) on {', '.join(models)}, "
+            f"${cost:.4f} in all; `stalwart jobs show ID` lists them per job."
+        )
+    console.print()
 
     reviews = await client.reviews()
     dead = await client.dead_letters()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 from tests.fakes.provider_server import ProviderServer
 from tests.integration.apps import llm_app
-from tests.integration.conftest import Workers, query, wait_until
+from tests.integration.conftest import REPO, Workers, query, wait_until
 
 from stalwart.client import Client
 from stalwart.store import open_store
@@ -169,3 +171,33 @@ def test_low_confidence_parks_the_consuming_step_and_consensus_takes_the_majorit
     [(output,)] = query(db_url, "SELECT output FROM steps WHERE job_id = ?", (voted,))
     assert json.loads(output)["label"].strip().lower() == "spam"
     assert query(db_url, "SELECT count(*) FROM llm_calls WHERE job_id = ?", (voted,)) == [(3,)]
+
+    # `jobs show` prints the calls and their totals; `budgets list` the tenant's budgets.
+    shown = _cli("jobs", "show", voted, db_url=db_url)
+    assert sorted(c["model"] for c in shown["llm_calls"]) == ["a", "b", "c"]
+    assert shown["llm_totals"]["calls"] == 3 and shown["llm_totals"]["cost_usd"] == 0
+    text = _cli("jobs", "show", voted, db_url=db_url, json_out=False)
+    assert "llm calls" in text and "scripted:a" in text and "llm totals: 3 calls" in text
+    listed = _cli("budgets", "list", db_url=db_url)
+    assert f"job:{voted}" in {b["key"] for b in listed}
+
+
+def _cli(*args: str, db_url: str, json_out: bool = True) -> Any:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stalwart.cli.main",
+            "--database-url",
+            db_url,
+            *(["--json"] if json_out else []),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if json_out else done.stdout
