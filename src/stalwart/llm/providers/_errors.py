@@ -128,3 +128,44 @@ def as_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         return 0
     return max(value, 0)
+
+
+def sdk_failure(
+    sdk: Any, base: type[Exception], exc: Exception, provider: str, model: str, timeout: float
+) -> ProviderError:
+    """The `ProviderError` for anything the official `openai` or `anthropic` SDK (`sdk`, the
+    module: both name their exceptions alike; `base`, its root error) raised while calling:
+    an error status by
+    `class_for_status`; timeouts, connection failures and unreadable bodies transient; other
+    SDK errors and anything unexpected non-retriable."""
+    if isinstance(exc, sdk.APIStatusError):
+        return status_error(
+            provider, model, exc.status_code, headers=exc.response.headers, body=exc.body
+        )
+    if isinstance(exc, sdk.APITimeoutError):
+        return failure(provider, model, "timeout", f"no answer within {timeout:g}s")
+    if isinstance(exc, sdk.APIConnectionError):
+        return failure(provider, model, "connection", f"connection failed ({_cause(exc)})")
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
+        # A body that is not JSON raises json.JSONDecodeError (a ValueError) from the SDK.
+        return failure(provider, model, "malformed_response", f"unreadable answer ({exc!r:.200})")
+    if isinstance(exc, base):
+        return failure(
+            provider,
+            model,
+            "provider_error",
+            f"SDK error: {exc}",
+            error_class=ErrorClass.NON_RETRIABLE,
+        )
+    return failure(
+        provider,
+        model,
+        "unexpected_error",
+        f"unexpected {exc!r:.200}",
+        error_class=ErrorClass.NON_RETRIABLE,
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return type(cause).__name__ if cause is not None else "no detail"

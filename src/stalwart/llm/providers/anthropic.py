@@ -29,7 +29,7 @@ from anthropic.types import (
 )
 
 from stalwart.errors import ErrorClass
-from stalwart.llm.providers._errors import as_count, failure, status_error
+from stalwart.llm.providers._errors import as_count, failure, sdk_failure
 from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
 
 PLACEHOLDER_API_KEY = "not-needed"
@@ -133,30 +133,14 @@ class AnthropicModel:
                 tool_choice=tool_choice,
                 timeout=request.timeout_seconds,
             )
-        except anthropic.APIStatusError as exc:
-            raise status_error(
+        except Exception as exc:
+            raise sdk_failure(
+                anthropic,
+                anthropic.AnthropicError,
+                exc,
                 self.provider,
                 self.model,
-                exc.status_code,
-                headers=exc.response.headers,
-                body=exc.body,
-            ) from exc
-        except anthropic.APITimeoutError as exc:
-            raise self._failure(
-                "timeout", f"no answer within {request.timeout_seconds:g}s"
-            ) from exc
-        except anthropic.APIConnectionError as exc:
-            raise self._failure("connection", f"connection failed ({_cause(exc)})") from exc
-        except (anthropic.APIResponseValidationError, ValueError) as exc:
-            # A body that is not JSON raises json.JSONDecodeError (a ValueError) from the SDK.
-            raise self._failure("malformed_response", f"unreadable answer ({exc!r:.200})") from exc
-        except anthropic.AnthropicError as exc:
-            raise self._failure(
-                "provider_error", f"SDK error: {exc}", error_class=ErrorClass.NON_RETRIABLE
-            ) from exc
-        except Exception as exc:
-            raise self._failure(
-                "unexpected_error", f"unexpected {exc!r:.200}", error_class=ErrorClass.NON_RETRIABLE
+                request.timeout_seconds,
             ) from exc
         return self._response(message, forced=request.schema is not None)
 
@@ -212,8 +196,3 @@ class AnthropicModel:
 
 def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:
     return bool(client.api_key or client.auth_token or client.credentials is not None)
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return type(cause).__name__ if cause is not None else "no detail"

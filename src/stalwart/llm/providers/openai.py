@@ -23,7 +23,7 @@ from openai.types.chat import (
 from openai.types.chat.completion_create_params import ResponseFormat
 
 from stalwart.errors import ErrorClass
-from stalwart.llm.providers._errors import as_count, failure, status_error
+from stalwart.llm.providers._errors import as_count, failure, sdk_failure
 from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
 
 PLACEHOLDER_API_KEY = "not-needed"
@@ -97,30 +97,9 @@ class OpenAIChatModel:
                 response_format=response_format,
                 timeout=request.timeout_seconds,
             )
-        except openai.APIStatusError as exc:
-            raise status_error(
-                self.provider,
-                self.model,
-                exc.status_code,
-                headers=exc.response.headers,
-                body=exc.body,
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise self._failure(
-                "timeout", f"no answer within {request.timeout_seconds:g}s"
-            ) from exc
-        except openai.APIConnectionError as exc:
-            raise self._failure("connection", f"connection failed ({_cause(exc)})") from exc
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            # A body that is not JSON raises json.JSONDecodeError (a ValueError) from the SDK.
-            raise self._failure("malformed_response", f"unreadable answer ({exc!r:.200})") from exc
-        except openai.OpenAIError as exc:
-            raise self._failure(
-                "provider_error", f"SDK error: {exc}", error_class=ErrorClass.NON_RETRIABLE
-            ) from exc
         except Exception as exc:
-            raise self._failure(
-                "unexpected_error", f"unexpected {exc!r:.200}", error_class=ErrorClass.NON_RETRIABLE
+            raise sdk_failure(
+                openai, openai.OpenAIError, exc, self.provider, self.model, request.timeout_seconds
             ) from exc
         return self._response(completion)
 
@@ -171,8 +150,3 @@ def _message_param(role: str, content: str) -> ChatCompletionMessageParam:
     if role == "assistant":
         return ChatCompletionAssistantMessageParam(role="assistant", content=content)
     return ChatCompletionUserMessageParam(role="user", content=content)
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return type(cause).__name__ if cause is not None else "no detail"
