@@ -295,3 +295,21 @@ def test_human_step_always_requires_approval_and_runs_once(planner: TemplatePlan
     assert ok.retry.max_attempts == 1
     assert ok.review is not None and ok.review.reason == "check it"
     assert ok.tool is None
+
+
+def test_an_uncertain_output_gates_only_its_first_consumers_and_llm_steps_retry() -> None:
+    from examples.app import build_app
+
+    from stalwart.settings import Settings
+
+    app = build_app(Settings())
+    plan = app.planner().plan(app.workflows["invoice"], {"invoice_id": "INV-1-20.00"})
+    gated = {s.id: [t.reason for t in s.review_if] for s in plan.steps}
+    assert gated["validate"] == [
+        "the confidence of step extract is below 0.8",
+        "step extract raised risk flags",
+    ]
+    assert gated["pay"] == []  # it runs after validate: the reviewer saw the extraction once
+    extract = plan.step("extract")
+    assert extract.llm is not None and extract.llm.output == "InvoiceExtraction"
+    assert extract.retry.max_attempts > 1  # a model outage is retried like a tool's

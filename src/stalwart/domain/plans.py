@@ -67,7 +67,9 @@ class LlmSpec(BaseModel):
     max_reasks: int | None = Field(None, ge=0, le=10)
     consensus: int | None = Field(None, ge=2, le=9)
     consensus_models: list[str] | None = None
-    context: Literal["dependencies", "job", "none"] = "dependencies"
+    # What the model sees besides the prompt: the job input and the outputs of the steps this
+    # one depends on ("dependencies"), or nothing ("none").
+    context: Literal["dependencies", "none"] = "dependencies"
     context_window: int | None = Field(None, ge=256)
 
 

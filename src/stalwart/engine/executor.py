@@ -27,6 +27,7 @@ from stalwart.engine.evaluator import Evaluator
 from stalwart.engine.llm_steps import LlmStepRunner
 from stalwart.errors import (
     BudgetExceeded,
+    ConfigurationError,
     EffectFailedError,
     ErrorClass,
     PlanValidationError,
@@ -219,7 +220,20 @@ class Executor:
                     "(route a model with app.route() or STALWART_LLM_TIERS)",
                     code="llm_not_configured",
                 )
-            return await self._checked(claim, await self.llm.run(claim, context), context)
+            raw = claim.spec.get("timeout_seconds")
+            seconds = float(raw) if raw else None
+            try:
+                async with asyncio.timeout(seconds):
+                    outcome = await self.llm.run(claim, context)
+            except TimeoutError:
+                outcome = ToolOutcome(
+                    error=StepError(
+                        ErrorClass.TRANSIENT,
+                        f"llm step {claim.key} timed out after {seconds:g}s",
+                        "timeout",
+                    )
+                )
+            return await self._checked(claim, outcome, context)
         if claim.kind != "tool" or not claim.tool:
             return _critical(f"step kind {claim.kind!r} cannot run in this worker")
         spec = self.tools.get(claim.tool)
@@ -375,6 +389,11 @@ class Executor:
         except BudgetExceeded as exc:
             await self.store.job_escalate(
                 claim, actor=worker_id, reason=f"{doing} was refused by the budget: {exc.message}"
+            )
+            return
+        except ConfigurationError as exc:
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=f"{doing} is not configured: {exc.message}"
             )
             return
         except ToolError as exc:

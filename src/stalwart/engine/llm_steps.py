@@ -131,6 +131,7 @@ class LlmStepRunner:
             mode=spec.context,
             window=window,
             ratio=self.settings.context_summarize_ratio,
+            order=list(claim.spec.get("depends_on") or []),
         )
         reserve = estimate_tokens(prompt + system) + spec.max_tokens
 

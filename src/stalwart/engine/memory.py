@@ -43,13 +43,16 @@ class WorkingMemory:
         mode: str,
         window: int,
         ratio: float,
+        order: list[str] | None = None,
     ) -> WorkingMemory:
         """The context of a step: nothing (`none`), or the job input plus the outputs of the
-        steps it depends on, in the order they were listed."""
+        steps it depends on, in `order` (its `depends_on`; the oldest first), then any other."""
         items: list[MemoryItem] = []
         if mode != "none":
+            rank = {key: n for n, key in enumerate(order or [])}
+            keys = sorted(outputs, key=lambda k: (rank.get(k, len(rank)), k))
             items.append(MemoryItem("input", _text(job_input)))
-            items += [MemoryItem(f"steps.{k}.output", _text(v)) for k, v in outputs.items()]
+            items += [MemoryItem(f"steps.{k}.output", _text(outputs[k])) for k in keys]
         return cls(items, window=window, ratio=ratio)
 
     @property

@@ -11,6 +11,7 @@ and in the ledger), and calls the alert hook once per budget that crosses its wa
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -168,8 +169,10 @@ def parse_json(text: str) -> Any:
     raise ValueError("the answer holds no JSON object")
 
 
+@functools.lru_cache(maxsize=256)
 def schema_of(output: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema sent to providers for `output`."""
+    """The JSON schema sent to providers for `output` (built once per class: pydantic takes
+    about 0.1 ms to build one). Callers must not change it."""
     return output.model_json_schema()
 
 

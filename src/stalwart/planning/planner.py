@@ -160,7 +160,8 @@ class TemplatePlanner:
             args=args,
             depends_on=step.dependencies(),
             timeout_seconds=timeout,
-            retry=retry if step.kind == "tool" else RetryPolicy(max_attempts=1),
+            # Tools and models fail transiently (timeouts, outages): both retry durably.
+            retry=retry if step.kind in ("tool", "llm") else RetryPolicy(max_attempts=1),
             requires_approval=requires,
             review=step.review,
             critical=step.critical,
@@ -211,8 +212,39 @@ class TemplatePlanner:
                 triggers[step.id] = found
         if not triggers:
             return steps
+        ancestors = _ancestors(steps)
         out = []
         for step in steps:
-            gates = [t for dep in step.depends_on for t in triggers.get(dep, [])]
+            gates = []
+            for dep in step.depends_on:
+                # One review per uncertain output: a consumer after another consumer of the
+                # same output was already reviewed through it.
+                earlier = [
+                    other.id
+                    for other in steps
+                    if dep in other.depends_on and other.id in ancestors[step.id]
+                ]
+                if not earlier:
+                    gates += triggers.get(dep, [])
             out.append(step.model_copy(update={"review_if": gates}) if gates else step)
         return out
+
+
+def _ancestors(steps: list[PlanStep]) -> dict[str, set[str]]:
+    """Every step each step waits for, directly or not."""
+    direct = {s.id: set(s.depends_on) for s in steps}
+    found: dict[str, set[str]] = {}
+
+    def visit(step_id: str, path: frozenset[str]) -> set[str]:
+        if step_id in found:
+            return found[step_id]
+        out: set[str] = set()
+        for dep in direct.get(step_id, set()):
+            if dep not in path:  # cycles are reported by validation
+                out |= {dep} | visit(dep, path | {dep})
+        found[step_id] = out
+        return out
+
+    for s in steps:
+        visit(s.id, frozenset({s.id}))
+    return found

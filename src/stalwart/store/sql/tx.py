@@ -728,6 +728,9 @@ def insert_plan(
             conditions += list(s.requires_approval)
         for trigger in s.review_if:
             conditions += list(trigger.when)
+        for check in s.checks:  # a check written as a condition may read other outputs
+            if isinstance(check.expect, dict):
+                conditions += list(check.expect)
         if s.llm is not None:  # its prompt, and its context: the outputs it depends on
             needs += [k for k in map(ref_step, find_refs([s.llm.prompt, s.llm.system])) if k]
             needs += s.depends_on
