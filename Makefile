@@ -34,6 +34,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/recovery.py --backend sqlite
 	PYTHONPATH=. $(BIN)/python bench/wakeup.py
 	$(BIN)/python bench/worker_memory.py
+	PYTHONPATH=. $(BIN)/python bench/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
