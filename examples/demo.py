@@ -37,6 +37,7 @@ from rich.text import Text
 from examples.app import SERVICE_URL_ENV, build_app
 from examples.service import FlakyService
 from stalwart import App, Client, Settings
+from stalwart.domain.budgets import ledger_totals
 from stalwart.domain.records import EventRecord, JobRecord, StepRecord
 from stalwart.store import open_store
 
@@ -398,11 +399,11 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
     calls = [c for job_id in job_ids for c in await client.llm_calls(job_id)]
     if calls:
         models = sorted({f"{c.provider}:{c.model}" for c in calls})
-        cost = sum(c.cost_nanos for c in calls) / 1e9
-        hits = sum(1 for c in calls if c.cache_hit)
+        totals = ledger_totals(calls)
         console.print(
-            f"LLM calls: {len(calls)} ({hits} from the cache) on {', '.join(models)}, "
-            f"${cost:.4f} in all; `stalwart jobs show ID` lists them per job."
+            f"LLM calls: {totals['calls']} ({totals['cache_hits']} from the cache) on "
+            f"{', '.join(models)}, ${totals['cost_usd']:.4f} in all; "
+            "`stalwart jobs show ID` lists them per job."
         )
     console.print()
 

@@ -29,6 +29,7 @@ from stalwart.app import App
 from stalwart.cli import output as ui
 from stalwart.cli.loading import load_app, open_existing
 from stalwart.client import Client
+from stalwart.domain.budgets import ledger_totals, to_usd
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
 from stalwart.errors import PlanValidationError, StalwartError, UsageError
 from stalwart.settings import Settings
@@ -306,7 +307,8 @@ def limits_list(ctx: typer.Context) -> None:
 
 
 def _usd(nanos: int | None) -> str:
-    return "-" if nanos is None else f"${nanos / 1e9:.6f}"
+    amount = to_usd(nanos)
+    return "-" if amount is None else f"${amount:.6f}"
 
 
 @budgets_cli.command("list")
@@ -489,17 +491,6 @@ def jobs_list(
     )
 
 
-def _llm_totals(calls: list[Any]) -> dict[str, Any]:
-    return {
-        "calls": len(calls),
-        "cache_hits": sum(1 for c in calls if c.cache_hit),
-        "refused": sum(1 for c in calls if c.outcome == "refused"),
-        "input_tokens": sum(c.input_tokens for c in calls),
-        "output_tokens": sum(c.output_tokens for c in calls),
-        "cost_usd": sum(c.cost_nanos for c in calls) / 1e9,
-    }
-
-
 @jobs_cli.command("show")
 def jobs_show(ctx: typer.Context, job_id: str) -> None:
     """A job: its steps, attempts, outputs and event timeline."""
@@ -514,7 +505,7 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
         )
 
     job, steps, events, calls = _client(state, fetch)
-    totals = _llm_totals(calls)
+    totals = ledger_totals(calls)
     if state.json:
         ui.dump_json(
             {

@@ -8,22 +8,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any, Final, Literal
 
 from stalwart.domain.records import json_ready
 
-NANOS_PER_USD = 1_000_000_000
+NANOS_PER_USD: Final = 1_000_000_000
 BudgetScope = Literal["job", "tenant_day", "tenant_month"]
+MONEY_CONTEXT: Final = Context(prec=60)
+"""Our own decimal context: exact for any realistic amount, whatever the thread's context says."""
 
 
-def to_nanos(usd: float | None) -> int | None:
-    """USD → nano-USD (None stays None)."""
-    return None if usd is None else round(usd * NANOS_PER_USD)
+def decimal_to_nanos(amount_usd: Decimal, rounding: str = ROUND_HALF_EVEN) -> int:
+    """An exact USD amount as integer nano-USD, rounded as asked."""
+    scaled = MONEY_CONTEXT.multiply(amount_usd, NANOS_PER_USD)
+    return int(scaled.to_integral_value(rounding=rounding, context=MONEY_CONTEXT))
 
 
-def to_usd(nanos: int | None) -> float | None:
-    """nano-USD → USD (None stays None)."""
-    return None if nanos is None else nanos / NANOS_PER_USD
+def nanos(usd: float | Decimal | str) -> int:
+    """USD (a float, a `Decimal` or a decimal string) as integer nano-USD, to the nearest
+    nano-USD. A float is read by its shortest representation, so `nanos(usd(n)) == n`."""
+    amount = Decimal(repr(usd)) if isinstance(usd, float) else Decimal(usd)
+    if not amount.is_finite():
+        raise ValueError(f"not a finite amount of USD: {usd!r}")
+    return decimal_to_nanos(amount)
+
+
+def usd(nanos: int) -> float:
+    """Nano-USD as (float) USD, for display."""
+    return nanos / NANOS_PER_USD
+
+
+def to_nanos(amount: float | None) -> int | None:
+    """`nanos`, with None (no limit) staying None."""
+    return None if amount is None else nanos(amount)
+
+
+def to_usd(amount: int | None) -> float | None:
+    """`usd`, with None (no limit) staying None."""
+    return None if amount is None else usd(amount)
 
 
 def job_budget_key(job_id: str) -> str:
@@ -157,7 +180,7 @@ class LlmCallRecord:
     @property
     def cost_usd(self) -> float:
         """The call's cost in USD."""
-        return self.cost_nanos / NANOS_PER_USD
+        return usd(self.cost_nanos)
 
     @property
     def context_utilization(self) -> float | None:
@@ -195,3 +218,15 @@ class BudgetRecord:
         out["spent_usd"] = to_usd(self.spent_nanos)
         out["reserved_usd"] = to_usd(self.reserved_nanos)
         return out
+
+
+def ledger_totals(calls: list[LlmCallRecord]) -> dict[str, Any]:
+    """A job's calls summed: calls (cache hits and refusals included), tokens, cost."""
+    return {
+        "calls": len(calls),
+        "cache_hits": sum(1 for c in calls if c.cache_hit),
+        "refused": sum(1 for c in calls if c.outcome == "refused"),
+        "input_tokens": sum(c.input_tokens for c in calls),
+        "output_tokens": sum(c.output_tokens for c in calls),
+        "cost_usd": usd(sum(c.cost_nanos for c in calls)),
+    }

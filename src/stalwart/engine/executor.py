@@ -343,15 +343,8 @@ class Executor:
             Plan.model_validate(record.plan)
             for record in await self.store.plan_list(job.id, tenant_id=job.tenant_id)
         ]
-        budget = workflow.budget
-        scope = self.llm.gateway.scope(
-            job.tenant_id,
-            job.id,
-            step_key=None,
-            attempt=version,
-            purpose="planning",
-            job_max_usd=budget.max_usd,
-            job_max_tokens=budget.max_tokens,
+        scope = self.llm.job_scope(
+            job.tenant_id, job.id, workflow.name, "planning", attempt=version
         )
         return await self.llm_planner.plan(
             workflow,

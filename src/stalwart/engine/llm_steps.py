@@ -68,18 +68,38 @@ class LlmStepRunner:
         self.workflows = workflows
         self.settings = settings
 
-    def scope(self, claim: Claim, purpose: str) -> CallScope:
-        """The gateway scope of a call made for this attempt (the job's budget included)."""
-        workflow = self.workflows.get(claim.workflow)
-        budget = workflow.budget if workflow is not None else None
+    def job_scope(
+        self,
+        tenant_id: str,
+        job_id: str,
+        workflow: str,
+        purpose: str,
+        *,
+        step_key: str | None = None,
+        attempt: int = 0,
+    ) -> CallScope:
+        """The gateway scope of a call made for a job: its workflow's budget included."""
+        flow = self.workflows.get(workflow)
+        budget = flow.budget if flow is not None else None
         return self.gateway.scope(
-            claim.tenant_id,
-            claim.job_id,
-            step_key=claim.key,
-            attempt=claim.attempt,
+            tenant_id,
+            job_id,
+            step_key=step_key,
+            attempt=attempt,
             purpose=purpose,
             job_max_usd=budget.max_usd if budget else None,
             job_max_tokens=budget.max_tokens if budget else None,
+        )
+
+    def scope(self, claim: Claim, purpose: str) -> CallScope:
+        """The gateway scope of a call made for this attempt."""
+        return self.job_scope(
+            claim.tenant_id,
+            claim.job_id,
+            claim.workflow,
+            purpose,
+            step_key=claim.key,
+            attempt=claim.attempt,
         )
 
     async def run(self, claim: Claim, context: dict[str, Any]) -> ToolOutcome:
@@ -165,9 +185,7 @@ class LlmStepRunner:
         on_budget = str(claim.spec.get("on_budget") or "fail")
         if spec.consensus:
             return await self._consensus(claim, spec, call)
-        result = await self._with_fallback(claim, call, on_budget)
-        output = result.data if output_model is not None else {"text": result.text}
-        return ToolOutcome(output=output)
+        return ToolOutcome(output=_output(await self._with_fallback(claim, call, on_budget), call))
 
     async def _with_fallback(self, claim: Claim, call: LlmCall, on_budget: str) -> LlmResult:
         """Call; when refused for budget and the workflow says so, try each cheaper tier."""
@@ -203,26 +221,27 @@ class LlmStepRunner:
                 raise answer
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer
-        results = [a for a in answers if isinstance(a, LlmResult)]
-        tally = Counter(normalized(r.data if call.output else r.text) for r in results)
+        outputs = [_output(a, call) for a in answers if isinstance(a, LlmResult)]
+        tally = Counter(normalized(out) for out in outputs)
+        if tally:
+            best, count = tally.most_common(1)[0]
+            if count * 2 > votes:
+                return ToolOutcome(output=next(o for o in outputs if normalized(o) == best))
         seen = {
             ref: (a.data if call.output else a.text) if isinstance(a, LlmResult) else f"error: {a}"
             for ref, a in zip(refs, answers, strict=True)
         }
-        if tally:
-            best, count = tally.most_common(1)[0]
-            if count * 2 > votes:
-                winner = next(
-                    r for r in results if normalized(r.data if call.output else r.text) == best
-                )
-                output = winner.data if call.output is not None else {"text": winner.text}
-                return ToolOutcome(output=output)
         return ToolOutcome(
             error=StepError(
                 ErrorClass.CRITICAL,
                 f"step {claim.key}: the {votes} models did not agree (no majority among "
-                f"{len(results)} answers); a human must decide",
+                f"{len(outputs)} answers); a human must decide",
                 "consensus_disagreement",
                 details={"answers": seen},
             )
         )
+
+
+def _output(result: LlmResult, call: LlmCall) -> Any:
+    """What an llm step records: the validated answer, or `{"text": ...}` without a schema."""
+    return result.data if call.output is not None else {"text": result.text}

@@ -36,7 +36,7 @@ from stalwart.domain.budgets import (
 )
 from stalwart.errors import BudgetExceeded, ErrorClass, SemanticError
 from stalwart.llm.pricing import Pricing
-from stalwart.llm.routing import ModelRegistry, Router, split_ref
+from stalwart.llm.routing import ModelRegistry, Router
 from stalwart.llm.tokens import estimate_messages
 from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
 from stalwart.settings import Settings
@@ -550,5 +550,4 @@ __all__ = [
     "LlmResult",
     "TenantBudget",
     "parse_json",
-    "split_ref",
 ]

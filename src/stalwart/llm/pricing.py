@@ -18,44 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Final
 
 import genai_prices
 from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stalwart.domain.budgets import MONEY_CONTEXT, NANOS_PER_USD, decimal_to_nanos, nanos, usd
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from stalwart.settings import Settings
 
-NANOS_PER_USD: Final = 1_000_000_000
 FREE_PROVIDERS: Final = frozenset({"scripted"})
 """Providers whose calls cost nothing unless an override prices them."""
 
 _TOKENS_PER_PRICE_UNIT = 1_000_000
-_CONTEXT = Context(prec=60)
-"""Our own decimal context: exact for any realistic amount, whatever the thread's context says."""
-
-
-def usd(nanos: int) -> float:
-    """Nano-USD as (float) USD, for display."""
-    return nanos / NANOS_PER_USD
-
-
-def nanos(usd: float | Decimal | str) -> int:
-    """USD (a float, a `Decimal` or a decimal string) as integer nano-USD, to the nearest
-    nano-USD. A float is read by its shortest representation, so `nanos(usd(n)) == n`."""
-    amount = Decimal(repr(usd)) if isinstance(usd, float) else Decimal(usd)
-    if not amount.is_finite():
-        raise ValueError(f"not a finite amount of USD: {usd!r}")
-    return _to_nanos(amount, ROUND_HALF_EVEN)
-
-
-def _to_nanos(amount_usd: Decimal, rounding: str) -> int:
-    scaled = _CONTEXT.multiply(amount_usd, NANOS_PER_USD)
-    return int(scaled.to_integral_value(rounding=rounding, context=_CONTEXT))
 
 
 class ModelPrice(BaseModel):
@@ -92,7 +71,9 @@ class _Rates:
             + cached_tokens * self.cached
             + output_tokens * self.output
         )
-        return _to_nanos(_CONTEXT.divide(micro_usd, _TOKENS_PER_PRICE_UNIT), ROUND_CEILING)
+        return decimal_to_nanos(
+            MONEY_CONTEXT.divide(micro_usd, _TOKENS_PER_PRICE_UNIT), ROUND_CEILING
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +163,7 @@ class Pricing:
             price = genai_prices.calc_price(usage, model, provider_id=known.provider_id)
         except (LookupError, ValueError):
             return None
-        return _to_nanos(price.total_price, ROUND_CEILING)
+        return decimal_to_nanos(price.total_price, ROUND_CEILING)
 
     def _known(self, provider: str, model: str) -> _Known | None:
         """The price table's entry for the model (cached, misses included)."""

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stalwart.domain.budgets import nanos, usd
 from stalwart.domain.plans import LlmSpec, Plan, PlanStep
 from stalwart.domain.refs import find_refs, ref_step
 from stalwart.errors import PlanValidationError
-from stalwart.llm.pricing import Pricing, nanos, usd
+from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import Router, split_ref
 from stalwart.llm.tokens import estimate_tokens
 

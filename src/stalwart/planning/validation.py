@@ -162,7 +162,7 @@ def _llm_problems(
         out.append(
             _problem(sid, "cacheable answers need temperature 0 (a sampled answer is not reusable)")
         )
-    tier = llm.tier or _purpose_tier(llm.purpose)
+    tier = Router.tier_for(llm.purpose, llm.tier)
     if tiers is not None and not llm.consensus_models and tier not in tiers:
         out.append(
             _problem(
@@ -180,10 +180,6 @@ def _llm_problems(
     for path in find_refs(llm.prompt) + find_refs(llm.system):
         out.extend(_ref_problems(sid, path, ids))
     return out
-
-
-def _purpose_tier(purpose: str) -> str:
-    return Router.tier_for(purpose)
 
 
 def _check_problems(step: PlanStep, tiers: frozenset[str] | None) -> list[dict[str, str]]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from stalwart.domain.budgets import (
+    NANOS_PER_USD,
     BudgetLine,
     BudgetRecord,
     BudgetWarning,
@@ -191,28 +192,20 @@ def _warnings(
     ).fetchall()
     out = []
     for key, tenant, scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens in sorted(rows):
-        if limit_nanos and spent_nanos >= limit_nanos * ratio:
-            warning = BudgetWarning(
-                key,
-                tenant,
-                job_id,
-                scope,
-                "usd",
-                limit_nanos / 1e9,
-                spent_nanos / 1e9,
-                spent_nanos / limit_nanos,
-            )
-        else:
-            warning = BudgetWarning(
-                key,
-                tenant,
-                job_id,
-                scope,
-                "tokens",
-                float(limit_tokens),
-                float(spent_tokens),
-                spent_tokens / limit_tokens,
-            )
+        # The unit that crossed: USD when its limit did, else tokens.
+        by_usd = bool(limit_nanos) and spent_nanos >= limit_nanos * ratio
+        limit, spent = (limit_nanos, spent_nanos) if by_usd else (limit_tokens, spent_tokens)
+        scale = NANOS_PER_USD if by_usd else 1
+        warning = BudgetWarning(
+            key,
+            tenant,
+            job_id,
+            scope,
+            "usd" if by_usd else "tokens",
+            limit / scale,
+            spent / scale,
+            spent / limit,
+        )
         tx.events.append(
             note(
                 "budget_warning",
