@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from stalwart.domain.limits import Breaker, LimitSpec, parse_rate, tenant_key, tool_key
 from stalwart.domain.plans import Template
 from stalwart.domain.retry import RetryPolicy
+from stalwart.domain.webhooks import Webhook
 from stalwart.errors import TemplateError, WorkflowDefinitionError
 from stalwart.llm.gateway import AlertHook, Gateway, TenantBudget
 from stalwart.llm.pricing import pricing_from_settings
@@ -250,6 +251,7 @@ class App:
         planner: Literal["template", "llm"] = "template",
         llm_replan: bool = False,
         review_confidence: float | None = None,
+        webhook: Webhook | None = None,
     ) -> Workflow:
         """Register a workflow. `templates` are `Template`s, dicts, or YAML paths (relative paths
         are looked up next to the calling module first).
@@ -258,7 +260,8 @@ class App:
         templates then only document the shape); `llm_replan=True` keeps templates first and
         lets a model write the next plan after a failure, bounded by `max_replans`. Steps that
         consume an output whose `confidence` is below `review_confidence`, or whose
-        `risk_flags` is not empty, wait for a reviewer."""
+        `risk_flags` is not empty, wait for a reviewer. `webhook` says how
+        `POST /v1/webhooks/{name}` accepts events from another system."""
         if name in self.workflows:
             raise WorkflowDefinitionError(f"workflow {name!r} is registered twice")
         if not (isinstance(input, type) and issubclass(input, BaseModel)):
@@ -288,6 +291,7 @@ class App:
             planner=planner,
             llm_replan=llm_replan,
             review_confidence=review_confidence,
+            webhook=webhook,
         )
         self.workflows[name] = workflow
         return workflow

@@ -6,14 +6,25 @@ The CLI (and later the HTTP API) is a thin shell over this class.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from stalwart.domain.access import (
+    CreatedKey,
+    KeyRecord,
+    Principal,
+    Role,
+    matches,
+    new_key,
+    parse_token,
+)
 from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
 from stalwart.domain.records import (
+    Dashboard,
     DeadLetterRecord,
     EventRecord,
     JobRecord,
@@ -21,6 +32,7 @@ from stalwart.domain.records import (
     StepRecord,
 )
 from stalwart.errors import (
+    AuthenticationError,
     ConfigurationError,
     InputValidationError,
     PayloadTooLargeError,
@@ -37,6 +49,8 @@ if TYPE_CHECKING:
     from stalwart.app import App
 
 MAX_KEY_LENGTH = 255
+# A key's `last_used` is written at most this often per process, not on every request.
+TOUCH_EVERY_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -57,6 +71,7 @@ class Client:
         self.store = store
         self.app = app
         self.settings = settings or (app.settings if app else Settings())
+        self._touched: dict[str, float] = {}
 
     # -- ingestion --------------------------------------------------------------------------------
 
@@ -247,6 +262,61 @@ class Client:
         if job_id.startswith("dlq_"):
             job_id = (await self.store.dead_letter_get(job_id, tenant_id=tenant)).job_id
         return await self.store.job_redrive(job_id, tenant_id=tenant, actor=actor, reason=reason)
+
+    # -- API keys ---------------------------------------------------------------------------------
+
+    async def key_create(
+        self, *, tenant: str, role: str, name: str | None = None, actor: str = "client"
+    ) -> CreatedKey:
+        """Create an API key for `tenant` with `role`; the token in the answer is shown once
+        and never stored (only its digest is)."""
+        _check_key("tenant", tenant)
+        try:
+            chosen = Role(role)
+        except ValueError:
+            raise UsageError(
+                f"role {role!r} is not one of {', '.join(r.value for r in Role)}", field="role"
+            ) from None
+        key_id = new_id("key")
+        label = name or f"{chosen.value}-{key_id[-6:]}"
+        _check_key("name", label)
+        stored, token = new_key(key_id, tenant, label, chosen, now=time.time(), created_by=actor)
+        record = await self.store.key_create(stored)
+        return CreatedKey(record, token)
+
+    async def keys(
+        self, *, tenant: str | None = None, include_revoked: bool = False
+    ) -> builtins.list[KeyRecord]:
+        """API keys (never their secrets), oldest first."""
+        return await self.store.key_list(tenant_id=tenant, include_revoked=include_revoked)
+
+    async def key_revoke(
+        self, key: str, *, tenant: str | None = None, actor: str = "client"
+    ) -> KeyRecord:
+        """Revoke a key by its id or name; it stops working on the next request."""
+        return await self.store.key_revoke(key, tenant_id=tenant, actor=actor)
+
+    async def authenticate(self, token: str) -> Principal:
+        """The caller a token belongs to; `AuthenticationError` for a missing, malformed,
+        unknown or revoked key (one message for all, so the answer reveals nothing)."""
+        parsed = parse_token(token) if token else None
+        found = await self.store.key_get(parsed[0]) if parsed else None
+        if parsed is None or found is None or not matches(found[1], *parsed) or found[0].revoked:
+            raise AuthenticationError(
+                "a valid API key is required: send `Authorization: Bearer <key>` (create one "
+                "with `stalwart keys create`)",
+                field="authorization",
+            )
+        record = found[0]
+        now = time.monotonic()
+        if now - self._touched.get(record.id, -TOUCH_EVERY_SECONDS) >= TOUCH_EVERY_SECONDS:
+            self._touched[record.id] = now
+            await self.store.key_touch(record.id)
+        return Principal(record.id, record.tenant_id, record.role, record.name)
+
+    async def dashboard(self, *, tenant: str | None = None) -> Dashboard:
+        """Jobs by status, success rate, p95 latency, queue, approvals, dead letters, cost."""
+        return await self.store.dashboard(tenant_id=tenant)
 
 
 def _check_key(field: str, value: str) -> None:

@@ -149,6 +149,18 @@ class NotRedrivableError(UsageError):
     """Only dead-lettered or escalated jobs can be redriven."""
 
 
+class AuthenticationError(UsageError):
+    """No valid API key: missing, malformed, unknown or revoked."""
+
+
+class PermissionDeniedError(UsageError):
+    """The caller's role does not allow this."""
+
+
+class SignatureError(UsageError):
+    """A webhook's signature is missing or does not match its body."""
+
+
 # -- run-time failures of the database ------------------------------------------------------------
 
 
@@ -289,6 +301,7 @@ def error_for_status(
 
 __all__ = [
     "AppImportError",
+    "AuthenticationError",
     "AuthorizationError",
     "BudgetExceeded",
     "ConfigurationError",
@@ -304,11 +317,13 @@ __all__ = [
     "NotFoundError",
     "NotRedrivableError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PlanValidationError",
     "QueueFull",
     "RetryStep",
     "ReviewAlreadyDecidedError",
     "SemanticError",
+    "SignatureError",
     "StalwartError",
     "StoreError",
     "StoreUnavailableError",

@@ -95,3 +95,14 @@ class Settings(BaseSettings):
     context_summarize_ratio: float = Field(
         0.75, gt=0, le=1, description="Context share past which the oldest part is summarized."
     )
+
+    # -- the server -------------------------------------------------------------------------------
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='HMAC secrets of signed webhooks, by workflow: {"invoice": "..."}; replaces '
+        "the secret in the workflow's Webhook.",
+    )
+    session_hours: float = Field(12.0, gt=0, description="How long a web UI sign-in lasts.")
+    event_stream_poll_seconds: float = Field(
+        0.5, gt=0, description="How often an event stream looks for new events."
+    )

@@ -63,6 +63,10 @@ cli.add_typer(workers_cli, name="workers")
 budgets_cli = typer.Typer(
     help="LLM budgets: limits, spend and reservations per job and tenant.", no_args_is_help=True
 )
+keys_cli = typer.Typer(
+    help="API keys: one per service or person, with a tenant and a role.", no_args_is_help=True
+)
+cli.add_typer(keys_cli, name="keys")
 cli.add_typer(limits_cli, name="limits")
 cli.add_typer(budgets_cli, name="budgets")
 
@@ -222,6 +226,45 @@ def worker(
             raise typer.Exit(1)
 
     _run(go)
+
+
+@cli.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Workers in this process (0: API and UI only).")
+    ] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the HTTP API, the web UI (/ui) and, by default, a worker, on one port, until
+    SIGTERM or Ctrl-C (then drain)."""
+    from stalwart.api.server import config
+
+    state = _state(ctx)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    app = state.app()
+
+    async def migrate() -> None:
+        store = open_store(app.settings.database_url, app.settings)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    _run(migrate)
+    cfg = config(app, host=host, port=port, workers=workers, log_level=log_level.lower())
+    shown = f"[{host}]" if ":" in host else host
+    ui.err.print(
+        f"serving {redact_url(app.settings.database_url)} on http://{shown}:{port} "
+        f"(API /v1, docs /docs, UI /ui) with {workers} worker(s); Ctrl-C to stop"
+    )
+    import uvicorn
+
+    uvicorn.Server(cfg).run()
 
 
 # -- workers and limits ---------------------------------------------------------------------------
@@ -896,6 +939,107 @@ def plan_show(
                 ],
             )
         )
+
+
+# -- API keys -------------------------------------------------------------------------------------
+
+
+def _with_migrated_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `fn` on the store, created and migrated if needed (keys come before `serve`)."""
+
+    async def go() -> T:
+        store = open_store(state.settings.database_url, state.settings)
+        try:
+            await store.migrate()
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return _run(go)
+
+
+@keys_cli.command("create")
+def keys_create(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Option(help="submitter, reviewer, operator or admin.")],
+    tenant: Annotated[
+        str | None, typer.Option(help="The key's tenant (default: --tenant, else 'default').")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Who or what uses it; recorded on every decision it makes."),
+    ] = None,
+) -> None:
+    """Create a key and print it once: it is stored only as a digest and cannot be shown
+    again."""
+    state = _state(ctx)
+    owner = tenant or state.tenant or state.settings.default_tenant
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    created = _with_migrated_store(
+        state,
+        lambda store: Client(store, settings=state.settings).key_create(
+            tenant=owner, role=role, name=name, actor=actor
+        ),
+    )
+    if state.json:
+        ui.dump_json({**created.record.to_dict(), "token": created.token})
+        return
+    rec = created.record
+    ui.out.print(created.token)
+    ui.err.print(
+        f"key {rec.id} '{rec.name}' for tenant {rec.tenant_id!r}, role {rec.role}. Copy it now: "
+        "it is not shown again. Send it as `Authorization: Bearer <key>`."
+    )
+
+
+@keys_cli.command("list")
+def keys_list(
+    ctx: typer.Context,
+    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked keys.")] = False,
+) -> None:
+    """Keys of the tenant (all tenants without --tenant), never their secrets."""
+    state = _state(ctx)
+    found = _client(state, lambda c: c.keys(tenant=state.tenant, include_revoked=revoked))
+    if state.json:
+        ui.dump_json([k.to_dict() for k in found])
+        return
+    if not found:
+        ui.out.print("no keys yet: create one with `stalwart keys create --role ...`")
+        return
+    ui.out.print(
+        ui.table(
+            None,
+            ["id", "name", "tenant", "role", "starts with", "created", "last used", "revoked"],
+            [
+                (
+                    k.id,
+                    k.name,
+                    k.tenant_id,
+                    k.role,
+                    k.prefix,
+                    ui.when(k.created),
+                    ui.ago(k.last_used) or "never",
+                    f"{ui.ago(k.revoked)} by {k.revoked_by}" if k.revoked else "-",
+                )
+                for k in found
+            ],
+        )
+    )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The key's id (key_...) or name.")],
+) -> None:
+    """Revoke a key: it stops working on the next request."""
+    state = _state(ctx)
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    rec = _client(state, lambda c: c.key_revoke(key, tenant=state.tenant, actor=actor))
+    if state.json:
+        ui.dump_json(rec.to_dict())
+        return
+    ui.out.print(f"revoked key {rec.id} '{rec.name}' of tenant {rec.tenant_id!r}")
 
 
 # -- database -------------------------------------------------------------------------------------

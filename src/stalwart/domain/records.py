@@ -234,3 +234,48 @@ class StepError:
             "exception_type": self.exception_type,
             "details": self.details,
         }
+
+
+@dataclass(slots=True)
+class Dashboard:
+    """What an operator looks at first, for one tenant (or all): read in one pass, with the
+    database's clock. Rates and latencies cover jobs finished in the last `window_seconds`."""
+
+    now: float
+    window_seconds: float
+    jobs_by_status: dict[str, int]
+    finished: int
+    succeeded: int
+    p95_job_seconds: float | None
+    steps_ready: int
+    steps_retrying: int
+    steps_running: int
+    jobs_planning: int
+    approvals_waiting: int
+    approvals_overdue: int
+    oldest_approval: float | None
+    dead_letters_open: int
+    cost_today_nanos: int
+
+    @property
+    def success_rate(self) -> float | None:
+        """Completed jobs over finished ones (cancelled excluded), in the window."""
+        return self.succeeded / self.finished if self.finished else None
+
+    @property
+    def oldest_approval_seconds(self) -> float | None:
+        """How long the oldest waiting approval has waited."""
+        return None if self.oldest_approval is None else max(0.0, self.now - self.oldest_approval)
+
+    @property
+    def queue_depth(self) -> int:
+        """Steps waiting for a worker: ready now or waiting for their retry."""
+        return self.steps_ready + self.steps_retrying
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with the derived figures."""
+        out = json_ready(self, ("now", "oldest_approval"))
+        out["success_rate"] = self.success_rate
+        out["oldest_approval_seconds"] = self.oldest_approval_seconds
+        out["queue_depth"] = self.queue_depth
+        return out

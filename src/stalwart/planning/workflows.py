@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.domain.plans import BudgetFallback, Template
+from stalwart.domain.webhooks import Webhook
 
 DEFAULT_MAX_REPLANS = 1
 
@@ -57,6 +58,8 @@ class Workflow:
     llm_replan: bool = False
     # Steps that consume an output whose `confidence` is below this wait for a reviewer.
     review_confidence: float | None = None
+    # How `POST /v1/webhooks/{name}` accepts events (signature, event id, input mapping).
+    webhook: Webhook | None = None
 
     def template(self, name: str) -> Template | None:
         """The template with this name, or None."""

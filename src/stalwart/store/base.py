@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stalwart.domain.access import KeyRecord, NewKey
 from stalwart.domain.budgets import (
     BudgetRecord,
     BudgetWarning,
@@ -24,6 +25,7 @@ from stalwart.domain.limits import LimitRecord, LimitSpec
 from stalwart.domain.plans import Plan
 from stalwart.domain.records import (
     Claim,
+    Dashboard,
     DeadLetterRecord,
     EventRecord,
     JobRecord,
@@ -458,4 +460,38 @@ class Store(Protocol):
         actor: str,
     ) -> None:
         """Store an answer under this tenant's key."""
+        ...
+
+    # -- the server -------------------------------------------------------------------------------
+
+    async def key_create(self, key: NewKey) -> KeyRecord:
+        """Store a new API key; `UsageError` when its tenant has an active key of that name."""
+        ...
+
+    async def key_get(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        """A key and its stored digest (revoked or not), or None."""
+        ...
+
+    async def key_list(
+        self, *, tenant_id: str | None = None, include_revoked: bool = False
+    ) -> list[KeyRecord]:
+        """Keys, oldest first, never their secrets."""
+        ...
+
+    async def key_revoke(self, key: str, *, tenant_id: str | None = None, actor: str) -> KeyRecord:
+        """Revoke an active key by id or name; `NotFoundError` if there is none."""
+        ...
+
+    async def key_touch(self, key_id: str) -> None:
+        """Record that a key was just used."""
+        ...
+
+    async def secret_get(self, name: str) -> str:
+        """A secret shared by every process of this database, created on first use."""
+        ...
+
+    async def dashboard(
+        self, *, tenant_id: str | None = None, window_seconds: float = 86400.0
+    ) -> Dashboard:
+        """The operator's overview: jobs, queue, approvals, dead letters, cost today."""
         ...

@@ -1,0 +1,180 @@
+"""One JSON shape for every error, and the table from Stalwart's errors to HTTP statuses.
+
+Every error answers `{"code": ..., "message": ..., "field": ..., "details": {...}}`. `code` is
+stable (clients branch on it); `message` is for people and may change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from stalwart.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InputValidationError,
+    InvalidTransitionError,
+    NotFoundError,
+    NotRedrivableError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    PlanValidationError,
+    QueueFull,
+    ReviewAlreadyDecidedError,
+    SignatureError,
+    StalwartError,
+    StoreUnavailableError,
+    UnknownWorkflowError,
+    UsageError,
+)
+
+log = logging.getLogger("stalwart.api")
+
+# Most specific first: the first class an error is an instance of decides.
+ERROR_TABLE: list[tuple[type[StalwartError], int, str]] = [
+    (AuthenticationError, 401, "unauthenticated"),
+    (SignatureError, 401, "bad_signature"),
+    (PermissionDeniedError, 403, "forbidden"),
+    (UnknownWorkflowError, 404, "unknown_workflow"),
+    (NotFoundError, 404, "not_found"),
+    (ReviewAlreadyDecidedError, 409, "already_decided"),
+    (NotRedrivableError, 409, "not_redrivable"),
+    (InvalidTransitionError, 409, "invalid_transition"),
+    (PayloadTooLargeError, 413, "payload_too_large"),
+    (InputValidationError, 422, "invalid_input"),
+    (PlanValidationError, 422, "invalid_plan"),
+    (QueueFull, 429, "queue_full"),
+    (UsageError, 400, "bad_request"),
+    (StoreUnavailableError, 503, "unavailable"),
+    (ConfigurationError, 500, "configuration_error"),
+]
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+# Validation error types that mean the body as a whole is not a JSON object.
+NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "json_invalid", "missing"})
+
+
+class ErrorBody(BaseModel):
+    """Every error's body."""
+
+    code: str = Field(description="Stable machine-readable code, e.g. not_found, queue_full.")
+    message: str = Field(description="What went wrong and how to fix it, for people.")
+    field: str | None = Field(None, description="The request field at fault, if one is.")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error in the one shape."""
+    body = ErrorBody(code=code, message=message, field=field, details=details or {})
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=status, headers=dict(headers or {})
+    )
+
+
+def status_of(exc: StalwartError) -> tuple[int, str]:
+    """The HTTP status and code of a Stalwart error."""
+    for cls, status, code in ERROR_TABLE:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal"
+
+
+def from_stalwart(exc: StalwartError) -> JSONResponse:
+    """The response for a Stalwart error."""
+    status, code = status_of(exc)
+    fields = dict(exc.fields)
+    field = fields.pop("field", None)
+    headers: dict[str, str] = {}
+    retry_after = fields.get("retry_after")
+    if status in (429, 503):
+        headers["Retry-After"] = str(max(1, round(float(retry_after or 1))))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="stalwart"'
+    if status >= 500:
+        log.error("request failed: %s", exc.message, exc_info=exc)
+    return error_response(
+        status,
+        code,
+        exc.message,
+        field=str(field) if field is not None else None,
+        details=_plain(fields),
+        headers=headers,
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def install(api: FastAPI) -> None:
+    """Answer every error of `api` in the one shape."""
+
+    @api.exception_handler(StalwartError)
+    async def stalwart_error(request: Request, exc: StalwartError) -> JSONResponse:
+        return from_stalwart(exc)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+            message = err.get("msg", "invalid")
+            if not loc and err.get("type") in NOT_AN_OBJECT:
+                message = "the body must be a JSON object, sent as Content-Type: application/json"
+            problems.append({"field": ".".join(loc), "message": message})
+        first = problems[0] if problems else {"field": "", "message": "invalid request"}
+        text = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems)
+        return error_response(
+            422,
+            "invalid_request",
+            f"the request is not valid: {text}",
+            field=first["field"] or None,
+            details={"errors": problems},
+        )
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @api.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; the server log has the details")
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route may answer."""
+    return {s: {"model": ErrorBody, "description": HTTP_CODES.get(s, "error")} for s in statuses}

@@ -1,0 +1,198 @@
+"""`/v1/jobs`: submit, list, read, follow and cancel jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from stalwart.api.auth import require
+from stalwart.api.errors import responses
+from stalwart.api.schemas import (
+    Event,
+    EventPage,
+    Job,
+    JobDetail,
+    JobPage,
+    Reason,
+    Step,
+    SubmitJob,
+    cost_of,
+)
+from stalwart.api.state import client, server
+from stalwart.domain.access import Permission, Principal
+from stalwart.domain.states import JOB_TERMINAL
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+Reader = Annotated[Principal, Depends(require(Permission.READ))]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Submitting twice with one key (within the dedup window) returns the "
+        "first job.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Job,
+    responses={
+        200: {"model": Job, "description": "A duplicate: the job this key already made."},
+        **responses(400, 401, 403, 404, 413, 422, 429),
+    },
+    summary="Submit a job",
+)
+async def submit(
+    body: SubmitJob,
+    request: Request,
+    response: Response,
+    principal: Annotated[Principal, Depends(require(Permission.SUBMIT))],
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
+    """Validate the input, plan, and queue a job for the caller's tenant. A new job answers
+    201; a duplicate `Idempotency-Key` answers 200 with the existing job; a full queue answers
+    429 with Retry-After."""
+    submitted = await client(request).submit(
+        body.workflow,
+        body.input,
+        tenant=principal.tenant_id,
+        idempotency_key=idempotency_key,
+        priority=body.priority,
+        actor=principal.name,
+    )
+    if not submitted.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
+    return Job.of(submitted.job)
+
+
+@router.get("", response_model=JobPage, responses=responses(401, 403, 422), summary="List jobs")
+async def list_jobs(
+    request: Request,
+    principal: Reader,
+    status: Annotated[list[str] | None, Query(description="Filter by status (repeat).")] = None,
+    workflow: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=255, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobPage:
+    """The tenant's jobs, newest first, a page at a time."""
+    jobs = await client(request).list(
+        tenant=principal.tenant_id,
+        statuses=status or (),
+        workflow=workflow,
+        limit=limit + 1,
+        before=cursor,
+    )
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(
+        items=[Job.of(j) for j in jobs], next_cursor=jobs[-1].id if more and jobs else None
+    )
+
+
+@router.get(
+    "/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404), summary="Get a job"
+)
+async def get_job(job_id: str, request: Request, principal: Reader) -> JobDetail:
+    """A job with its current plan's steps and its model spend."""
+    c = client(request)
+    job = await c.get(job_id, tenant=principal.tenant_id)
+    steps = await c.steps(job_id, tenant=principal.tenant_id)
+    calls = await c.llm_calls(job_id, tenant=principal.tenant_id)
+    return JobDetail(
+        **Job.of(job).model_dump(), steps=[Step.of(s) for s in steps], cost=cost_of(calls)
+    )
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventPage,
+    responses=responses(401, 403, 404, 422),
+    summary="A job's events",
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    principal: Reader,
+    after: Annotated[int, Query(ge=0, description="Only events after this id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> EventPage:
+    """The job's timeline, in order."""
+    events = await client(request).store.event_list(
+        job_id, tenant_id=principal.tenant_id, after_id=after, limit=limit
+    )
+    return EventPage(
+        items=[Event.of(e) for e in events], next_after=events[-1].id if events else after
+    )
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    response_class=EventSourceResponse,
+    responses=responses(401, 403, 404, 422),
+    summary="Follow a job's events (server-sent events)",
+)
+async def job_event_stream(
+    job_id: str,
+    request: Request,
+    principal: Reader,
+    after: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Each new event as `event: <kind>` with the event as JSON data and its id, so a client
+    that reconnects with `Last-Event-ID` misses nothing. Ends with `event: end` once the job
+    is finished and every event was sent."""
+    c = client(request)
+    await c.get(job_id, tenant=principal.tenant_id)  # 404 before the stream opens
+    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    poll = server(request).settings.event_stream_poll_seconds
+    while True:
+        events = await c.store.event_list(
+            job_id, tenant_id=principal.tenant_id, after_id=cursor, limit=500
+        )
+        for event in events:
+            cursor = event.id
+            yield ServerSentEvent(
+                data=Event.of(event).model_dump(mode="json"), event=event.kind, id=str(event.id)
+            )
+        if not events:
+            job = await c.get(job_id, tenant=principal.tenant_id)
+            if job.status in JOB_TERMINAL:
+                yield ServerSentEvent(data={"status": job.status}, event="end", id=str(cursor))
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(poll)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Job,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="Cancel a job",
+)
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(Permission.CANCEL))],
+    body: Reason | None = None,
+) -> Job:
+    """Stop a job: open steps are cancelled; a running tool sees the flag at its next
+    heartbeat. A finished job answers 409."""
+    job = await client(request).cancel(
+        job_id,
+        tenant=principal.tenant_id,
+        actor=principal.name,
+        reason=(body.reason if body else "") or f"cancelled by {principal.name}",
+    )
+    return Job.of(job)

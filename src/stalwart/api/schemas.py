@@ -1,0 +1,249 @@
+"""What the API accepts and answers, as pydantic models (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stalwart.domain.budgets import LlmCallRecord, ledger_totals
+from stalwart.domain.records import (
+    DeadLetterRecord,
+    EventRecord,
+    JobRecord,
+    ReviewRecord,
+    StepRecord,
+)
+
+
+class SubmitJob(BaseModel):
+    """A job to run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=255, description="A registered workflow.")
+    input: dict[str, Any] = Field(description="The workflow's input, checked against its schema.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first.")
+
+
+class Decision(BaseModel):
+    """A reviewer's decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field("", max_length=10_000, description="Why; shown in the job's timeline.")
+
+
+class Reason(BaseModel):
+    """Why an operator acts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=10_000)
+
+
+class Job(BaseModel):
+    """A job."""
+
+    id: str
+    tenant_id: str
+    workflow: str
+    status: str
+    priority: int
+    input: dict[str, Any]
+    idempotency_key: str | None
+    plan_version: int
+    replans: int
+    max_replans: int
+    steps_executed: int
+    degraded: bool
+    cancel_requested: bool
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    created_at: str
+    updated_at: str
+    deadline_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> Job:
+        """From a stored job."""
+        return cls.model_validate(job.to_dict(), from_attributes=False)
+
+
+class Step(BaseModel):
+    """One step of a job's current plan."""
+
+    id: int
+    key: str
+    kind: str
+    tool: str | None
+    status: str
+    attempt: int
+    max_attempts: int
+    critical: bool
+    approved: bool
+    spec: dict[str, Any]
+    output: Any = None
+    error: dict[str, Any] | None
+    started_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, step: StepRecord) -> Step:
+        """From a stored step."""
+        return cls.model_validate(step.to_dict())
+
+
+class LlmCall(BaseModel):
+    """One model call in the ledger."""
+
+    id: int
+    step_key: str | None
+    attempt: int
+    purpose: str
+    provider: str
+    model: str
+    tier: str | None
+    outcome: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    cache_hit: bool
+    latency_ms: float | None
+    error_class: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, call: LlmCallRecord) -> LlmCall:
+        """From a ledger row."""
+        return cls.model_validate(call.to_dict())
+
+
+class Cost(BaseModel):
+    """A job's model spend so far."""
+
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class JobDetail(Job):
+    """A job with its current steps and model spend."""
+
+    steps: list[Step]
+    cost: Cost
+
+
+def cost_of(calls: list[LlmCallRecord]) -> Cost:
+    """Totals of a job's ledger."""
+    totals = ledger_totals(calls)
+    return Cost(
+        calls=len(calls),
+        input_tokens=int(totals["input_tokens"]),
+        output_tokens=int(totals["output_tokens"]),
+        cost_usd=float(totals["cost_usd"]),
+    )
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first; pass `next_cursor` as `cursor` for the next."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+class Event(BaseModel):
+    """One event of a job's timeline."""
+
+    id: int
+    kind: str
+    job_id: str
+    step_id: int | None
+    step_key: str | None
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    reason: str
+    data: dict[str, Any] | None
+    at: str
+
+    @classmethod
+    def of(cls, event: EventRecord) -> Event:
+        """From a stored event."""
+        return cls.model_validate(event.to_dict())
+
+
+class EventPage(BaseModel):
+    """Events in order; pass `next_after` as `after` for newer ones."""
+
+    items: list[Event]
+    next_after: int
+
+
+class Review(BaseModel):
+    """An item in the approval queue."""
+
+    id: str
+    job_id: str
+    step_key: str | None
+    kind: str
+    status: str
+    reason: str
+    asked: str
+    options: list[dict[str, Any]]
+    context: dict[str, Any]
+    sla_deadline_at: str
+    created_at: str
+    escalated_at: str | None
+    decided_at: str | None
+    decision: str | None
+    decided_by: str | None
+    comment: str | None
+
+    @classmethod
+    def of(cls, review: ReviewRecord) -> Review:
+        """From a stored review."""
+        return cls.model_validate(review.to_dict())
+
+
+class ReviewList(BaseModel):
+    """Reviews, oldest first."""
+
+    items: list[Review]
+
+
+class DeadLetter(BaseModel):
+    """A job that ran out of recovery and waits for an operator."""
+
+    id: str
+    job_id: str
+    workflow: str
+    step_key: str | None
+    reason: str
+    error: dict[str, Any] | None
+    context: dict[str, Any]
+    status: str
+    created_at: str
+    redriven_at: str | None
+    redriven_by: str | None
+
+    @classmethod
+    def of(cls, letter: DeadLetterRecord) -> DeadLetter:
+        """From a stored dead letter."""
+        return cls.model_validate(letter.to_dict())
+
+
+class DeadLetterList(BaseModel):
+    """Dead letters, newest first."""
+
+    items: list[DeadLetter]
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
