@@ -32,6 +32,7 @@ from stalwart.errors import (
 from stalwart.llm.gateway import Gateway, LlmCall, LlmResult
 from stalwart.llm.scripted import ScriptedModel
 from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
+from stalwart.domain.webhooks import Webhook
 from stalwart.planning.workflows import ApprovalPolicy, Budget, Workflow
 from stalwart.settings import Settings
 from stalwart.tools.context import ToolContext
@@ -76,6 +77,7 @@ __all__ = [
     "Template",
     "ToolContext",
     "TransientError",
+    "Webhook",
     "Worker",
     "Workflow",
     "__version__",
