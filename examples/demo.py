@@ -22,12 +22,14 @@ import logging
 import os
 import re
 import shlex
+import socket
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
 from rich import box
 from rich.console import Console
 from rich.live import Live
@@ -37,6 +39,7 @@ from rich.text import Text
 from examples.app import SERVICE_URL_ENV, build_app
 from examples.service import FlakyService
 from stalwart import App, Client, Settings
+from stalwart.api.server import config, free_port, running
 from stalwart.domain.budgets import ledger_totals
 from stalwart.domain.records import EventRecord, JobRecord, StepRecord
 from stalwart.store import open_store
@@ -56,6 +59,7 @@ SLOW_SECONDS = 1.5
 SEED = 7
 
 RUN_LIMIT_SECONDS = 60.0
+DEFAULT_PORT = 8000
 WORKERS = 2
 CONCURRENCY = 4
 
@@ -84,9 +88,17 @@ STATUS_STYLE = {
 QUIET_LOGGERS = ("stalwart", "httpx", "httpcore")
 
 
-def run(*, database_url: str = DEFAULT_DATABASE_URL, resume: bool = False) -> int:
+def run(
+    *,
+    database_url: str = DEFAULT_DATABASE_URL,
+    resume: bool = False,
+    serve: bool = True,
+    port: int = DEFAULT_PORT,
+) -> int:
     """Run the demo (or, with `resume`, the workers again on the kept database); 0 when the
-    jobs settled within the time limit."""
+    jobs settled within the time limit. With `serve`, then start the server on the demo
+    database and print a reviewer's and an operator's key, until Ctrl-C; under `CI=true` the
+    server starts, answers /readyz and stops, so the demo ends by itself."""
     console = Console()
     if not console.is_terminal:  # a pipe or a CI log: nothing to wrap for, keep lines whole
         console = Console(width=120)
@@ -118,7 +130,11 @@ def run(*, database_url: str = DEFAULT_DATABASE_URL, resume: bool = False) -> in
             outages=[] if resume else [OUTAGE],
         )
         with _quiet_logging():
-            return asyncio.run(_main(console, service, database_url, resume))
+            code = asyncio.run(_main(console, service, database_url, resume))
+        if serve:
+            # The service keeps running: an approved payment still has to call it.
+            _serve(console, database_url, port)
+        return code
     finally:
         service.stop()
         if previous_url is None:
@@ -150,6 +166,55 @@ def _restore_effects(service: FlakyService, effects: Path) -> None:
                 headers={"Idempotency-Key": effect["idempotency_key"]},
             )
             response.raise_for_status()
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def _serve(console: Console, database_url: str, port: int) -> None:
+    """Serve the API and UI on the demo database (with a worker), after making keys."""
+    settings = Settings(database_url=database_url, poll_interval_seconds=0.2, drain_seconds=5.0)
+    keys = asyncio.run(_demo_keys(settings))
+    port = port if _port_free(port) else free_port()
+    cfg = config(build_app(settings), port=port, workers=1, log_level="warning", access_log=False)
+    url = f"http://127.0.0.1:{port}/ui/"
+    console.rule("[bold]Server")
+    console.print(
+        f"Web UI        {url}\n"
+        f"API           http://127.0.0.1:{port}/v1 (OpenAPI at /docs)\n"
+        f"Reviewer key  {keys['reviewer']}\n"
+        f"Operator key  {keys['operator']}\n\n"
+        "Sign in with the reviewer key to approve the waiting payment, or with the operator key "
+        "to redrive the dead letter. The keys are shown once; `stalwart keys list` lists them."
+    )
+    if os.environ.get("CI") == "true":
+        with running(cfg) as server:
+            ready = httpx.get(f"{server.url}/readyz", timeout=10.0)
+        console.print(f"CI=true: the server answered /readyz with {ready.status_code} and stopped.")
+        return
+    console.print("Serving until Ctrl-C.")
+    uvicorn.Server(cfg).run()
+
+
+async def _demo_keys(settings: Settings) -> dict[str, str]:
+    store = open_store(settings.database_url, settings)
+    try:
+        client = Client(store, settings=settings)
+        return {
+            role: (await client.key_create(tenant="default", role=role, actor="demo")).token
+            for role in ("reviewer", "operator")
+        }
+    finally:
+        await store.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,15 +41,24 @@ async def snapshot(client: Client) -> State:
 
 
 def test_demo_runs_parks_work_for_people_and_resumes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite only: the demo takes a SQLite URL by design (examples/demo.py refuses any other),
     # since it deletes and keeps its database file and writes its effect log next to it.
     url = f"sqlite:///{tmp_path}/demo.db"
 
-    # First run: everything that can finish without a person finishes.
-    assert demo.run(database_url=url) == 0
+    # First run: everything that can finish without a person finishes; then the server starts
+    # on the result and, under CI=true, answers /readyz and stops by itself.
+    monkeypatch.setenv("CI", "true")
+    assert demo.run(database_url=url, serve=True) == 0
     out = capsys.readouterr().out
+    assert re.search(r"Web UI +http://127\.0\.0\.1:\d+/ui/", out)
+    assert "answered /readyz with 200" in out
+    tokens = dict(re.findall(r"(Reviewer|Operator) key +(stw_\S+)", out))
+    principals = with_client(
+        url, lambda c: asyncio.gather(*(c.authenticate(t) for t in tokens.values()))
+    )
+    assert sorted(p.role for p in principals) == ["operator", "reviewer"]
 
     jobs, reviews, dead = with_client(url, snapshot)
     by_input = {j.input.get("invoice_id") or j.input["user_id"]: j for j in jobs}
@@ -78,7 +88,7 @@ def test_demo_runs_parks_work_for_people_and_resumes(
         await client.redrive(dead_job.id, actor="tester")
 
     with_client(url, act)
-    assert demo.run(database_url=url, resume=True) == 0
+    assert demo.run(database_url=url, resume=True, serve=False) == 0
 
     jobs, reviews, dead = with_client(url, snapshot)
     assert {j.status for j in jobs} == {"completed"}
