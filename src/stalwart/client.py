@@ -41,7 +41,7 @@ from stalwart.errors import (
 )
 from stalwart.settings import Settings
 from stalwart.store import NewJob, Store
-from stalwart.store.base import PlanRecord
+from stalwart.store.base import MigrationStatus, PlanRecord
 from stalwart.tools.invoke import validation_details
 from stalwart.types import dumps, new_id
 
@@ -185,10 +185,14 @@ class Client:
         return await self.store.step_list(job_id, tenant_id=tenant, all_versions=all_versions)
 
     async def events(
-        self, job_id: str, *, tenant: str | None = None, after_id: int = 0
+        self, job_id: str, *, tenant: str | None = None, after_id: int = 0, limit: int = 1000
     ) -> builtins.list[EventRecord]:
-        """A job's events, in order."""
-        return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id)
+        """A job's events in order, after `after_id`, at most `limit`."""
+        return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id, limit=limit)
+
+    async def migration_status(self) -> MigrationStatus:
+        """Applied and pending schema migrations of the database (readiness)."""
+        return await self.store.migration_status()
 
     async def llm_calls(
         self, job_id: str, *, tenant: str | None = None

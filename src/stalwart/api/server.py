@@ -33,7 +33,9 @@ def config(
         port=port,
         log_level=log_level,
         access_log=access_log,
-        proxy_headers=False,
+        # X-Forwarded-Proto/For are trusted from 127.0.0.1 only (uvicorn's default): a TLS proxy
+        # on the same host makes the UI's session cookie Secure.
+        proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=int((settings or app.settings).drain_seconds) + 5,
     )

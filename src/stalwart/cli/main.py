@@ -172,8 +172,14 @@ def demo(
     resume: Annotated[
         bool, typer.Option(help="Keep the demo database; run the workers again until quiet.")
     ] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(help="Then serve the API and web UI on the demo database until Ctrl-C."),
+    ] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the server.")] = 8000,
 ) -> None:
-    """Run the example workflows offline against a flaky local service (from the repo root)."""
+    """Run the example workflows offline against a flaky local service (from the repo root),
+    then serve the web UI on the result (under CI=true it starts, checks and stops)."""
     state = _state(ctx)
     url = state.settings.database_url
     if url == Settings.model_fields["database_url"].default:
@@ -187,7 +193,7 @@ def demo(
             "the repository root"
         )
         raise typer.Exit(1) from None
-    raise typer.Exit(demo_module.run(database_url=url, resume=resume))
+    raise typer.Exit(demo_module.run(database_url=url, resume=resume, serve=serve, port=port))
 
 
 @cli.command()

@@ -29,7 +29,7 @@ async def readyz(request: Request) -> JSONResponse:
     failing check."""
     checks: dict[str, str] = {}
     try:
-        status = await server(request).store.migration_status()
+        status = await server(request).client.migration_status()
         checks["database"] = "ok"
         checks["migrations"] = (
             "ok" if status.current else f"{len(status.pending)} pending: run stalwart db migrate"

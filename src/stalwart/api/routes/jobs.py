@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from stalwart.api.auth import require
-from stalwart.api.errors import responses
+from stalwart.api.errors import json_responses, responses
 from stalwart.api.schemas import (
     Event,
     EventPage,
@@ -101,7 +101,10 @@ async def list_jobs(
 
 
 @router.get(
-    "/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404), summary="Get a job"
+    "/{job_id}",
+    response_model=JobDetail,
+    responses=responses(401, 403, 404, 422),
+    summary="Get a job",
 )
 async def get_job(job_id: str, request: Request, principal: Reader) -> JobDetail:
     """A job with its current plan's steps and its model spend."""
@@ -128,8 +131,8 @@ async def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> EventPage:
     """The job's timeline, in order."""
-    events = await client(request).store.event_list(
-        job_id, tenant_id=principal.tenant_id, after_id=after, limit=limit
+    events = await client(request).events(
+        job_id, tenant=principal.tenant_id, after_id=after, limit=limit
     )
     return EventPage(
         items=[Event.of(e) for e in events], next_after=events[-1].id if events else after
@@ -139,7 +142,7 @@ async def job_events(
 @router.get(
     "/{job_id}/events/stream",
     response_class=EventSourceResponse,
-    responses=responses(401, 403, 404, 422),
+    responses=json_responses(401, 403, 404, 422),
     summary="Follow a job's events (server-sent events)",
 )
 async def job_event_stream(
@@ -157,9 +160,7 @@ async def job_event_stream(
     cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     poll = server(request).settings.event_stream_poll_seconds
     while True:
-        events = await c.store.event_list(
-            job_id, tenant_id=principal.tenant_id, after_id=cursor, limit=500
-        )
+        events = await c.events(job_id, tenant=principal.tenant_id, after_id=cursor, limit=500)
         for event in events:
             cursor = event.id
             yield ServerSentEvent(
@@ -178,7 +179,7 @@ async def job_event_stream(
 @router.post(
     "/{job_id}/cancel",
     response_model=Job,
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 422),
     summary="Cancel a job",
 )
 async def cancel_job(
