@@ -17,6 +17,7 @@ from stalwart.domain.plans import (
 )
 from stalwart.domain.retry import RetryPolicy
 from stalwart.domain.states import JobStatus, StepStatus
+from stalwart.domain.webhooks import Webhook
 from stalwart.errors import (
     AuthorizationError,
     BudgetExceeded,
@@ -32,7 +33,6 @@ from stalwart.errors import (
 from stalwart.llm.gateway import Gateway, LlmCall, LlmResult
 from stalwart.llm.scripted import ScriptedModel
 from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
-from stalwart.domain.webhooks import Webhook
 from stalwart.planning.workflows import ApprovalPolicy, Budget, Workflow
 from stalwart.settings import Settings
 from stalwart.tools.context import ToolContext

@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.api.server_app import build_app
 
 from stalwart import Client, Settings
 from stalwart.api.server import BackgroundServer, config, free_port
 from stalwart.domain.access import Role
 from stalwart.store import open_store
-from tests.api.server_app import build_app
 
 TENANTS = ("acme", "globex")
 ROLES = tuple(r.value for r in Role)
@@ -61,7 +61,9 @@ async def _prepare(database_url: str) -> tuple[dict[tuple[str, str], str], dict[
         await store.close()
 
 
-def start_live(database_url: str, *, workers: int = 1, **settings: Any) -> tuple[Live, BackgroundServer]:
+def start_live(
+    database_url: str, *, workers: int = 1, **settings: Any
+) -> tuple[Live, BackgroundServer]:
     """Migrate, create the keys, and start a server on `database_url`."""
     keys, names = asyncio.run(_prepare(database_url))
     app_settings = Settings(

@@ -108,7 +108,9 @@ def build_app(settings: Settings | None = None) -> App:
         "event",
         input=EventInput,
         webhook=Webhook(
-            tenant=WEBHOOK_TENANT, secret=WEBHOOK_SECRET, event_id_field="id",
+            tenant=WEBHOOK_TENANT,
+            secret=WEBHOOK_SECRET,
+            event_id_field="id",
             transform=lambda body: {"kind": body.get("type", ""), "order": body.get("order", "")},
         ),
         templates=[

@@ -184,3 +184,10 @@ async def test_job_list_filters_and_pages_newest_first(store: Store) -> None:
         pages.extend(j.id for j in page)
         cursor = page[-1].id
     assert pages == newest_first
+
+    # A cursor is looked up within the tenant: another tenant's job id pages like an unknown
+    # one (nothing), so a list cannot tell whether that id exists.
+    assert await store.job_list(tenant_id=OTHER_TENANT, before=ids[4]) == []
+    assert await store.job_list(tenant_id=OTHER_TENANT, before="job_missing") == []
+    assert [j.id for j in await store.job_list(before=ids[0])] == []
+    assert [j.id for j in await store.job_list(tenant_id=TENANT, before=ids[1])] == [ids[0]]

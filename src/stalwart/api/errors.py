@@ -149,6 +149,8 @@ def install(api: FastAPI) -> None:
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+            if err.get("type") == "json_invalid":
+                loc = []  # its loc ends with a character offset, not a field
             message = err.get("msg", "invalid")
             if not loc and err.get("type") in NOT_AN_OBJECT:
                 message = "the body must be a JSON object, sent as Content-Type: application/json"
@@ -178,3 +180,16 @@ def install(api: FastAPI) -> None:
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route may answer."""
     return {s: {"model": ErrorBody, "description": HTTP_CODES.get(s, "error")} for s in statuses}
+
+
+def json_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """As `responses`, for a route whose success is not JSON (the event stream): its errors
+    are JSON all the same, which `model=` would document as the route's own media type."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        s: {
+            "description": HTTP_CODES.get(s, "error"),
+            "content": {"application/json": {"schema": schema}},
+        }
+        for s in statuses
+    }

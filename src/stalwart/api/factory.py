@@ -13,16 +13,16 @@ from fastapi import FastAPI
 
 from stalwart.api import errors
 from stalwart.api.routes import dlq, health, jobs, reviews, webhooks
-from stalwart.api.state import ServerState
+from stalwart.api.state import SESSION_SECRET, ServerState
 from stalwart.app import App
 from stalwart.client import Client
+from stalwart.errors import StoreError
 from stalwart.settings import Settings
 from stalwart.store import open_store
 from stalwart.worker.worker import Worker, default_worker_id
 
 log = logging.getLogger("stalwart.api")
 
-SESSION_SECRET = "ui_session"
 DESCRIPTION = """
 Submit jobs, follow them, decide reviews and redrive dead letters.
 
@@ -59,7 +59,12 @@ def create_api(
         worker_stores = []
         try:
             if ui:
-                state.session_secret = await store.secret_get(SESSION_SECRET)
+                try:
+                    state.session_secret = await store.secret_get(SESSION_SECRET)
+                except StoreError as exc:
+                    # An unmigrated database: serve anyway, so /readyz can say so (503); the
+                    # UI reads the secret on first use once the database is migrated.
+                    log.warning("UI sessions are off: %s (run stalwart db migrate)", exc.message)
             base = default_worker_id()
             for n in range(workers):
                 # One store (one connection) per worker, as separate processes would have.

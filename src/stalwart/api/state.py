@@ -11,6 +11,9 @@ from stalwart.client import Client
 from stalwart.settings import Settings
 from stalwart.store import Store
 
+# The name of the shared secret that signs web UI sessions (`Store.secret_get`).
+SESSION_SECRET = "ui_session"
+
 
 @dataclass(slots=True)
 class ServerState:

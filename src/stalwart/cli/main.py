@@ -979,7 +979,8 @@ def keys_create(
     """Create a key and print it once: it is stored only as a digest and cannot be shown
     again."""
     state = _state(ctx)
-    owner = tenant or state.tenant or state.settings.default_tenant
+    # An explicit --tenant, even an empty one (refused below), is never swapped for the default.
+    owner = tenant if tenant is not None else state.tenant or state.settings.default_tenant
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
     created = _with_migrated_store(
         state,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -11,8 +11,11 @@ from stalwart.api.errors import responses
 from stalwart.api.schemas import DeadLetter, DeadLetterList, Job, Reason
 from stalwart.api.state import client
 from stalwart.domain.access import Permission, Principal
+from stalwart.errors import NotRedrivableError
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
+
+DeadLetterStatus = Literal["open", "redriven", "resolved", "closed", "cancelled"]
 
 
 @router.get(
@@ -22,7 +25,7 @@ async def list_dead_letters(
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.DLQ_READ))],
     status: Annotated[
-        list[str] | None, Query(description="open, redriven, resolved, closed (default: open).")
+        list[DeadLetterStatus] | None, Query(description="Filter by status (default: open).")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DeadLetterList:
@@ -36,7 +39,7 @@ async def list_dead_letters(
 @router.get(
     "/{dead_letter_id}",
     response_model=DeadLetter,
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 422),
     summary="A dead letter",
 )
 async def get_dead_letter(
@@ -52,7 +55,7 @@ async def get_dead_letter(
 @router.post(
     "/{dead_letter_id}/redrive",
     response_model=Job,
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 422),
     summary="Redrive",
 )
 async def redrive(
@@ -65,6 +68,14 @@ async def redrive(
     already redriven or closed answers 409."""
     c = client(request)
     letter = await c.dead_letter(dead_letter_id, tenant=principal.tenant_id)
+    if letter.status != "open":
+        # Checked here as well as by the store: a job dead-lettered again since this letter was
+        # redriven is redrivable, but through its new letter, not this one again.
+        raise NotRedrivableError(
+            f"dead letter {letter.id} is {letter.status}; only an open one can be redriven",
+            id=letter.id,
+            status=letter.status,
+        )
     job = await c.redrive(
         letter.job_id,
         tenant=principal.tenant_id,

@@ -24,7 +24,7 @@ from stalwart.api.schemas import (
 )
 from stalwart.api.state import client, server
 from stalwart.domain.access import Permission, Principal
-from stalwart.domain.states import JOB_TERMINAL
+from stalwart.domain.states import JOB_TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -78,7 +78,9 @@ async def submit(
 async def list_jobs(
     request: Request,
     principal: Reader,
-    status: Annotated[list[str] | None, Query(description="Filter by status (repeat).")] = None,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="Filter by status (repeat).")
+    ] = None,
     workflow: Annotated[str | None, Query(max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
@@ -88,7 +90,7 @@ async def list_jobs(
     """The tenant's jobs, newest first, a page at a time."""
     jobs = await client(request).list(
         tenant=principal.tenant_id,
-        statuses=status or (),
+        statuses=[s.value for s in status or ()],
         workflow=workflow,
         limit=limit + 1,
         before=cursor,
@@ -139,6 +141,13 @@ async def job_events(
     )
 
 
+async def _streamed_job(job_id: str, request: Request, principal: Reader) -> Principal:
+    """The caller, once the job is known to be theirs: a dependency, so that a missing job
+    answers 404 before the stream's 200 is sent (a generator's body runs only after that)."""
+    await client(request).get(job_id, tenant=principal.tenant_id)
+    return principal
+
+
 @router.get(
     "/{job_id}/events/stream",
     response_class=EventSourceResponse,
@@ -148,7 +157,7 @@ async def job_events(
 async def job_event_stream(
     job_id: str,
     request: Request,
-    principal: Reader,
+    principal: Annotated[Principal, Depends(_streamed_job)],
     after: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
@@ -156,8 +165,8 @@ async def job_event_stream(
     that reconnects with `Last-Event-ID` misses nothing. Ends with `event: end` once the job
     is finished and every event was sent."""
     c = client(request)
-    await c.get(job_id, tenant=principal.tenant_id)  # 404 before the stream opens
-    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    resume = (last_event_id or "").strip()
+    cursor = int(resume) if resume.isascii() and resume.isdigit() else after
     poll = server(request).settings.event_stream_poll_seconds
     while True:
         events = await c.events(job_id, tenant=principal.tenant_id, after_id=cursor, limit=500)

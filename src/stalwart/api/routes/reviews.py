@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
 
 Viewer = Annotated[Principal, Depends(require(Permission.REVIEW_READ))]
 Decider = Annotated[Principal, Depends(require(Permission.REVIEW_DECIDE))]
-REVIEW_STATUSES = ("pending", "escalated", "approved", "rejected")
+ReviewStatus = Literal["pending", "escalated", "approved", "rejected"]
 
 
 @router.get("", response_model=ReviewList, responses=responses(401, 403, 422), summary="Reviews")
@@ -24,8 +24,8 @@ async def list_reviews(
     request: Request,
     principal: Viewer,
     status: Annotated[
-        list[str] | None,
-        Query(description="pending, escalated, approved, rejected (default: the first two)."),
+        list[ReviewStatus] | None,
+        Query(description="Filter by status (default: pending and escalated)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ReviewList:
@@ -39,7 +39,10 @@ async def list_reviews(
 
 
 @router.get(
-    "/{review_id}", response_model=Review, responses=responses(401, 403, 404), summary="A review"
+    "/{review_id}",
+    response_model=Review,
+    responses=responses(401, 403, 404, 422),
+    summary="A review",
 )
 async def get_review(review_id: str, request: Request, principal: Viewer) -> Review:
     """One review, with what the agent was doing, the decision asked and its options."""
@@ -49,7 +52,7 @@ async def get_review(review_id: str, request: Request, principal: Viewer) -> Rev
 @router.post(
     "/{review_id}/approve",
     response_model=Review,
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 422),
     summary="Approve",
 )
 async def approve(
@@ -69,7 +72,7 @@ async def approve(
 @router.post(
     "/{review_id}/reject",
     response_model=Review,
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 422),
     summary="Reject",
 )
 async def reject(

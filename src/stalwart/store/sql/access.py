@@ -108,11 +108,10 @@ class AccessStore:
         on the next request; its row stays for the audit trail."""
 
         def run(tx: Tx) -> str | None:
-            if key.startswith("key_"):
-                sql, params = "SELECT id, tenant_id FROM api_keys WHERE id = ?", [key]
-            else:
-                sql = "SELECT id, tenant_id FROM api_keys WHERE name = ? AND revoked IS NULL"
-                params = [key]
+            # Active keys only: revoking a revoked key finds nothing, by id as by name.
+            column = "id" if key.startswith("key_") else "name"
+            sql = f"SELECT id, tenant_id FROM api_keys WHERE {column} = ? AND revoked IS NULL"
+            params = [key]
             if tenant_id is not None:
                 sql += " AND tenant_id = ?"
                 params.append(tenant_id)

@@ -284,8 +284,15 @@ class SqlStore(LlmLedger, AccessStore, ABC):
             where.append("workflow = ?")
             params.append(workflow)
         if before:
-            where.append("(created, id) < (SELECT created, id FROM jobs WHERE id = ?)")
+            # The cursor is found within the tenant too: another tenant's job id pages like an
+            # unknown one (nothing after it), so the answer cannot tell that it exists.
+            cursor_scope = " AND tenant_id = ?" if tenant_id is not None else ""
+            where.append(
+                f"(created, id) < (SELECT created, id FROM jobs WHERE id = ?{cursor_scope})"
+            )
             params.append(before)
+            if tenant_id is not None:
+                params.append(tenant_id)
         rows = await self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
             "ORDER BY created DESC, id DESC LIMIT ?",
