@@ -214,8 +214,31 @@ def child_env(extra: dict[str, str] | None = None, drop: Sequence[str] = ()) -> 
     return env
 
 
+class LoggedProcess:
+    """A subprocess whose output goes to the file `log`: its tail, and its error lines."""
+
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        """The last `lines` of the log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def problems(self) -> list[str]:
+        """Lines of the log that look like errors or tracebacks."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        keys = ("Traceback", "ERROR", "CRITICAL", "error:")
+        return [line for line in text.splitlines() if any(k in line for k in keys)]
+
+
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """One `stalwart worker` subprocess; its stderr goes to `log`."""
 
     url: str
@@ -290,22 +313,6 @@ class WorkerProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill9()
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def problems(self) -> list[str]:
-        """Lines of the worker's log that look like errors or tracebacks."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return []
-        keys = ("Traceback", "ERROR", "CRITICAL", "error:")
-        return [line for line in text.splitlines() if any(k in line for k in keys)]
 
 
 @contextlib.contextmanager

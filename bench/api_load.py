@@ -60,6 +60,7 @@ from pathlib import Path
 try:
     from bench._harness import (
         REPO_ROOT,
+        LoggedProcess,
         backends,
         child_env,
         load_average,
@@ -130,7 +131,7 @@ def prepare(url: str) -> str:
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(LoggedProcess):
     """`stalwart serve --workers 0` as a subprocess; its output goes to `log`."""
 
     url: str
@@ -203,22 +204,6 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def problems(self) -> list[str]:
-        """Lines of the server's log that look like errors or tracebacks."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return []
-        keys = ("Traceback", "ERROR", "CRITICAL", "error:")
-        return [line for line in text.splitlines() if any(k in line for k in keys)]
 
 
 # -- the load -------------------------------------------------------------------------------------
