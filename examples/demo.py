@@ -193,7 +193,9 @@ def _serve(console: Console, database_url: str, port: int) -> None:
         console.print(f"CI=true: the server answered /readyz with {ready.status_code} and stopped.")
         return
     console.print("Serving until Ctrl-C.")
-    uvicorn.Server(cfg).run()
+    # uvicorn drains on the first Ctrl-C, then re-raises it: that is the normal end.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(cfg).run()
 
 
 async def _demo_keys(settings: Settings) -> dict[str, str]:

@@ -8,6 +8,7 @@ Every user error prints one line and exits non-zero.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -270,7 +271,9 @@ def serve(
     )
     import uvicorn
 
-    uvicorn.Server(cfg).run()
+    # uvicorn drains on the first SIGINT/SIGTERM, then re-raises it: that is the normal end.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(cfg).run()
 
 
 # -- workers and limits ---------------------------------------------------------------------------
