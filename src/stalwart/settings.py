@@ -3,7 +3,7 @@ flag `--database-url`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,4 +105,37 @@ class Settings(BaseSettings):
     session_hours: float = Field(12.0, gt=0, description="How long a web UI sign-in lasts.")
     event_stream_poll_seconds: float = Field(
         0.5, gt=0, description="How often an event stream looks for new events."
+    )
+
+    # -- observability ----------------------------------------------------------------------------
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON, as text, or (auto) text on a terminal, else JSON."
+    )
+    trace_content: bool = Field(
+        False,
+        description="Record prompts, completions, tool arguments and results on spans (off: "
+        "only sizes, ids and outcomes).",
+    )
+    alert_hooks: list[str] = Field(
+        default_factory=lambda: ["log"],
+        description='Where alerts go: "log", "command:<shell command>" (the incident as JSON on '
+        "stdin), or an http(s) URL on your network (POSTed as JSON).",
+    )
+    alert_interval_seconds: float = Field(
+        30.0, gt=0, description="How often alert rules are evaluated."
+    )
+    alert_window_seconds: float = Field(
+        900.0, gt=0, description="The recent window alert rules look at."
+    )
+    alert_baseline_seconds: float = Field(
+        86400.0, gt=0, description="The rolling baseline the recent window is compared with."
+    )
+    alert_min_jobs: int = Field(
+        5, ge=1, description="Jobs a window needs before rate and cost rules judge it."
+    )
+    alert_success_drop: float = Field(
+        0.2, gt=0, le=1, description="Fire when the success rate falls this far below baseline."
+    )
+    alert_cost_factor: float = Field(
+        2.0, gt=1, description="Fire when cost per job passes this multiple of its average."
     )

@@ -45,6 +45,8 @@ class JobRecord:
     updated: float
     deadline: float | None
     finished: float | None
+    # The W3C traceparent of the job's root span (set at submit when tracing is on).
+    trace_context: str | None = None
 
     @property
     def created_at(self) -> datetime:
@@ -123,6 +125,8 @@ class Claim:
     max_replans: int = 0
     # Limit keys (tool:<name>, tenant:<id>) whose slots and tokens this attempt holds.
     limit_keys: tuple[str, ...] = ()
+    # The W3C traceparent of the job's root span: this attempt's span joins the job's trace.
+    trace_context: str | None = None
 
     @property
     def idempotency_key(self) -> str:

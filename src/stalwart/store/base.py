@@ -55,6 +55,7 @@ class NewJob:
     tool_schema_hashes: dict[str, str] = field(default_factory=dict)
     max_queue_depth: int = 10_000
     queue_full_retry_after: float = 5.0
+    trace_context: str | None = None
 
 
 @dataclass(slots=True)

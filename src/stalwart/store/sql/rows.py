@@ -31,7 +31,7 @@ JOB_COLUMNS = (
     "id, tenant_id, workflow, status, priority, input, idempotency_key, plan_version, "
     "template_name, template_hash, tool_schema_hashes, replans, max_replans, max_steps, "
     "steps_executed, degraded, cancel_requested, error, result, created, updated, deadline, "
-    "finished"
+    "finished, trace_context"
 )
 
 
@@ -62,6 +62,7 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
         updated=r[20],
         deadline=r[21],
         finished=r[22],
+        trace_context=r[23],
     )
 
 

@@ -208,7 +208,7 @@ class SqlStore(LlmLedger, AccessStore, ABC):
                 "INSERT INTO jobs (id, tenant_id, workflow, status, priority, idempotency_key, "
                 "input, plan_version, template_name, template_hash, tool_schema_hashes, "
                 "max_replans, on_reject, review_sla_seconds, max_steps, created, updated, "
-                "deadline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "deadline, trace_context) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.tenant_id,
@@ -229,6 +229,7 @@ class SqlStore(LlmLedger, AccessStore, ABC):
                     tx.now,
                     tx.now,
                     deadline,
+                    job.trace_context,
                 ),
             )
             head = JobHead(

@@ -527,7 +527,8 @@ CANDIDATE_COLUMNS = (
     "s.max_attempts, s.critical, s.idempotent, s.dependents, s.spec, s.approved, "
     "s.reconcile_pending, s.needs, s.lease_token, j.status, j.workflow, j.input, "
     "j.tool_schema_hashes, j.deadline, j.max_steps, j.steps_executed, j.cancel_requested, "
-    "j.plan_version, j.replans, j.max_replans, j.on_reject, j.review_sla_seconds, j.priority"
+    "j.plan_version, j.replans, j.max_replans, j.on_reject, j.review_sla_seconds, j.priority, "
+    "j.trace_context"
 )
 
 
@@ -619,6 +620,7 @@ def claim_candidate(
         review=review,
         max_replans=job.max_replans,
         limit_keys=limit_keys,
+        trace_context=row[32],
     )
 
 
