@@ -352,9 +352,12 @@ class App:
         concurrency: int | None = None,
         worker_id: str | None = None,
     ) -> Worker:
-        """A `Worker` that runs this app's steps."""
+        """A `Worker` that runs this app's steps. Traces are exported over OTLP when the
+        standard `OTEL_*` variables ask for it (see `observability.tracing.setup_tracing`)."""
+        from stalwart.observability.tracing import setup_tracing
         from stalwart.worker.worker import Worker
 
+        setup_tracing()
         store = store or self.store()
         return Worker(
             store=store,

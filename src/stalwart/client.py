@@ -31,6 +31,7 @@ from stalwart.domain.records import (
     ReviewRecord,
     StepRecord,
 )
+from stalwart.domain.states import JOB_TERMINAL
 from stalwart.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -39,6 +40,7 @@ from stalwart.errors import (
     UnknownWorkflowError,
     UsageError,
 )
+from stalwart.observability import tracing
 from stalwart.settings import Settings
 from stalwart.store import NewJob, Store
 from stalwart.store.base import MigrationStatus, PlanRecord
@@ -130,16 +132,23 @@ class Client:
                 errors=details,
             ) from None
         job_input = model.model_dump(mode="json")
+        # The job's trace: every span of it, in any process, is under this root context.
+        traceparent = tracing.new_trace_context()
+        job_id = new_id("job")
         # A workflow planned by a model waits in `planning` for a worker: no model call is made
         # while the submitter waits, and a duplicate submission costs nothing.
-        plan = None if flow.planner == "llm" else self.app.planner().plan(flow, job_input)
+        plan = None
+        if flow.planner != "llm":
+            attributes = tracing.job_attributes(tenant_id, job_id, workflow, **{"plan.version": 1})
+            with tracing.span(f"plan {workflow}", traceparent, attributes):
+                plan = self.app.planner().plan(flow, job_input)
         hashes = {
             s.tool: spec.schema_hash
             for s in (plan.steps if plan else [])
             if s.tool and (spec := self.app.tools.get(s.tool)) is not None
         }
         job = NewJob(
-            id=new_id("job"),
+            id=job_id,
             tenant_id=tenant_id,
             workflow=workflow,
             input=job_input,
@@ -154,6 +163,7 @@ class Client:
             tool_schema_hashes=hashes,
             max_queue_depth=self.settings.max_queue_depth,
             queue_full_retry_after=self.settings.queue_full_retry_after_seconds,
+            trace_context=traceparent,
         )
         record, created = await self.store.job_create(job, plan, actor=actor)
         return Submitted(record, created)
@@ -238,25 +248,45 @@ class Client:
         self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
     ) -> JobRecord:
         """Cancel a job."""
-        return await self.store.job_cancel(job_id, tenant_id=tenant, actor=actor, reason=reason)
+        job = await self.store.job_cancel(job_id, tenant_id=tenant, actor=actor, reason=reason)
+        _finished(job)
+        return job
 
     async def approve(
         self, review_id: str, *, reviewer: str, comment: str = "", tenant: str | None = None
     ) -> ReviewRecord:
         """Approve a review: its step becomes ready."""
         _check_key("reviewer", reviewer)
-        return await self.store.review_decide(
-            review_id, approve=True, reviewer=reviewer, comment=comment, tenant_id=tenant
-        )
+        return await self._decide(review_id, True, reviewer, comment, tenant)
 
     async def reject(
         self, review_id: str, *, reviewer: str, comment: str = "", tenant: str | None = None
     ) -> ReviewRecord:
         """Reject a review: the step is rejected and the job fails or replans, per policy."""
         _check_key("reviewer", reviewer)
-        return await self.store.review_decide(
-            review_id, approve=False, reviewer=reviewer, comment=comment, tenant_id=tenant
+        return await self._decide(review_id, False, reviewer, comment, tenant)
+
+    async def _decide(
+        self, review_id: str, approve: bool, reviewer: str, comment: str, tenant: str | None
+    ) -> ReviewRecord:
+        """Decide a review in a `review {decision}` span of the job's trace."""
+        review = await self.store.review_get(review_id, tenant_id=tenant)
+        job = await self.store.job_get(review.job_id)
+        decision = "approved" if approve else "rejected"
+        attributes = tracing.job_attributes(
+            job.tenant_id,
+            job.id,
+            job.workflow,
+            step=review.step_key,
+            **{"review.id": review_id, "review.decision": decision, "review.reviewer": reviewer},
         )
+        with tracing.span(f"review {decision}", job.trace_context, attributes):
+            decided = await self.store.review_decide(
+                review_id, approve=approve, reviewer=reviewer, comment=comment, tenant_id=tenant
+            )
+        if not approve:
+            _finished(await self.store.job_get(review.job_id))
+        return decided
 
     async def redrive(
         self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
@@ -321,6 +351,21 @@ class Client:
     async def dashboard(self, *, tenant: str | None = None) -> Dashboard:
         """Jobs by status, success rate, p95 latency, queue, approvals, dead letters, cost."""
         return await self.store.dashboard(tenant_id=tenant)
+
+
+def _finished(job: JobRecord) -> None:
+    """Emit a job's root span if it has just finished here."""
+    if job.status in JOB_TERMINAL:
+        tracing.emit_job_span(
+            traceparent=job.trace_context,
+            tenant=job.tenant_id,
+            job_id=job.id,
+            workflow=job.workflow,
+            status=job.status,
+            created=job.created,
+            finished=job.finished,
+            error=job.error,
+        )
 
 
 def _check_key(field: str, value: str) -> None:

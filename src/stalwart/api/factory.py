@@ -17,6 +17,7 @@ from stalwart.api.state import SESSION_SECRET, ServerState
 from stalwart.app import App
 from stalwart.client import Client
 from stalwart.errors import StoreError
+from stalwart.observability.tracing import setup_tracing
 from stalwart.settings import Settings
 from stalwart.store import open_store
 from stalwart.worker.worker import Worker, default_worker_id
@@ -44,6 +45,7 @@ def create_api(
     be migrated (`stalwart serve` migrates it first); `workers` runs that many workers in the
     server process."""
     settings = settings or app.settings
+    setup_tracing()  # OTLP export only when the OTEL_* variables ask for it
 
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:

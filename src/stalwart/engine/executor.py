@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from opentelemetry.trace import Span
 from pydantic import BaseModel
 
 from stalwart.domain.budgets import CallScope
@@ -23,6 +24,7 @@ from stalwart.domain.plans import Check, Judge, Plan
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
+from stalwart.domain.states import JOB_TERMINAL
 from stalwart.engine.evaluator import Evaluator
 from stalwart.engine.llm_steps import LlmStepRunner
 from stalwart.errors import (
@@ -35,6 +37,7 @@ from stalwart.errors import (
     ToolError,
 )
 from stalwart.llm.gateway import Gateway
+from stalwart.observability import tracing
 from stalwart.planning.llm_planner import LlmPlanner
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
@@ -42,7 +45,7 @@ from stalwart.settings import Settings
 from stalwart.store.base import ReplanClaim, Store
 from stalwart.tools.context import ToolContext
 from stalwart.tools.invoke import ToolOutcome, invoke_tool
-from stalwart.tools.registry import ToolRegistry
+from stalwart.tools.registry import ToolRegistry, ToolSpec
 from stalwart.types import dumps
 
 T = TypeVar("T")
@@ -95,7 +98,26 @@ class Executor:
         self, claim: Claim, ctx: ToolContext, *, worker_id: str, claim_next: bool = True
     ) -> Claim | None:
         """Execute one attempt and record it; return the job's next step if the completion
-        claimed one for this worker."""
+        claimed one for this worker. The attempt is one span, `step {key}`, in the job's
+        trace."""
+        attributes = tracing.job_attributes(
+            claim.tenant_id,
+            claim.job_id,
+            claim.workflow,
+            step=claim.key,
+            attempt=claim.attempt,
+            **{"step.kind": claim.kind, "idempotency_key": claim.idempotency_key},
+        )
+        with tracing.span(f"step {claim.key}", claim.trace_context, attributes) as current:
+            next_claim, job_finished = await self._run(claim, ctx, worker_id, claim_next, current)
+        if job_finished:
+            await self._job_finished(claim.job_id)
+        return next_claim
+
+    async def _run(
+        self, claim: Claim, ctx: ToolContext, worker_id: str, claim_next: bool, current: Span
+    ) -> tuple[Claim | None, bool]:
+        """The attempt and its record: the next claim, and whether the job has finished."""
         started = time.perf_counter()
         outcome = await self.attempt(claim, ctx)
         if outcome.error is None:
@@ -118,20 +140,37 @@ class Executor:
                 outcome = ToolOutcome(
                     error=StepError(ErrorClass.NON_RETRIABLE, exc.message, "effect_failed")
                 )
-                await self._fail(claim, ctx, outcome, worker_id, started)
-                return None
+                return None, await self._fail(claim, ctx, outcome, worker_id, started)
             if not completion.recorded:
+                tracing.fail(current, "lease_lost", "the lease was lost; result discarded")
                 log.warning(
                     "lease lost; result discarded",
                     extra={"action": "step_lease_lost", "job": claim.job_id, "step": claim.key},
                 )
-            return completion.next_claim
-        await self._fail(claim, ctx, outcome, worker_id, started)
-        return None
+            return completion.next_claim, completion.job_status in JOB_TERMINAL
+        finished = await self._fail(claim, ctx, outcome, worker_id, started)
+        assert outcome.error is not None
+        tracing.fail(current, outcome.error.error_class, outcome.error.message)
+        return None, finished
+
+    async def _job_finished(self, job_id: str) -> None:
+        """Emit the finished job's root span (this process saw it finish)."""
+        job = await self.store.job_get(job_id)
+        tracing.emit_job_span(
+            traceparent=job.trace_context,
+            tenant=job.tenant_id,
+            job_id=job.id,
+            workflow=job.workflow,
+            status=job.status,
+            created=job.created,
+            finished=job.finished,
+            error=job.error,
+        )
 
     async def _fail(
         self, claim: Claim, ctx: ToolContext, outcome: ToolOutcome, worker_id: str, started: float
-    ) -> None:
+    ) -> bool:
+        """Record the failed attempt and apply its decision; True when that ended the job."""
         error = outcome.error
         assert error is not None
         if ctx.cancelled and error.error_class != ErrorClass.CANCELLED:
@@ -157,6 +196,9 @@ class Executor:
         )
         if recorded and decision.outcome is Outcome.REPLAN:
             await self.replan_waiting(worker_id)
+        if recorded and decision.outcome in (Outcome.FAIL_JOB, Outcome.SKIP):
+            return (await self.store.job_get(claim.job_id)).status in JOB_TERMINAL
+        return False
 
     async def _while_leased(self, claim: Claim, write: Callable[[], Awaitable[T]]) -> T:
         """Record an attempt's outcome, trying again while the database is unreachable (a
@@ -253,13 +295,44 @@ class Executor:
             )
         timeout = max(0.001, ctx.deadline - time.time())
         if claim.reconcile_pending and spec.reconcile is not None:
-            found = await invoke_tool(spec, args, ctx, timeout_seconds=timeout, reconcile=True)
+            found = await self._tool(claim, spec, args, ctx, timeout, reconcile=True)
             if found.error is not None or found.output is not None:
                 return await self._checked(claim, found, context)
             # Nothing found: the call itself gets its whole timeout, not what reconcile left.
             ctx.deadline = time.time() + timeout
-        outcome = await invoke_tool(spec, args, ctx, timeout_seconds=timeout)
+        outcome = await self._tool(claim, spec, args, ctx, timeout)
         return await self._checked(claim, outcome, context)
+
+    async def _tool(
+        self,
+        claim: Claim,
+        spec: ToolSpec,
+        args: Any,
+        ctx: ToolContext,
+        seconds: float,
+        *,
+        reconcile: bool = False,
+    ) -> ToolOutcome:
+        """Invoke the tool (or its reconcile function) in an `execute_tool {tool}` span."""
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": spec.name,
+            "gen_ai.tool.call.id": f"{claim.step_id}.{claim.attempt}",
+            "gen_ai.tool.type": "function",
+            "stalwart.idempotency_key": claim.idempotency_key,
+            "stalwart.tool.reconcile": reconcile,
+        }
+        if self.settings.trace_content:
+            attributes["gen_ai.tool.call.arguments"] = tracing.content(args)
+        with tracing.span(f"execute_tool {spec.name}", None, attributes) as current:
+            outcome = await invoke_tool(
+                spec, args, ctx, timeout_seconds=seconds, reconcile=reconcile
+            )
+            if outcome.error is not None:
+                tracing.fail(current, outcome.error.error_class, outcome.error.message)
+            elif self.settings.trace_content:
+                current.set_attribute("gen_ai.tool.call.result", tracing.content(outcome.output))
+            return outcome
 
     async def _checked(
         self, claim: Claim, outcome: ToolOutcome, context: dict[str, Any]
@@ -372,8 +445,12 @@ class Executor:
             )
             return
         doing = "planning" if first else "replanning"
+        attributes = tracing.job_attributes(
+            job.tenant_id, job.id, job.workflow, **{"plan.version": job.plan_version + 1}
+        )
         try:
-            plan = await self._new_plan(workflow, claim, first)
+            with tracing.span(f"plan {job.workflow}", job.trace_context, attributes):
+                plan = await self._new_plan(workflow, claim, first)
         except PlanValidationError as exc:
             await self.store.job_escalate(
                 claim, actor=worker_id, reason=f"{doing} produced an invalid plan: {exc.message}"

@@ -37,6 +37,7 @@ from stalwart.domain.budgets import (
 from stalwart.errors import BudgetExceeded, ErrorClass, SemanticError
 from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import ModelRegistry, Router
+from stalwart.llm.telemetry import chat_span, record_chat
 from stalwart.llm.tokens import estimate_messages
 from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
 from stalwart.settings import Settings
@@ -284,17 +285,33 @@ class Gateway:
                 meta={"step": scope.step_key, "purpose": call.purpose, "ask": ask},
             )
             key = _cache_key(ref, request) if call.cacheable else None
-            cached = await self._cached(model, tier, call, scope, seq, key, result)
-            if cached is not None:
-                return cached
-            response, call_id, started = await self._send(model, tier, request, call, scope, seq)
-            latency = (time.perf_counter() - started) * 1000
-            result.calls += 1
-            try:
-                data, output = self._validate(response.text, call.output)
-            except (ValueError, ValidationError) as exc:
-                problems = _problems(exc)
-                await self._settle(call_id, response, model, latency, scope, result, problems)
+            with chat_span(model, request, call, scope, tier, self.settings.trace_content) as span:
+                cost_before = result.cost_nanos
+                cached = await self._cached(model, tier, call, scope, seq, key, result)
+                if cached is not None:
+                    span.set_attribute("stalwart.cache_hit", True)
+                    return cached
+                response, call_id, started = await self._send(
+                    model, tier, request, call, scope, seq
+                )
+                latency = (time.perf_counter() - started) * 1000
+                result.calls += 1
+                try:
+                    data, output = self._validate(response.text, call.output)
+                    valid = True
+                except (ValueError, ValidationError) as exc:
+                    problems, valid = _problems(exc), False
+                await self._settle(
+                    call_id, response, model, latency, scope, result, None if valid else problems
+                )
+                record_chat(
+                    span,
+                    response,
+                    result.cost_nanos - cost_before,
+                    None if valid else "invalid_output",
+                    content=self.settings.trace_content,
+                )
+            if not valid:
                 messages += [
                     Message("assistant", response.text),
                     Message(
@@ -304,7 +321,6 @@ class Gateway:
                     ),
                 ]
                 continue
-            await self._settle(call_id, response, model, latency, scope, result, None)
             if key is not None:
                 await self.store.llm_cache_put(
                     scope.tenant_id,
