@@ -233,7 +233,9 @@ class LoggedProcess:
             text = self.log.read_text(errors="replace")
         except OSError:
             return []
-        keys = ("Traceback", "ERROR", "CRITICAL", "error:")
+        # Text lines, and JSON lines (the log format of a process whose stderr is a file).
+        json_keys = ('"level": "error"', '"level": "critical"')
+        keys = ("Traceback", "ERROR", "CRITICAL", "error:", *json_keys)
         return [line for line in text.splitlines() if any(k in line for k in keys)]
 
 

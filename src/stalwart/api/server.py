@@ -8,8 +8,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from stalwart.api.factory import create_api
 from stalwart.app import App
@@ -25,14 +27,18 @@ def config(
     workers: int = 1,
     log_level: str = "info",
     access_log: bool = True,
+    log_config: dict[str, Any] | str | None = LOGGING_CONFIG,
 ) -> uvicorn.Config:
-    """A uvicorn configuration serving `app`'s API and UI with `workers` in-process workers."""
+    """A uvicorn configuration serving `app`'s API and UI with `workers` in-process workers.
+    `log_config=None` leaves logging as it is (`stalwart serve` routes uvicorn's loggers
+    through its own handler)."""
     return uvicorn.Config(
         create_api(app, settings=settings, workers=workers),
         host=host,
         port=port,
         log_level=log_level,
         access_log=access_log,
+        log_config=log_config,
         # X-Forwarded-Proto/For are trusted from 127.0.0.1 only (uvicorn's default): a TLS proxy
         # on the same host makes the UI's session cookie Secure.
         proxy_headers=True,
