@@ -367,6 +367,7 @@ class App:
             concurrency=concurrency,
             on_review_escalated=self.on_review_escalated,
             limits=list(self.limits.values()),
+            on_alert=self.on_alert,
         )
 
 

@@ -1,12 +1,13 @@
 """The app the server tests serve: an order flow whose payment waits for a reviewer, a flow
-that always dead-letters, and a webhook flow with an HMAC secret."""
+that always dead-letters, a flow whose tool refuses (escalated), and a webhook flow with an HMAC
+secret."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from stalwart import App, ApprovalPolicy, Settings, ToolContext, Webhook
-from stalwart.errors import TransientError
+from stalwart.errors import NonRetriableError, TransientError
 
 WEBHOOK_SECRET = "whsec-test-0123456789"
 WEBHOOK_TENANT = "acme"
@@ -58,6 +59,11 @@ def build_app(settings: Settings | None = None) -> App:
         """Always unavailable: its job runs out of attempts and is dead-lettered."""
         raise TransientError("the upstream service is down (503)", code="http_503")
 
+    @app.tool(timeout=5, idempotent=True)
+    async def refuse(args: LookupArgs, ctx: ToolContext) -> Found:
+        """Always refused: retrying cannot help, so its job is escalated to a human."""
+        raise NonRetriableError("the upstream service refused the request (403)", code="http_403")
+
     app.workflow(
         "order",
         input=OrderInput,
@@ -101,6 +107,16 @@ def build_app(settings: Settings | None = None) -> App:
                         "retry": {"max_attempts": 2, "base_seconds": 0.05, "cap_seconds": 0.1},
                     }
                 ],
+            }
+        ],
+    )
+    app.workflow(
+        "broken",
+        input=OrderInput,
+        templates=[
+            {
+                "name": "broken",
+                "steps": [{"id": "call", "tool": "refuse", "args": {"key": "${input.customer}"}}],
             }
         ],
     )

@@ -197,18 +197,62 @@ def demo(
     raise typer.Exit(demo_module.run(database_url=url, resume=resume, serve=serve, port=port))
 
 
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (text on a terminal, else JSON lines), json or text "
+        "(default: STALWART_LOG_FORMAT, else auto).",
+        show_default=False,
+    ),
+]
+
+
+def _configure_logs(state: State, level: str, fmt: str | None) -> bool:
+    """Log lines to stderr in the chosen format; True when they are JSON."""
+    from stalwart.observability.logs import configure_logging, resolve_format
+
+    chosen = (fmt or state.settings.log_format).lower()
+    if chosen not in ("auto", "json", "text"):
+        raise _usage(f"--log-format must be auto, json or text, not {fmt!r}")
+    try:
+        configure_logging(level, chosen)
+    except ValueError:
+        raise _usage(f"--log-level must be debug, info, warning or error, not {level!r}") from None
+    return resolve_format(chosen, sys.stderr) == "json"
+
+
+def _announce(as_json: bool, text: str, **fields: Any) -> None:
+    """A line for the operator: a log line when logs are JSON (stderr stays all JSON)."""
+    if as_json:
+        logging.getLogger("stalwart.cli").info(text, extra=fields)
+    else:
+        ui.err.print(text)
+
+
 @cli.command()
 def worker(
     ctx: typer.Context,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Steps run at once.")] = None,
     worker_id: Annotated[str | None, typer.Option(help="Default: host:pid.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_format: LogFormatOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (the whole deployment's, "
+            "read from the database, plus this process's).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C (then drain: finish or release running steps)."""
     state = _state(ctx)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    as_json = _configure_logs(state, log_level, log_format)
 
     async def go() -> None:
         app = state.app()
@@ -216,18 +260,38 @@ def worker(
         await store.migrate()
         w = app.worker(store=store, concurrency=concurrency, worker_id=worker_id)
         loop = asyncio.get_running_loop()
+        metrics = None
+        if metrics_port is not None:
+            from stalwart.observability.metrics import serve_metrics
+
+            try:
+                metrics = serve_metrics(
+                    store,
+                    port=metrics_port,
+                    host=metrics_host,
+                    workers=lambda: [w],
+                    live_seconds=app.settings.lease_seconds,
+                )
+            except OSError as exc:
+                raise UsageError(f"--metrics-port {metrics_port}: {exc}") from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.stop)
         await w.start()
-        ui.err.print(
+        _announce(
+            as_json,
             f"worker {w.worker_id} (host {w.host}, pid {w.pid}) on {redact_url(store.url)}, "
             f"concurrency {w.concurrency}"
             + (f"; recovered {w.reclaimed} leases of its earlier life" if w.reclaimed else "")
-            + "; Ctrl-C or SIGTERM to drain and stop"
+            + (f"; metrics on {metrics.url}" if metrics is not None else "")
+            + "; Ctrl-C or SIGTERM to drain and stop",
+            action="worker_ready",
+            worker=w.worker_id,
         )
         try:
             await w.run()
         finally:
+            if metrics is not None:
+                metrics.close()
             await store.close()
         if w.failed:
             raise typer.Exit(1)
@@ -244,15 +308,14 @@ def serve(
         int, typer.Option(min=0, help="Workers in this process (0: API and UI only).")
     ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Serve the HTTP API, the web UI (/ui) and, by default, a worker, on one port, until
     SIGTERM or Ctrl-C (then drain)."""
     from stalwart.api.server import config
 
     state = _state(ctx)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    as_json = _configure_logs(state, log_level, log_format)
     app = state.app()
 
     async def migrate() -> None:
@@ -263,11 +326,16 @@ def serve(
             await store.close()
 
     _run(migrate)
-    cfg = config(app, host=host, port=port, workers=workers, log_level=log_level.lower())
+    # uvicorn's loggers go through the handler configured above (log_config=None).
+    cfg = config(
+        app, host=host, port=port, workers=workers, log_level=log_level.lower(), log_config=None
+    )
     shown = f"[{host}]" if ":" in host else host
-    ui.err.print(
+    _announce(
+        as_json,
         f"serving {redact_url(app.settings.database_url)} on http://{shown}:{port} "
-        f"(API /v1, docs /docs, UI /ui) with {workers} worker(s); Ctrl-C to stop"
+        f"(API /v1, docs /docs, UI /ui) with {workers} worker(s); Ctrl-C to stop",
+        action="server_ready",
     )
     import uvicorn
 
@@ -632,6 +700,110 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
             ],
         )
     )
+
+
+@jobs_cli.command("trace")
+def jobs_trace(ctx: typer.Context, job_id: str) -> None:
+    """A job's trace as a tree: planning, each step attempt, its tool run and model calls,
+    approvals; with times from the job's start, durations, tokens and cost. Rebuilt from the
+    stored events and ledger: no trace collector needed."""
+    from rich.console import Console
+
+    from stalwart.observability.timeline import build_trace, trace_totals
+
+    state = _state(ctx)
+
+    async def fetch(c: Client) -> Any:
+        job = await c.get(job_id, tenant=state.tenant)
+        events = await c.events(job_id, tenant=state.tenant)
+        while events and len(events) % 1000 == 0:  # a page was full: read on
+            more = await c.events(job_id, tenant=state.tenant, after_id=events[-1].id)
+            if not more:
+                break
+            events += more
+        return build_trace(
+            job,
+            await c.steps(job_id, tenant=state.tenant, all_versions=True),
+            events,
+            await c.llm_calls(job_id, tenant=state.tenant),
+            await c.plans(job_id, tenant=state.tenant),
+        )
+
+    root = _client(state, fetch)
+    totals = trace_totals(root)
+    if state.json:
+        ui.dump_json(
+            {
+                "job_id": root.attributes["job_id"],
+                "trace_id": root.attributes.get("trace_id"),
+                "totals": totals,
+                "root": root.to_dict(),
+            }
+        )
+        return
+    # Not on a terminal (a pipe, a file): whole lines, never cut at 80 columns.
+    wide = ui.out if ui.out.is_terminal else Console(highlight=False, soft_wrap=True, width=1000)
+    wide.print(_trace_tree(root, time.time()))
+    ui.out.print(
+        f"total: {_count(totals['steps'], 'step')}, {_count(totals['attempts'], 'attempt')} "
+        f"({totals['failed_attempts']} failed), {_count(totals['model_calls'], 'model call')} "
+        f"({totals['cache_hits']} from cache), {totals['input_tokens']} tokens in, "
+        f"{totals['output_tokens']} out, ${totals['cost_usd']:.6f}"
+    )
+    if root.attributes.get("trace_id"):
+        ui.out.print(f"trace id: {root.attributes['trace_id']}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _trace_tree(root: Any, now: float) -> Any:
+    """The trace as a rich Tree: one line a span, times from the job's start."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from stalwart.observability.timeline import LLM, MARKER, PLAN, STEP, format_duration
+
+    styles = {"ok": "green", "error": "red"}
+
+    def label(node: Any) -> str:
+        a = node.attributes
+        name = node.name + (f" #{a['attempt']}" if node.kind == STEP else "")
+        if node.kind == STEP and root.attributes.get("plan_version", 1) > 1:
+            name += f" (plan v{a.get('plan_version', '?')})"
+        parts = [f"[bold]{escape(name)}[/]", f"[dim]+{node.start - root.start:.2f}s[/]"]
+        if node.kind != MARKER:
+            took = format_duration(node.extent(now))
+            parts.append(took if node.end is not None else f"{took} so far")
+            style = styles.get(node.status)
+            outcome = escape(node.outcome or node.status)
+            parts.append(f"[{style}]{outcome}[/]" if style else outcome)
+        if node.kind == PLAN and a.get("version") is not None:
+            parts.append(f"v{a['version']} {escape(str(a.get('template') or ''))}".rstrip())
+        chats = [n for n in node.walk() if n.kind == LLM]
+        if node.kind in (LLM, STEP, PLAN) and chats:
+            tokens_in = sum(n.attributes["input_tokens"] for n in chats)
+            tokens_out = sum(n.attributes["output_tokens"] for n in chats)
+            nanos = sum(n.attributes["cost_nanos"] for n in chats)
+            parts.append(f"{tokens_in} in / {tokens_out} out tokens  {_usd(nanos)}")
+            if node.kind == LLM and a.get("cache_hit"):
+                parts.append("cache hit")
+        if a.get("error_class"):
+            parts.append(f"[red]{escape(str(a['error_class']))}[/]")
+        if a.get("reviewer"):
+            parts.append(f"by {escape(str(a['reviewer']))}")
+        if node.kind == MARKER and a.get("reason"):
+            parts.append(f"[dim]{escape(ui.short(a['reason'], 90))}[/]")
+        return "  ".join(parts)
+
+    def grow(tree: Any, node: Any) -> None:
+        for child in node.children:
+            grow(tree.add(label(child)), child)
+
+    top = Tree(f"{label(root)}  job {escape(root.attributes['job_id'])}")
+    grow(top, root)
+    return top
 
 
 @jobs_cli.command("cancel")

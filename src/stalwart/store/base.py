@@ -22,6 +22,13 @@ from stalwart.domain.budgets import (
 )
 from stalwart.domain.failures import Decision
 from stalwart.domain.limits import LimitRecord, LimitSpec
+from stalwart.domain.observability import (
+    AlertIncident,
+    FeedEvent,
+    LedgerEntry,
+    MetricsSnapshot,
+    WorkflowOutcomes,
+)
 from stalwart.domain.plans import Plan
 from stalwart.domain.records import (
     Claim,
@@ -495,4 +502,63 @@ class Store(Protocol):
         self, *, tenant_id: str | None = None, window_seconds: float = 86400.0
     ) -> Dashboard:
         """The operator's overview: jobs, queue, approvals, dead letters, cost today."""
+        ...
+
+    # -- metrics and alerts -----------------------------------------------------------------------
+
+    async def event_feed(
+        self, after_id: int = 0, *, limit: int = 5000, ids: Sequence[int] | None = None
+    ) -> list[FeedEvent]:
+        """Events after `after_id` (oldest first, at most `limit`), or those of `ids` that
+        exist now, with their job's workflow and their step's tool."""
+        ...
+
+    async def llm_call_feed(
+        self, after_id: int = 0, *, limit: int = 5000, ids: Sequence[int] | None = None
+    ) -> list[LedgerEntry]:
+        """Ledger rows after `after_id` (oldest first, at most `limit`), or those of `ids`."""
+        ...
+
+    async def job_costs(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Model spend per job so far, nano-USD."""
+        ...
+
+    async def metrics_snapshot(self, *, live_seconds: float = 30.0) -> MetricsSnapshot:
+        """Queue depth, running steps, approvals and their SLA, open dead letters, limits,
+        live workers and open alert incidents, now."""
+        ...
+
+    async def workflow_outcomes(
+        self, *, window_seconds: float, baseline_seconds: float
+    ) -> list[WorkflowOutcomes]:
+        """Per workflow: judged outcomes and their spend in the window and in the baseline
+        before it."""
+        ...
+
+    async def alert_open(
+        self, rule: str, scope: str, summary: str, details: dict[str, Any]
+    ) -> tuple[AlertIncident, bool]:
+        """Open (True) or refresh (False) the incident of `rule` for `scope`; race-free."""
+        ...
+
+    async def alert_close(self, rule: str, scope: str) -> AlertIncident | None:
+        """Close the open incident of `rule` for `scope`, if any."""
+        ...
+
+    async def alert_claim_unnotified(self) -> list[AlertIncident]:
+        """Open incidents not notified yet, now marked notified: the caller notifies them."""
+        ...
+
+    async def alert_list(
+        self,
+        *,
+        statuses: Sequence[str] = ("open", "closed"),
+        rule: str | None = None,
+        limit: int = 100,
+    ) -> list[AlertIncident]:
+        """Incidents, newest first."""
+        ...
+
+    async def alert_turn(self, interval_seconds: float) -> bool:
+        """True for at most one caller per `interval_seconds`: whose turn it is to evaluate."""
         ...

@@ -5,12 +5,14 @@
   dead process with the same host and pid) instead of waiting for them to expire;
 - the claim loop fills free slots (priority, then due time), chaining a job's next step in the
   same slot when the completion claimed it. When idle it reads `work_due` once per poll (the
-  only query an idle worker makes, besides its heartbeat) and, on PostgreSQL, also wakes on
-  LISTEN/NOTIFY; the listener is a hint, the poll the floor;
+  only query an idle worker makes, besides its heartbeat and its alert turn) and, on PostgreSQL,
+  also wakes on LISTEN/NOTIFY; the listener is a hint, the poll the floor;
 - the heartbeat extends leases every third of the lease time, tells tools their job was
   cancelled, and abandons steps whose lease was lost;
 - the reaper recovers expired leases, fails jobs past their wall time and escalates reviews past
   their SLA (calling the escalation hook);
+- the alert loop evaluates the alert rules every `alert_interval_seconds` (one worker per interval
+  among all takes the turn; see `stalwart.observability.alerts`);
 - `stop()` drains: no new claims, running steps get `drain_seconds` to finish, then their leases
   are released without using up an attempt.
 
@@ -34,6 +36,7 @@ from stalwart.domain.limits import LimitSpec
 from stalwart.domain.records import Claim, ReviewRecord
 from stalwart.engine.executor import Executor
 from stalwart.errors import StoreError
+from stalwart.observability.alerts import AlertCallback, AlertEvaluator
 from stalwart.settings import Settings
 from stalwart.store.base import Store, WorkDue, WorkerInfo
 from stalwart.tools.context import ToolContext
@@ -79,6 +82,7 @@ class Worker:
         concurrency: int | None = None,
         on_review_escalated: EscalationHook | None = None,
         limits: list[LimitSpec] | None = None,
+        on_alert: AlertCallback | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -86,6 +90,8 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency or settings.worker_concurrency
         self.on_review_escalated = on_review_escalated
+        # Alert rules: one worker per interval evaluates them (docs/concepts/observability.md).
+        self.alerts = AlertEvaluator(store, settings, on_alert=on_alert)
         self._running: dict[int, _Running] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -166,6 +172,7 @@ class Worker:
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="stalwart-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="stalwart-reaper"),
+            asyncio.create_task(self._alert_loop(), name="stalwart-alerts"),
             asyncio.create_task(self.store.listen(self.wake), name="stalwart-listen"),
         ]
         main = asyncio.create_task(self._claim_loop(), name="stalwart-claim")
@@ -364,6 +371,11 @@ class Worker:
             self._wake.set()
         for review in escalated:
             await self._escalated(review)
+
+    async def _alert_loop(self) -> None:
+        while True:
+            await self.alerts.tick()  # never raises
+            await asyncio.sleep(self.settings.alert_interval_seconds)
 
     async def _escalated(self, review: ReviewRecord) -> None:
         log.warning(

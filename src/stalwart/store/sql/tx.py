@@ -528,7 +528,7 @@ CANDIDATE_COLUMNS = (
     "s.reconcile_pending, s.needs, s.lease_token, j.status, j.workflow, j.input, "
     "j.tool_schema_hashes, j.deadline, j.max_steps, j.steps_executed, j.cancel_requested, "
     "j.plan_version, j.replans, j.max_replans, j.on_reject, j.review_sla_seconds, j.priority, "
-    "j.trace_context"
+    "j.trace_context, j.created"
 )
 
 
@@ -621,6 +621,7 @@ def claim_candidate(
         max_replans=job.max_replans,
         limit_keys=limit_keys,
         trace_context=row[32],
+        job_created=row[33],
     )
 
 
