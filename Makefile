@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/worker_memory.py
 	PYTHONPATH=. $(BIN)/python bench/gateway_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/api_load.py
+	PYTHONPATH=. $(BIN)/python bench/observability_overhead.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

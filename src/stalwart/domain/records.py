@@ -127,6 +127,8 @@ class Claim:
     limit_keys: tuple[str, ...] = ()
     # The W3C traceparent of the job's root span: this attempt's span joins the job's trace.
     trace_context: str | None = None
+    # When the job was submitted (the start of its root span).
+    job_created: float | None = None
 
     @property
     def idempotency_key(self) -> str:

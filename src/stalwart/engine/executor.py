@@ -21,7 +21,7 @@ from stalwart.domain.budgets import CallScope
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.failures import Decision, Outcome, decide
 from stalwart.domain.plans import Check, Judge, Plan
-from stalwart.domain.records import Claim, StepError
+from stalwart.domain.records import Claim, JobRecord, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
 from stalwart.domain.states import JOB_TERMINAL
@@ -38,6 +38,7 @@ from stalwart.errors import (
 )
 from stalwart.llm.gateway import Gateway
 from stalwart.observability import tracing
+from stalwart.observability.logs import bind
 from stalwart.planning.llm_planner import LlmPlanner
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
@@ -108,16 +109,20 @@ class Executor:
             attempt=claim.attempt,
             **{"step.kind": claim.kind, "idempotency_key": claim.idempotency_key},
         )
-        with tracing.span(f"step {claim.key}", claim.trace_context, attributes) as current:
+        with (
+            bind(tenant=claim.tenant_id, job=claim.job_id, step=claim.key, attempt=claim.attempt),
+            tracing.span(f"step {claim.key}", claim.trace_context, attributes) as current,
+        ):
             next_claim, job_finished = await self._run(claim, ctx, worker_id, claim_next, current)
-        if job_finished:
-            await self._job_finished(claim.job_id)
+        if job_finished is not None:
+            self._job_finished(claim, job_finished)
         return next_claim
 
     async def _run(
         self, claim: Claim, ctx: ToolContext, worker_id: str, claim_next: bool, current: Span
-    ) -> tuple[Claim | None, bool]:
-        """The attempt and its record: the next claim, and whether the job has finished."""
+    ) -> tuple[Claim | None, JobRecord | str | None]:
+        """The attempt and its record: the next claim, and the job (or its status) when this
+        attempt finished it."""
         started = time.perf_counter()
         outcome = await self.attempt(claim, ctx)
         if outcome.error is None:
@@ -147,30 +152,36 @@ class Executor:
                     "lease lost; result discarded",
                     extra={"action": "step_lease_lost", "job": claim.job_id, "step": claim.key},
                 )
-            return completion.next_claim, completion.job_status in JOB_TERMINAL
+            ended = completion.job_status if completion.job_status in JOB_TERMINAL else None
+            return completion.next_claim, ended
         finished = await self._fail(claim, ctx, outcome, worker_id, started)
         assert outcome.error is not None
         tracing.fail(current, outcome.error.error_class, outcome.error.message)
         return None, finished
 
-    async def _job_finished(self, job_id: str) -> None:
-        """Emit the finished job's root span (this process saw it finish)."""
-        job = await self.store.job_get(job_id)
+    @staticmethod
+    def _job_finished(claim: Claim, job: JobRecord | str) -> None:
+        """Emit the finished job's root span (this process saw it finish): from the job read
+        after a failure, or from the claim and the completion's status (no read)."""
+        if isinstance(job, JobRecord):
+            status, created, error = job.status, job.created, job.error
+        else:
+            status, created, error = job, claim.job_created or time.time(), None
         tracing.emit_job_span(
-            traceparent=job.trace_context,
-            tenant=job.tenant_id,
-            job_id=job.id,
-            workflow=job.workflow,
-            status=job.status,
-            created=job.created,
-            finished=job.finished,
-            error=job.error,
+            traceparent=claim.trace_context,
+            tenant=claim.tenant_id,
+            job_id=claim.job_id,
+            workflow=claim.workflow,
+            status=status,
+            created=created,
+            finished=None,
+            error=error,
         )
 
     async def _fail(
         self, claim: Claim, ctx: ToolContext, outcome: ToolOutcome, worker_id: str, started: float
-    ) -> bool:
-        """Record the failed attempt and apply its decision; True when that ended the job."""
+    ) -> JobRecord | None:
+        """Record the failed attempt and apply its decision; the job when that ended it."""
         error = outcome.error
         assert error is not None
         if ctx.cancelled and error.error_class != ErrorClass.CANCELLED:
@@ -197,8 +208,9 @@ class Executor:
         if recorded and decision.outcome is Outcome.REPLAN:
             await self.replan_waiting(worker_id)
         if recorded and decision.outcome in (Outcome.FAIL_JOB, Outcome.SKIP):
-            return (await self.store.job_get(claim.job_id)).status in JOB_TERMINAL
-        return False
+            job = await self.store.job_get(claim.job_id)
+            return job if job.status in JOB_TERMINAL else None
+        return None
 
     async def _while_leased(self, claim: Claim, write: Callable[[], Awaitable[T]]) -> T:
         """Record an attempt's outcome, trying again while the database is unreachable (a

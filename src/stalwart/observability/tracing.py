@@ -20,6 +20,7 @@ only when the standard `OTEL_EXPORTER_OTLP_*` / `OTEL_TRACES_EXPORTER` variables
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -110,8 +111,10 @@ def setup_tracing() -> TracerProvider | None:
     return provider
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
-    """Stalwart's tracer, from the current global provider."""
+    """Stalwart's tracer (made once: before a provider is set it is a proxy that follows the
+    provider set later; making one per span cost more than the span)."""
     return trace.get_tracer(SCOPE)
 
 
