@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import IO, Any
@@ -98,6 +98,7 @@ class Workers:
         env: dict[str, str] | None = None,
         concurrency: int = 4,
         name: str | None = None,
+        args: Sequence[str] = (),
     ) -> Worker:
         index = len(self.started)
         log_path = self.tmp_path / f"worker-{name or index}.log"
@@ -118,6 +119,7 @@ class Workers:
                 str(concurrency),
                 "--worker-id",
                 f"w{index}-{name or 'worker'}",
+                *args,
             ],
             cwd=REPO,
             env=full_env,

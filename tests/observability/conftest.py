@@ -4,32 +4,22 @@ that are always reaped, and reading a `/metrics` answer."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.conftest import Worker, Workers
 
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 
 BACKENDS = ("sqlite", "postgres")
-REPO = Path(__file__).resolve().parents[2]
 SERVER_APP = "tests.api.server_app:app"
-FAST_WORKER_ENV = {
-    "STALWART_LEASE_SECONDS": "2",
-    "STALWART_POLL_INTERVAL_SECONDS": "0.05",
-    "STALWART_REAPER_INTERVAL_SECONDS": "0.3",
-    "STALWART_DRAIN_SECONDS": "2",
-}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -120,90 +110,18 @@ def scrape(url: str) -> Scrape:
 # -- worker subprocesses --------------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """One `stalwart worker` subprocess, its output in a log file."""
+class WorkerProcesses(Workers):
+    """`stalwart worker` subprocesses of the server tests' app, reaped at teardown."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, log: IO[bytes]) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self._log = log
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM (drain), then SIGKILL if it does not exit in time."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if not self._log.closed:
-            self._log.close()
-        return int(self.proc.returncode)
-
-
-class WorkerProcesses:
-    """Starts worker subprocesses of the server tests' app and reaps them all at teardown."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.started: list[WorkerProcess] = []
-
-    def start(
+    def start(  # type: ignore[override]
         self,
         db_url: str,
         *args: str,
         env: dict[str, str] | None = None,
         name: str | None = None,
-    ) -> WorkerProcess:
-        index = len(self.started)
-        log_path = self.tmp_path / f"worker-{name or index}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed by WorkerProcess.stop
-        full_env = {**os.environ, **FAST_WORKER_ENV, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("STALWART_APP", None)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stalwart.cli.main",
-                "--database-url",
-                db_url,
-                "--app",
-                SERVER_APP,
-                "worker",
-                "--worker-id",
-                f"w{index}-{name or 'worker'}",
-                *args,
-            ],
-            cwd=REPO,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        worker = WorkerProcess(proc, log_path, log)
-        self.started.append(worker)
-        return worker
-
-    def close(self) -> None:
-        for worker in self.started:
-            if worker.alive():
-                worker.proc.kill()
-            worker.proc.wait(timeout=10)
-            if not worker._log.closed:
-                worker._log.close()
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- worker {i} (exit {w.proc.returncode}) ---\n{w.output()[-4000:]}"
-            for i, w in enumerate(self.started)
-        )
+    ) -> Worker:
+        # The workers' own default concurrency (worker_concurrency), which the metrics show.
+        return super().start(db_url, SERVER_APP, env=env, name=name, args=args, concurrency=10)
 
 
 @pytest.fixture
