@@ -36,6 +36,7 @@ from stalwart.errors import (
     AuthenticationError,
     ConfigurationError,
     InputValidationError,
+    NotRedrivableError,
     PayloadTooLargeError,
     UnknownWorkflowError,
     UsageError,
@@ -291,10 +292,18 @@ class Client:
     async def redrive(
         self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
     ) -> JobRecord:
-        """Resume a dead-lettered or escalated job from its failed step (accepts a dead letter's
-        id too); completed steps never run again."""
+        """Resume a dead-lettered or escalated job from its failed step; completed steps never
+        run again. Given a dead letter's id, the letter must be open: a job dead-lettered again
+        since that letter was redriven is redriven through its new letter, not the old one."""
         if job_id.startswith("dlq_"):
-            job_id = (await self.store.dead_letter_get(job_id, tenant_id=tenant)).job_id
+            letter = await self.store.dead_letter_get(job_id, tenant_id=tenant)
+            if letter.status != "open":
+                raise NotRedrivableError(
+                    f"dead letter {letter.id} is {letter.status}; only an open one can be redriven",
+                    id=letter.id,
+                    status=letter.status,
+                )
+            job_id = letter.job_id
         return await self.store.job_redrive(job_id, tenant_id=tenant, actor=actor, reason=reason)
 
     # -- API keys ---------------------------------------------------------------------------------

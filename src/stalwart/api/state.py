@@ -10,6 +10,7 @@ from stalwart.app import App
 from stalwart.client import Client
 from stalwart.settings import Settings
 from stalwart.store import Store
+from stalwart.worker.worker import Worker
 
 # The name of the shared secret that signs web UI sessions (`Store.secret_get`).
 SESSION_SECRET = "ui_session"
@@ -24,7 +25,7 @@ class ServerState:
     store: Store
     client: Client
     session_secret: str = ""
-    workers: list[object] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
 
 
 def server(request: Request) -> ServerState:

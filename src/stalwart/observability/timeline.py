@@ -541,14 +541,15 @@ def flatten(root: TraceNode) -> list[tuple[int, TraceNode]]:
     return rows
 
 
-def format_duration(seconds: float | None) -> str:
-    """`412 ms`, `1.20 s`, `2 min 5 s`, `1 h 3 min`; `-` for None."""
+def format_duration(seconds: float | None, *, decimals: int = 2, missing: str = "-") -> str:
+    """`412 ms`, `1.20 s` (`decimals` below a minute), `2 min 5 s`, `1 h 3 min`; `missing` for
+    None."""
     if seconds is None:
-        return "-"
+        return missing
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
-        return f"{seconds:.2f} s"
+        return f"{seconds:.{decimals}f} s"
     if seconds < 3600:
         return f"{int(seconds // 60)} min {int(seconds % 60)} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"

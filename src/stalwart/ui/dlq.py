@@ -66,7 +66,7 @@ async def redrive(
     letter = await c.dead_letter(letter_id, tenant=principal.tenant_id)
     try:
         await c.redrive(
-            letter.job_id,
+            letter.id,
             tenant=principal.tenant_id,
             actor=principal.name,
             reason=reason.strip() or f"redriven by {principal.name}",

@@ -12,6 +12,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from stalwart.domain.records import StepRecord
+from stalwart.observability.timeline import format_duration
 
 NODE_WIDTH = 176
 NODE_HEIGHT = 46
@@ -72,15 +73,7 @@ def time_left(deadline: float, now: float) -> Markup:
 
 def duration(seconds: float | None) -> str:
     """A measured duration: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`."""
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return format_duration(seconds, decimals=1, missing="—")
 
 
 def money(usd: float) -> str:

@@ -11,7 +11,6 @@ from stalwart.api.errors import responses
 from stalwart.api.schemas import DeadLetter, DeadLetterList, Job, Reason
 from stalwart.api.state import client
 from stalwart.domain.access import Permission, Principal
-from stalwart.errors import NotRedrivableError
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
 
@@ -67,17 +66,10 @@ async def redrive(
     """Resume the job from its failed step; completed steps never run again. A dead letter
     already redriven or closed answers 409."""
     c = client(request)
+    # The path may name the letter or its job: redrive through the letter, which must be open.
     letter = await c.dead_letter(dead_letter_id, tenant=principal.tenant_id)
-    if letter.status != "open":
-        # Checked here as well as by the store: a job dead-lettered again since this letter was
-        # redriven is redrivable, but through its new letter, not this one again.
-        raise NotRedrivableError(
-            f"dead letter {letter.id} is {letter.status}; only an open one can be redriven",
-            id=letter.id,
-            status=letter.status,
-        )
     job = await c.redrive(
-        letter.job_id,
+        letter.id,
         tenant=principal.tenant_id,
         actor=principal.name,
         reason=(body.reason if body else "") or f"redriven by {principal.name}",

@@ -13,7 +13,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from stalwart.api.state import server
 from stalwart.errors import StoreError
 from stalwart.observability.metrics import MetricsExporter, metrics_registry
-from stalwart.worker.worker import Worker
 
 router = APIRouter(tags=["metrics"])
 
@@ -33,9 +32,7 @@ def server_metrics(request: Request) -> ServerMetrics:
         return found
     state = server(request)
     exporter = MetricsExporter(state.store, live_seconds=state.settings.lease_seconds)
-    registry = metrics_registry(
-        exporter, workers=lambda: [w for w in state.workers if isinstance(w, Worker)]
-    )
+    registry = metrics_registry(exporter, workers=lambda: state.workers)
     made = ServerMetrics(exporter, registry)
     request.app.state.stalwart_metrics = made
     return made

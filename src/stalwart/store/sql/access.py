@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import secrets
-from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from stalwart.domain.access import KeyRecord, NewKey
 from stalwart.domain.records import Dashboard
 from stalwart.errors import NotFoundError, UsageError
+from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.tx import Tx
 
 T = TypeVar("T")
@@ -39,18 +39,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-class AccessStore:
+class AccessStore(SqlBase):
     """API keys, server secrets and the dashboard (mixed into `SqlStore`)."""
-
-    now_sql: str
-
-    @abstractmethod
-    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in one write transaction."""
-
-    @abstractmethod
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one read-only statement."""
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -173,7 +163,7 @@ class AccessStore:
     ) -> Dashboard:
         """Jobs by status, success rate and p95 latency over the window, the queue, approvals
         waiting, open dead letters and today's model spend (UTC)."""
-        now = float((await self._read(f"SELECT {self.now_sql}"))[0][0])
+        now = await self._now()
         scope, params = ("tenant_id = ?", [tenant_id]) if tenant_id is not None else ("1 = 1", [])
         since = now - window_seconds
         by_status = {

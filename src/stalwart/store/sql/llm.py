@@ -11,8 +11,7 @@ the row's `expires`.
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from stalwart.domain.budgets import (
@@ -27,6 +26,7 @@ from stalwart.domain.budgets import (
 )
 from stalwart.domain.events import note
 from stalwart.errors import BudgetExceeded
+from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.rows import loads
 from stalwart.store.sql.tx import Tx
 from stalwart.types import dumps
@@ -223,19 +223,9 @@ def _warnings(
     return out
 
 
-class LlmLedger:
+class LlmLedger(SqlBase):
     """Budgets, ledger and cache, over the backend's `_write` and `_read` (mixed into
     `SqlStore`)."""
-
-    now_sql: str
-
-    @abstractmethod
-    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in one write transaction."""
-
-    @abstractmethod
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one read-only statement."""
 
     async def llm_reserve(self, call: NewCall, *, actor: str) -> int:
         """Open a ledger row and reserve the call's worst case against every budget of its

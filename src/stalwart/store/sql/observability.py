@@ -8,8 +8,7 @@ once per interval. See docs/decisions/0029-metrics-from-the-event-log.md.
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from stalwart.domain.observability import (
@@ -27,6 +26,7 @@ from stalwart.domain.observability import (
 )
 from stalwart.errors import CorruptStateError, StoreError
 from stalwart.store.sql import limits as limits_sql
+from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.rows import loads
 from stalwart.store.sql.tx import Tx
 from stalwart.types import dumps, new_id
@@ -111,22 +111,9 @@ def _incident(r: Sequence[Any]) -> AlertIncident:
     )
 
 
-class ObservabilityStore:
+class ObservabilityStore(SqlBase):
     """The exporter's and the alert evaluator's reads, and alert incidents (mixed into
     `SqlStore`)."""
-
-    now_sql: str
-
-    @abstractmethod
-    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in one write transaction."""
-
-    @abstractmethod
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one read-only statement."""
-
-    async def _now(self) -> float:
-        return float((await self._read(f"SELECT {self.now_sql}"))[0][0])
 
     # -- the log and the ledger, tailed -----------------------------------------------------------
 

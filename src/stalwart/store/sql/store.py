@@ -128,20 +128,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, ABC):
     SQL expression for the database's clock in epoch seconds."""
 
     url: str
-    now_sql: str  # set by each backend
     wakeups: bool = False
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """No push notifications here: wait to be cancelled (workers poll)."""
         await asyncio.Event().wait()
-
-    @abstractmethod
-    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in one write transaction and commit, with its events; all or nothing."""
-
-    @abstractmethod
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run one read-only statement."""
 
     async def _any(self, where: str) -> bool:
         """Whether `where` (one of the templates above) matches a row now."""
