@@ -15,12 +15,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from pydantic import BaseModel
 from tests.integration.conftest import Workers
 from tests.observability.traced_app import SPANS_ENV, build_app, span_dict
 
 from stalwart import App, Client, ScriptedModel, Settings
-from stalwart.observability.tracing import parse_traceparent, tracer_provider
+from stalwart.observability.tracing import is_sampled, parse_traceparent, tracer_provider
 from stalwart.store import open_store
 
 _EXPORTER: InMemorySpanExporter | None = None
@@ -231,6 +232,48 @@ async def test_model_calls_are_chat_spans_with_genai_attributes(
         assert "12.5" in attrs["gen_ai.output.messages"]
     (root,) = [s for s in mine if s["name"] == "invoke_workflow read"]
     assert root["span_id"] == f"{ids[1]:016x}"
+
+
+async def test_a_job_the_sampler_leaves_out_has_no_span_in_any_process(
+    tmp_path: Path, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Head sampling is decided once, at submit, by the submitting process's sampler and stored
+    # in the traceparent's flag; the worker follows the flag, whatever its own sampler says.
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    url = f"sqlite:///{tmp_path / 'sampled.db'}"
+    app = llm_app(url, content=False)
+    store = open_store(url, app.settings)
+    await store.migrate()
+    try:
+        client = Client(store, app=app)
+        with monkeypatch.context() as patch:
+            patch.setattr(provider, "sampler", ParentBased(TraceIdRatioBased(0.0)))
+            left_out = (await client.submit("read", {"vendor": "acme", "amount": 1})).job
+        kept = (await client.submit("read", {"vendor": "acme", "amount": 2})).job
+        assert not is_sampled(left_out.trace_context) and is_sampled(kept.trace_context)
+        worker = app.worker(store=store, worker_id="sampler")
+        task = asyncio.create_task(worker.run())
+        try:
+            for job in (left_out, kept):
+                await wait_status(client, job.id, "completed")
+        finally:
+            worker.stop()
+            await task
+    finally:
+        await store.close()
+    by_trace: dict[str, set[str]] = {}
+    for s in spans.get_finished_spans():
+        by_trace.setdefault(span_dict(s)["trace_id"], set()).add(s.name)
+    ids = [parse_traceparent(j.trace_context) for j in (left_out, kept)]
+    assert ids[0] is not None and ids[1] is not None
+    assert f"{ids[0][0]:032x}" not in by_trace
+    assert by_trace[f"{ids[1][0]:032x}"] == {
+        "plan read",
+        "step read",
+        "chat reader",
+        "invoke_workflow read",
+    }
 
 
 async def test_a_failed_job_has_an_error_root_and_error_type(

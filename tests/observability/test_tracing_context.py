@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry import trace
 
 from stalwart.observability import tracing
 
@@ -14,6 +15,20 @@ def test_a_new_trace_context_round_trips() -> None:
     assert tracing.format_traceparent(*ids) == value
     assert tracing.trace_id_of(value) == f"{ids[0]:032x}"
     assert tracing.new_trace_context() != value
+    # Without an SDK provider here the job is sampled: the processes that run it record it.
+    assert tracing.is_sampled(value) and value.endswith("-01")
+
+
+def test_the_sampled_flag_is_read_and_written() -> None:
+    value = tracing.format_traceparent(7, 9, sampled=False)
+    assert value == f"00-{7:032x}-{9:016x}-00"
+    assert tracing.parse_traceparent(value) == (7, 9)
+    assert not tracing.is_sampled(value)
+    assert tracing.is_sampled(tracing.format_traceparent(7, 9))
+    context = tracing.job_context(value)
+    assert context is not None
+    parent = trace.get_current_span(context).get_span_context()
+    assert (parent.trace_id, parent.span_id, parent.trace_flags.sampled) == (7, 9, False)
 
 
 @pytest.mark.parametrize(
@@ -25,6 +40,8 @@ def test_a_new_trace_context_round_trips() -> None:
         "00-" + "0" * 32 + "-" + "1" * 16 + "-01",  # an all-zero trace id is invalid
         "00-" + "z" * 32 + "-" + "1" * 16 + "-01",
         "00-" + "1" * 32 + "-" + "1" * 15 + "-01",
+        "00-" + "1" * 32 + "-" + "1" * 16 + "-1",  # flags are two hex digits
+        "00-" + "1" * 32 + "-" + "1" * 16 + "-zz",
     ],
 )
 def test_malformed_traceparents_give_no_context(value: str | None) -> None:

@@ -332,8 +332,9 @@ class Executor:
             "gen_ai.tool.call.id": f"{claim.step_id}.{claim.attempt}",
             "gen_ai.tool.type": "function",
             "stalwart.idempotency_key": claim.idempotency_key,
-            "stalwart.tool.reconcile": reconcile,
         }
+        if reconcile:
+            attributes["stalwart.tool.reconcile"] = True
         if self.settings.trace_content:
             attributes["gen_ai.tool.call.arguments"] = tracing.content(args)
         with tracing.span(f"execute_tool {spec.name}", None, attributes) as current:
