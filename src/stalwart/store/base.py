@@ -22,6 +22,14 @@ from stalwart.domain.budgets import (
 )
 from stalwart.domain.failures import Decision
 from stalwart.domain.limits import LimitRecord, LimitSpec
+from stalwart.domain.memory import (
+    CollectionRecord,
+    DocumentRecord,
+    EpisodeRecord,
+    MemoryRow,
+    NewDocument,
+    NewEpisode,
+)
 from stalwart.domain.observability import (
     AlertIncident,
     FeedEvent,
@@ -561,4 +569,81 @@ class Store(Protocol):
 
     async def alert_turn(self, interval_seconds: float) -> bool:
         """True for at most one caller per `interval_seconds`: whose turn it is to evaluate."""
+        ...
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    async def memory_document_put(
+        self,
+        doc: NewDocument,
+        *,
+        embedder: str | None,
+        dimension: int | None,
+        retention_days: float | None = None,
+    ) -> DocumentRecord:
+        """Store a document and its chunks; the collection keeps one embedder and dimension."""
+        ...
+
+    async def memory_collection(self, tenant_id: str, name: str) -> CollectionRecord:
+        """One collection with its counts."""
+        ...
+
+    async def memory_collections(self, tenant_id: str) -> list[CollectionRecord]:
+        """The tenant's collections with their counts."""
+        ...
+
+    async def memory_documents(self, tenant_id: str, collection: str) -> list[DocumentRecord]:
+        """A collection's documents."""
+        ...
+
+    async def memory_forget(
+        self, tenant_id: str, collection: str, source: str | None = None
+    ) -> dict[str, int]:
+        """Remove a source or a whole collection; rows removed by table."""
+        ...
+
+    async def memory_erase_tenant(self, tenant_id: str) -> dict[str, int]:
+        """Remove every memory row of a tenant; rows removed by table."""
+        ...
+
+    async def memory_count(self, tenant_id: str) -> dict[str, int]:
+        """The tenant's memory rows by table."""
+        ...
+
+    async def memory_prune(self) -> int:
+        """Remove documents past their collection's retention."""
+        ...
+
+    async def memory_version(
+        self, tenant_id: str, collections: Sequence[str] | None
+    ) -> tuple[int, int]:
+        """(rows, highest id) of chunks in `collections`, or of episodes when None."""
+        ...
+
+    async def memory_chunk_rows(
+        self, tenant_id: str, collections: Sequence[str], *, after_id: int = 0, limit: int = 5000
+    ) -> list[MemoryRow]:
+        """Chunks above `after_id`, by id."""
+        ...
+
+    async def episode_rows(
+        self, tenant_id: str, *, after_id: int = 0, limit: int = 5000
+    ) -> list[MemoryRow]:
+        """Episodes above `after_id`, by id."""
+        ...
+
+    async def episode_put(self, episode: NewEpisode) -> bool:
+        """Store a job's episode; False when it has one."""
+        ...
+
+    async def episode_get(self, tenant_id: str, job_id: str) -> EpisodeRecord | None:
+        """A job's episode."""
+        ...
+
+    async def episodes_get(self, tenant_id: str, ids: Sequence[int]) -> list[EpisodeRecord]:
+        """The tenant's episodes of these ids."""
+        ...
+
+    async def episodes_pending(self, since: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, job) of ended jobs without an episode, since `since`."""
         ...

@@ -59,6 +59,7 @@ from stalwart.store.base import (
 from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.access import AccessStore
 from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger
+from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.rows import (
     DEAD_LETTER_COLUMNS,
@@ -122,7 +123,7 @@ REVIEW_OVERDUE = "FROM reviews WHERE status = 'pending' AND sla_deadline < {now}
 JOB_EXPIRED = "FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL AND deadline < {now}"
 
 
-class SqlStore(LlmLedger, AccessStore, ObservabilityStore, ABC):
+class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
     """The `Store` protocol in SQL both backends accept. A backend supplies how a write
     transaction runs (`_write`), how a read runs (`_read`), its migrations, and `now_sql`, the
     SQL expression for the database's clock in epoch seconds."""
