@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,local-embed]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +37,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/gateway_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/api_load.py
 	PYTHONPATH=. $(BIN)/python bench/observability_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/recall.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,11 @@ SDKs:
 - `POST /v1/messages`: an Anthropic `message` (base URL for `anthropic`: `url`, the SDK appends
   `/v1/messages`). A request that forces a tool (`tool_choice {"type": "tool"}`) is answered with
   a `tool_use` block whose `input` is the answer; otherwise with a `text` block.
+- `POST /v1/embeddings`: an OpenAI embeddings list, one deterministic unit vector per input (see
+  `fake_vector`) of the requested `dimensions` (else the model's size in `EMBEDDING_DIMENSIONS`,
+  else 1536), as floats or as base64 float32 per `encoding_format`; `prompt_tokens` is the sum of
+  `estimate_tokens` of the inputs. Scripted behaviours apply as to chat; a `Reply` overrides only
+  `input_tokens` (its body is ignored), and the responder is not consulted.
 
 What a request gets is decided, in order, by the scripted one-shot behaviours queued with
 `push()` (the first one whose `model` matches, or that names none): `Reply`, `Fail`,
@@ -26,9 +31,12 @@ Every request, failed or not, is recorded in `server.requests` (thread-safe).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import math
+import struct
 import sys
 import threading
 import time
@@ -41,6 +49,12 @@ from urllib.parse import urlsplit
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+EMBEDDINGS_PATH = "/v1/embeddings"
+EMBEDDING_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
 MESSAGE_OVERHEAD = 3
 """Tokens added per message (role and framing), on top of its text's estimate."""
 
@@ -66,6 +80,15 @@ def count_input_tokens(
     if schema is not None:
         total += estimate_tokens(json.dumps(schema))
     return total
+
+
+def fake_vector(text: str, dimensions: int) -> list[float]:
+    """The fake's embedding of `text`: `dimensions` values drawn from a hash of the text, scaled
+    to length 1 (the same text always gives the same vector)."""
+    raw = hashlib.shake_256(text.encode()).digest(2 * dimensions)
+    values = [v - 32767.5 for v in struct.unpack(f"<{dimensions}H", raw)]
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
 
 
 # -- scripted behaviours --------------------------------------------------------------------------
@@ -127,8 +150,8 @@ class RecordedRequest:
 
     @property
     def protocol(self) -> Protocol | None:
-        """`openai` or `anthropic` by path; None for any other path."""
-        if self.path == OPENAI_PATH:
+        """`openai` (chat or embeddings) or `anthropic` by path; None for any other path."""
+        if self.path in (OPENAI_PATH, EMBEDDINGS_PATH):
             return "openai"
         if self.path == ANTHROPIC_PATH:
             return "anthropic"
@@ -180,8 +203,21 @@ class RecordedRequest:
         messages = (self.body or {}).get("messages") or []
         return [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
 
+    @property
+    def inputs(self) -> list[str]:
+        """An embeddings request's texts (`input`, a string or a list of strings)."""
+        value = (self.body or {}).get("input")
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list):
+            return [text for text in value if isinstance(text, str)]
+        return []
+
     def input_tokens(self) -> int:
-        """This request's input tokens by `count_input_tokens`."""
+        """This request's input tokens: by `count_input_tokens` for chat, the sum of
+        `estimate_tokens` of the inputs for embeddings."""
+        if self.path == EMBEDDINGS_PATH:
+            return sum(estimate_tokens(text) for text in self.inputs)
         return count_input_tokens(self.message_texts, system=self.system, schema=self.schema)
 
 
@@ -384,6 +420,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._fail(protocol, what)
         elif isinstance(what, Malformed):
             self._send(what.status, what.body.encode(), what.content_type)
+        elif record.path == EMBEDDINGS_PATH:
+            reply = what if isinstance(what, Reply) else None
+            self._send_json(200, _openai_embeddings(record, reply))
         else:
             reply = what if isinstance(what, Reply) else None
             try:
@@ -501,6 +540,30 @@ def _openai_completion(
             "total_tokens": input_tokens + output_tokens,
             "prompt_tokens_details": {"cached_tokens": cached},
         },
+    }
+
+
+def _openai_embeddings(record: RecordedRequest, reply: Reply | None) -> dict[str, Any]:
+    body = record.body or {}
+    dimensions = body.get("dimensions")
+    if not isinstance(dimensions, int) or dimensions < 1:
+        dimensions = EMBEDDING_DIMENSIONS.get(record.model or "", 1536)
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(record.inputs):
+        vector = fake_vector(text, dimensions)
+        encoded: list[float] | str = vector
+        if as_base64:
+            encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = record.input_tokens()
+    if reply is not None and reply.input_tokens is not None:
+        tokens = reply.input_tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": record.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

@@ -6,6 +6,9 @@ tenant's budgets before the provider sees anything (a refusal raises `BudgetExce
 the provider, settles the ledger row to the actual cost, validates structured output with
 pydantic (re-asking with the validation errors, a bounded number of times, each re-ask budgeted
 and in the ledger), and calls the alert hook once per budget that crosses its warning ratio.
+
+`embed` does the same for embeddings requests (one model, no fallback, no cache): reserve,
+send, settle, with ledger rows of purpose `embedding`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,17 +37,19 @@ from stalwart.domain.budgets import (
     tenant_budget_keys,
     to_nanos,
 )
-from stalwart.errors import BudgetExceeded, ErrorClass, SemanticError
+from stalwart.errors import BudgetExceeded, ConfigurationError, ErrorClass, SemanticError
+from stalwart.llm.embeddings import EMBEDDING_PURPOSE, EmbeddingModel
 from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import ModelRegistry, Router
 from stalwart.llm.telemetry import chat_span, record_chat
-from stalwart.llm.tokens import estimate_messages
+from stalwart.llm.tokens import estimate_messages, estimate_tokens
 from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
 from stalwart.settings import Settings
 from stalwart.types import canonical_hash
 
 log = logging.getLogger("stalwart.llm")
 AlertHook = Callable[[dict[str, Any]], Any]
+T = TypeVar("T")
 # A provider that hangs past its own timeout is cut off this much later.
 GUARD_SECONDS = 5.0
 
@@ -142,6 +147,18 @@ class LlmResult:
         return f"{self.provider}:{self.model}"
 
 
+@dataclass(slots=True)
+class EmbeddingResult:
+    """What one embeddings request produced: a vector per text, in order, with what it cost."""
+
+    vectors: list[list[float]]
+    provider: str
+    model: str
+    input_tokens: int = 0
+    cost_nanos: int = 0
+    warnings: list[BudgetWarning] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class TenantBudget:
     """A tenant's LLM spend limits per UTC day and month, in USD."""
@@ -224,18 +241,21 @@ class Gateway:
         job_max_tokens: int | None = None,
     ) -> CallScope:
         """The scope of a call for a job: its ledger identity and the budgets it is charged to
-        (the job's, the tenant's day and month)."""
+        (the job's, the tenant's day and month). A call outside any job (`job_id` "", such as
+        embedding documents from the CLI) is charged to the tenant's budgets only."""
         tenant = self.tenant_budgets.get(tenant_id) or TenantBudget(
             self.settings.tenant_daily_usd, self.settings.tenant_monthly_usd
         )
         day, month = tenant_budget_keys(tenant_id, time.time())
-        lines = (
-            BudgetLine(
-                job_budget_key(job_id), tenant_id, "job", to_nanos(job_max_usd), job_max_tokens
-            ),
+        lines: tuple[BudgetLine, ...] = (
             BudgetLine(day, tenant_id, "tenant_day", to_nanos(tenant.daily_usd)),
             BudgetLine(month, tenant_id, "tenant_month", to_nanos(tenant.monthly_usd)),
         )
+        if job_id:
+            job = BudgetLine(
+                job_budget_key(job_id), tenant_id, "job", to_nanos(job_max_usd), job_max_tokens
+            )
+            lines = (job, *lines)
         return CallScope(tenant_id, job_id, step_key, attempt, purpose, lines)
 
     # -- calls --------------------------------------------------------------------------------
@@ -346,6 +366,80 @@ class Gateway:
             details={"model": ref, "tries": reasks + 1, "problems": problems},
         )
 
+    # -- embeddings -------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        model_ref: str,
+        texts: Sequence[str],
+        scope: CallScope,
+        *,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed `texts` with one request to `model_ref`, for `scope`.
+
+        The worst case (every text's high token estimate at list price) is reserved against the
+        scope's budgets first: a refusal raises `BudgetExceeded` and nothing is sent. The ledger
+        row, purpose `embedding`, is settled to the input tokens the provider reports. There is
+        no fallback (another model's vectors would not be comparable) and no cache. Raises
+        `ProviderError` as chat calls do, `ConfigurationError` when the model cannot embed.
+        """
+        model = self._embedding_model(model_ref)
+        if not texts:
+            return EmbeddingResult([], model.provider, model.model)
+        scope = replace(scope, purpose=EMBEDDING_PURPOSE)
+        estimate = sum(estimate_tokens(text) for text in texts)
+        worst = self.pricing.worst_case_nanos(
+            model.provider, model.model, input_tokens=estimate, max_output_tokens=0
+        )
+        call_id = await self._reserve(
+            self._new_call(model, None, scope, 1, worst or 0, estimate, None)
+        )
+        timeout = self.settings.llm_timeout_seconds
+        started = time.perf_counter()
+        response = await self._guarded(
+            call_id,
+            model,
+            timeout,
+            started,
+            lambda: model.embed(texts, dimensions=dimensions, timeout_seconds=timeout),
+        )
+        cost = self.pricing.cost_nanos(
+            model.provider, model.model, input_tokens=response.input_tokens, output_tokens=0
+        )
+        warnings = await self.store.llm_settle(
+            call_id,
+            CallResult(
+                "ok",
+                input_tokens=response.input_tokens,
+                cost_nanos=cost or 0,
+                priced=cost is not None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                model=response.model or None,
+            ),
+            actor=self.actor,
+            warn_ratio=self.settings.budget_warning_ratio,
+        )
+        await self._alert_all(warnings)
+        return EmbeddingResult(
+            response.vectors,
+            model.provider,
+            response.model or model.model,
+            response.input_tokens,
+            cost or 0,
+            warnings,
+        )
+
+    def _embedding_model(self, ref: str) -> EmbeddingModel:
+        model = self.models.get(ref)
+        if not isinstance(model, EmbeddingModel):
+            raise ConfigurationError(
+                f"model {ref!r} cannot embed: use an openai: model or one of an "
+                "OpenAI-compatible endpoint (kind 'openai' in STALWART_LLM_ENDPOINTS)",
+                field="embedder",
+            )
+        return model
+
     @staticmethod
     def _validate(text: str, output: type[BaseModel] | None) -> tuple[Any, BaseModel | None]:
         if output is None:
@@ -391,13 +485,13 @@ class Gateway:
 
     def _new_call(
         self,
-        model: Model,
-        tier: str,
+        model: Model | EmbeddingModel,
+        tier: str | None,
         scope: CallScope,
         seq: int,
         nanos: int,
         tokens: int,
-        call: LlmCall,
+        call: LlmCall | None,
     ) -> NewCall:
         return NewCall(
             scope=scope,
@@ -408,8 +502,8 @@ class Gateway:
             reserved_nanos=nanos,
             reserved_tokens=tokens,
             expires_in=self.settings.llm_timeout_seconds + GUARD_SECONDS + 60.0,
-            context_tokens=call.context_tokens,
-            context_limit=call.context_limit,
+            context_tokens=call.context_tokens if call is not None else None,
+            context_limit=call.context_limit if call is not None else None,
         )
 
     async def _send(
@@ -429,8 +523,18 @@ class Gateway:
         new = self._new_call(
             model, tier, scope, seq[0], worst or 0, estimate + call.max_tokens, call
         )
+        call_id = await self._reserve(new)
+        started = time.perf_counter()
+        response = await self._guarded(
+            call_id, model, request.timeout_seconds, started, lambda: model.complete(request)
+        )
+        return response, call_id, started
+
+    async def _reserve(self, new: NewCall) -> int:
+        """Reserve `new`'s worst case; a refusal is recorded in the ledger, warns, and raises
+        `BudgetExceeded`."""
         try:
-            call_id = await self.store.llm_reserve(new, actor=self.actor)
+            return await self.store.llm_reserve(new, actor=self.actor)
         except BudgetExceeded as exc:
             _, warnings = await self.store.llm_record(
                 new,
@@ -438,13 +542,22 @@ class Gateway:
                 actor=self.actor,
                 refused_by=exc.budget,
             )
-            for warning in warnings:
-                await self._alert({"kind": "budget_warning", **warning.to_dict()})
+            await self._alert_all(warnings)
             raise
-        started = time.perf_counter()
+
+    async def _guarded(
+        self,
+        call_id: int,
+        model: Model | EmbeddingModel,
+        timeout_seconds: float,
+        started: float,
+        send: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Await the provider, cut off `GUARD_SECONDS` after its own timeout. A failure settles
+        the reserved row as an error and raises `ProviderError` (a cancellation re-raises)."""
         try:
-            async with asyncio.timeout(request.timeout_seconds + GUARD_SECONDS):
-                response = await model.complete(request)
+            async with asyncio.timeout(timeout_seconds + GUARD_SECONDS):
+                return await send()
         except BaseException as exc:
             error = _as_provider_error(exc, model)
             await self.store.llm_settle(
@@ -461,7 +574,6 @@ class Gateway:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise error from exc
-        return response, call_id, started
 
     async def _settle(
         self,
@@ -499,6 +611,9 @@ class Gateway:
         )
         result.cost_nanos += cost or 0
         result.warnings += warnings
+        await self._alert_all(warnings)
+
+    async def _alert_all(self, warnings: Sequence[BudgetWarning]) -> None:
         for warning in warnings:
             await self._alert({"kind": "budget_warning", **warning.to_dict()})
 
@@ -523,7 +638,7 @@ class Gateway:
         await self.models.close()
 
 
-def _as_provider_error(exc: BaseException, model: Model) -> ProviderError:
+def _as_provider_error(exc: BaseException, model: Model | EmbeddingModel) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, TimeoutError):
@@ -560,6 +675,7 @@ def _cache_key(ref: str, request: ModelRequest) -> str:
 
 
 __all__ = [
+    "EmbeddingResult",
     "Gateway",
     "InvalidOutputError",
     "LlmCall",

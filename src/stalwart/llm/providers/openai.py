@@ -6,11 +6,15 @@ is sent as `max_completion_tokens` to api.openai.com and as `max_tokens` elsewhe
 retries are off (`max_retries=0`); retrying is the engine's job, durably. Every failure becomes a
 `ProviderError` with an error class, an HTTP status when there was one, and a code:
 `http_<status>`, `timeout`, `connection`, `malformed_response`, `provider_error`.
+
+The same adapter answers embeddings requests (`embed`, the `/embeddings` API), with the same
+errors, for the gateway's embedders.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import openai
 from openai.types.chat import (
@@ -21,8 +25,10 @@ from openai.types.chat import (
     ChatCompletionUserMessageParam,
 )
 from openai.types.chat.completion_create_params import ResponseFormat
+from openai.types.create_embedding_response import CreateEmbeddingResponse
 
 from stalwart.errors import ErrorClass
+from stalwart.llm.embeddings import EmbeddingResponse
 from stalwart.llm.providers._errors import as_count, failure, sdk_failure
 from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
 
@@ -132,6 +138,56 @@ class OpenAIChatModel:
             cached_tokens=as_count(getattr(details, "cached_tokens", 0)),
             model=model if isinstance(model, str) and model else self.model,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        )
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        timeout_seconds: float = 60.0,
+    ) -> EmbeddingResponse:
+        """Embed `texts` in one request to this adapter's model; `dimensions` asks for shorter
+        vectors (text-embedding-3 models). Raises `ProviderError` for every failure."""
+        try:
+            answer = await self._client.embeddings.create(
+                model=self.model,
+                input=list(texts),
+                dimensions=openai.omit if dimensions is None else dimensions,
+                timeout=timeout_seconds,
+            )
+        except Exception as exc:
+            raise sdk_failure(
+                openai, openai.OpenAIError, exc, self.provider, self.model, timeout_seconds
+            ) from exc
+        return self._embeddings(answer, len(texts))
+
+    def _embeddings(self, answer: object, count: int) -> EmbeddingResponse:
+        """Map an embeddings answer to an `EmbeddingResponse`, vectors in input order; anything
+        unexpected is `malformed_response` (the numbers themselves are checked by the caller)."""
+        if not isinstance(answer, CreateEmbeddingResponse):
+            raise self._failure("malformed_response", "the answer is not an embeddings list")
+        data = getattr(answer, "data", None)
+        if not isinstance(data, list) or len(data) != count:
+            got = len(data) if isinstance(data, list) else "no"
+            raise self._failure(
+                "malformed_response", f"the answer holds {got} embeddings for {count} texts"
+            )
+        try:
+            ordered = sorted(data, key=lambda item: int(item.index))
+            vectors = [item.embedding for item in ordered]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise self._failure("malformed_response", "an embedding has no index") from exc
+        if [int(item.index) for item in ordered] != list(range(count)) or not all(
+            isinstance(vector, list) and vector for vector in vectors
+        ):
+            raise self._failure("malformed_response", "the embeddings are not one list per text")
+        usage = getattr(answer, "usage", None)
+        model = getattr(answer, "model", None)
+        return EmbeddingResponse(
+            vectors=vectors,
+            input_tokens=as_count(getattr(usage, "prompt_tokens", 0)),
+            model=model if isinstance(model, str) and model else self.model,
         )
 
     def _failure(
