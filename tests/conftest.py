@@ -15,6 +15,10 @@ from tests.pgserver import PgServer, available
 
 TEMPLATE_NAME = "stalwart_template"
 
+# The suite's apps and worker subprocesses record episodes without loading the local embedding
+# model (seconds of import and hundreds of MB per process); the memory tests choose theirs.
+os.environ.setdefault("STALWART_EMBEDDER", "none")
+
 
 def _migrate(url: str) -> None:
     import asyncio

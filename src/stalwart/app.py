@@ -31,11 +31,15 @@ from stalwart.planning.workflows import (
 )
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
+from stalwart.tools.builtin import MEMORY_SEARCH, memory_search
 from stalwart.tools.registry import ReconcileFunction, RiskLevel, ToolFunction, ToolRegistry
 
 if TYPE_CHECKING:
     from stalwart.client import Client
+    from stalwart.engine.episodes import EpisodeRecorder
     from stalwart.engine.executor import Executor
+    from stalwart.engine.recall import Recall
+    from stalwart.llm.embeddings import Embedder
     from stalwart.worker.worker import Worker
 
 TemplateSource = Template | str | Path | dict[str, Any]
@@ -73,6 +77,16 @@ class App:
         self.tenant_budgets: dict[str, TenantBudget] = {}
         self._store: Store | None = None
         self._planner: TemplatePlanner | None = None
+        self._embedder: Embedder | None = None
+        self._embedder_made = False
+        self._recalls: dict[int, Recall] = {}
+        self.tools.register(
+            memory_search,
+            name=MEMORY_SEARCH,
+            timeout=30,
+            idempotent=True,
+            description="Search the tenant's knowledge collections (semantic memory).",
+        )
 
     # -- the LLM side ---------------------------------------------------------------------------
 
@@ -330,6 +344,29 @@ class App:
 
         return Client(store or self.store(), app=self)
 
+    def embedder(self, store: Store | None = None) -> Embedder | None:
+        """The embedder of `settings.embedder` (one per app; None: lexical recall). An
+        `openai:<model>` embedder goes through this app's gateway over `store`."""
+        if not self._embedder_made:
+            from stalwart.llm.embeddings import embedder_from_setting
+
+            value = self.settings.embedder
+            gateway = self.gateway(store, actor="memory") if value.startswith("openai:") else None
+            self._embedder = embedder_from_setting(value, gateway)
+            self._embedder_made = True
+        return self._embedder
+
+    def recall(self, store: Store | None = None) -> Recall:
+        """The memory search of this app over `store` (one per store: it holds the caches)."""
+        from stalwart.engine.recall import Recall
+
+        store = store or self.store()
+        found = self._recalls.get(id(store))
+        if found is None or found.store is not store:
+            found = Recall(store, self.embedder(store))
+            self._recalls[id(store)] = found
+        return found
+
     def executor(self, store: Store | None = None) -> Executor:
         """An `Executor` over this app's tools and workflows."""
         from stalwart.engine.executor import Executor
@@ -343,6 +380,7 @@ class App:
             settings=self.settings,
             gateway=self.gateway(store, actor="worker"),
             schemas=self.schemas,
+            memory=self.recall(store),
         )
 
     def worker(
@@ -368,7 +406,15 @@ class App:
             on_review_escalated=self.on_review_escalated,
             limits=list(self.limits.values()),
             on_alert=self.on_alert,
+            episodes=self._episode_recorder(store),
         )
+
+    def _episode_recorder(self, store: Store) -> EpisodeRecorder | None:
+        if not self.settings.memory_episodes:
+            return None
+        from stalwart.engine.episodes import EpisodeRecorder
+
+        return EpisodeRecorder(store, self.embedder(store))
 
 
 def _caller_dir() -> Path | None:

@@ -6,6 +6,7 @@ The CLI (and later the HTTP API) is a thin shell over this class.
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from stalwart.domain.access import (
     parse_token,
 )
 from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
+from stalwart.domain.memory import job_query, past_context, uses_past
 from stalwart.domain.records import (
     Dashboard,
     DeadLetterRecord,
@@ -38,6 +40,7 @@ from stalwart.errors import (
     InputValidationError,
     NotRedrivableError,
     PayloadTooLargeError,
+    StalwartError,
     UnknownWorkflowError,
     UsageError,
 )
@@ -50,6 +53,10 @@ from stalwart.types import dumps, new_id
 
 if TYPE_CHECKING:
     from stalwart.app import App
+    from stalwart.client_memory import MemoryApi
+    from stalwart.planning.workflows import Workflow
+
+log = logging.getLogger("stalwart.client")
 
 MAX_KEY_LENGTH = 255
 # A key's `last_used` is written at most this often per process, not on every request.
@@ -75,6 +82,39 @@ class Client:
         self.app = app
         self.settings = settings or (app.settings if app else Settings())
         self._touched: dict[str, float] = {}
+        self._memory: MemoryApi | None = None
+
+    async def _past(
+        self, flow: Workflow, tenant_id: str, job_input: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """What episodic memory knows of jobs like this one, when a template's `when` asks
+        (`past.*`); None otherwise, or when memory fails (planning never waits on it)."""
+        if not uses_past([t.when for t in flow.templates]):
+            return None
+        try:
+            found = await self.memory.episodes(
+                tenant_id, job_query(flow.name, job_input), workflow=flow.name
+            )
+        except StalwartError as exc:
+            log.warning("no past episodes for planning: %s", exc.message)
+            return None
+        return past_context(found.hits)
+
+    @property
+    def memory(self) -> MemoryApi:
+        """Knowledge collections, episodes and recall (`stalwart.client_memory.MemoryApi`)."""
+        if self._memory is None:
+            from stalwart.client_memory import MemoryApi
+            from stalwart.engine.recall import Recall
+
+            if self.app is not None:
+                recall = self.app.recall(self.store)
+            else:
+                from stalwart.llm.embeddings import embedder_from_setting
+
+                recall = Recall(self.store, embedder_from_setting(self.settings.embedder, None))
+            self._memory = MemoryApi(self.store, self.settings, recall)
+        return self._memory
 
     # -- ingestion --------------------------------------------------------------------------------
 
@@ -140,9 +180,10 @@ class Client:
         # while the submitter waits, and a duplicate submission costs nothing.
         plan = None
         if flow.planner != "llm":
+            past = await self._past(flow, tenant_id, job_input)
             attributes = tracing.job_attributes(tenant_id, job_id, workflow, **{"plan.version": 1})
             with tracing.span(f"plan {workflow}", traceparent, attributes):
-                plan = self.app.planner().plan(flow, job_input)
+                plan = self.app.planner().plan(flow, job_input, past=past)
         hashes = {
             s.tool: spec.schema_hash
             for s in (plan.steps if plan else [])

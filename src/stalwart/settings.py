@@ -107,6 +107,30 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often an event stream looks for new events."
     )
 
+    # -- memory -----------------------------------------------------------------------------------
+    embedder: str = Field(
+        "auto",
+        description='How memory is embedded: "auto" (the local model when '
+        'stalwart[local-embed] is installed, else none), "local", "openai:<model>" '
+        '(through the LLM gateway: priced, budgeted, in the ledger) or "none" (recall ranks '
+        "lexically, BM25).",
+    )
+    memory_episodes: bool = Field(
+        True, description="Store an episode of every job that ends, for later jobs to recall."
+    )
+    memory_interval_seconds: float = Field(
+        2.0, gt=0, description="How often a worker records the episodes of ended jobs."
+    )
+    memory_chunk_tokens: int = Field(
+        200, ge=16, le=4000, description="Words per chunk of a knowledge document."
+    )
+    memory_chunk_overlap: int = Field(
+        40, ge=0, description="Words a chunk repeats from the end of the one before."
+    )
+    memory_recall_tokens: int = Field(
+        1500, ge=0, description="Tokens of a prompt that recalled memory may fill."
+    )
+
     # -- observability ----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines as JSON, as text, or (auto) text on a terminal, else JSON."

@@ -272,3 +272,15 @@ async def test_the_tier_can_be_chosen(
     plan = await planner.plan(workflow(), INPUT, scope=scope, tier="small")
     assert len(plan.steps) == 2
     assert [c.tier for c in await store.llm_call_list(JOB)] == ["small"]
+
+
+async def test_similar_past_jobs_are_shown_to_the_model(
+    planner: LlmPlanner, model: ScriptedModel, scope: CallScope
+) -> None:
+    model.on_step("plan", GOOD, GOOD)
+    past = ["greeting job: user_id: u-3. Outcome: failed. Error: the mail server refused u-3."]
+    await planner.plan(workflow(), INPUT, scope=scope, past=past)
+    shown = last_user(model.requests[0])
+    assert "Similar past jobs" in shown and "the mail server refused u-3" in shown
+    await planner.plan(workflow(), INPUT, scope=scope)
+    assert "Similar past jobs" not in last_user(model.requests[1])

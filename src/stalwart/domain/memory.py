@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +70,9 @@ class NewEpisode:
     importance: float  # 0..1: failures and human feedback weigh more than routine successes
     finished: float
     vector: Vector | None = None
+    # The text the vector is made from: the job as `job_query` writes it, so that a new job
+    # finds the past jobs most like it (the summary adds how it ended, for people to read).
+    key_text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +249,24 @@ def flatten(value: Any, *, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def job_query(workflow: str, job_input: Any) -> str:
-    """The text a job is looked up by: its workflow and input (what an episode starts with)."""
-    return f"{workflow} job: {flatten(job_input)}"
+def job_query(workflow: str, job_input: Any, outputs: Mapping[str, Any] | None = None) -> str:
+    """The text a job is looked up by: its workflow, its input and the short facts its steps
+    found so far (`outputs` by step key: numbers, flags and strings up to 80 characters, so an
+    invoice is known by its vendor and amount, not by its whole text)."""
+    text = f"{workflow} job: {flatten(job_input)}"
+    facts = {key: _facts(value) for key, value in (outputs or {}).items()}
+    found = flatten({k: v for k, v in facts.items() if v not in (None, {}, [])})
+    return f"{text}; {found}" if found else text
+
+
+def _facts(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: f for k, v in value.items() if (f := _facts(v)) not in (None, {}, [])}
+    if isinstance(value, list):
+        return [f for v in value[:10] if (f := _facts(v)) not in (None, {}, [])]
+    if isinstance(value, str):
+        return value if len(value) <= 80 else None
+    return value
 
 
 def episode_summary(
@@ -259,10 +277,12 @@ def episode_summary(
     steps: Sequence[str],
     decisions: Sequence[tuple[str, str, str]],
     error: str | None,
+    outputs: Mapping[str, Any] | None = None,
 ) -> str:
-    """What an episode says, and what is embedded: the job (as `job_query`), its plan, how it
-    ended, each review decision `(decision, reviewer, comment)` and the error."""
-    lines = [job_query(workflow, job_input) + "."]
+    """What an episode says (and what lexical search reads): the job and its facts (as
+    `job_query`), its plan, how it ended, each review decision `(decision, reviewer, comment)`
+    and the error."""
+    lines = [job_query(workflow, job_input, outputs) + "."]
     if steps:
         lines.append(f"Plan: {', '.join(steps)}.")
     lines.append(f"Outcome: {outcome}.")
@@ -280,3 +300,24 @@ def episode_importance(outcome: str, decisions: Sequence[tuple[str, str, str]]) 
     if any(comment for _, _, comment in decisions):
         base += 0.15
     return min(1.0, base)
+
+
+PAST_OUTCOMES = ("completed", "failed", "rejected", "escalated", "dead_lettered")
+
+
+def past_context(hits: Sequence[MemoryHit]) -> dict[str, Any]:
+    """What a template's `when` may test about the most similar past jobs (`past.similar`,
+    `past.rejected`, ...: counts by outcome, and their job ids)."""
+    out: dict[str, Any] = dict.fromkeys(PAST_OUTCOMES, 0)
+    for hit in hits:
+        outcome = str(hit.meta.get("outcome") or "")
+        if outcome in out:
+            out[outcome] += 1
+    out["similar"] = len(hits)
+    out["jobs"] = [str(h.meta.get("job")) for h in hits]
+    return out
+
+
+def uses_past(conditions: Sequence[Mapping[str, Any] | None]) -> bool:
+    """True when any of these conditions tests `past.*` (only then is memory asked)."""
+    return any(path == "past" or path.startswith("past.") for c in conditions if c for path in c)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from stalwart.domain.budgets import CallScope
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.failures import Decision, Outcome, decide
+from stalwart.domain.memory import job_query, past_context, uses_past
 from stalwart.domain.plans import Check, Judge, Plan
 from stalwart.domain.records import Claim, JobRecord, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
@@ -33,6 +34,7 @@ from stalwart.errors import (
     EffectFailedError,
     ErrorClass,
     PlanValidationError,
+    StalwartError,
     StoreUnavailableError,
     ToolError,
 )
@@ -44,7 +46,7 @@ from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
 from stalwart.store.base import ReplanClaim, Store
-from stalwart.tools.context import ToolContext
+from stalwart.tools.context import MemorySearch, ToolContext
 from stalwart.tools.invoke import ToolOutcome, invoke_tool
 from stalwart.tools.registry import ToolRegistry, ToolSpec
 from stalwart.types import dumps
@@ -66,8 +68,10 @@ class Executor:
         settings: Settings,
         gateway: Gateway | None = None,
         schemas: Mapping[str, type[BaseModel]] | None = None,
+        memory: MemorySearch | None = None,
     ) -> None:
         self.store = store
+        self.memory = memory
         self.tools = tools
         self.workflows = workflows
         self.planner = planner
@@ -90,6 +94,7 @@ class Executor:
             idempotency_key=claim.idempotency_key,
             deadline=time.time() + timeout,
             workflow=claim.workflow,
+            memory=self.memory,
         )
         if claim.cancel_requested:
             ctx.cancel()
@@ -408,12 +413,17 @@ class Executor:
         version = job.plan_version + 1
         by_model = workflow.planner == "llm" or (workflow.llm_replan and not first)
         if not by_model:
+            past = None
+            if uses_past([t.when for t in workflow.templates]):
+                hits = await self._similar(job.tenant_id, job.id, workflow.name, job.input)
+                past = past_context(hits)
             return self.planner.plan(
                 workflow,
                 job.input,
                 version=version,
                 tried_hashes=claim.tried_hashes,
                 feedback=claim.feedback,
+                past=past,
             )
         if self.llm_planner is None or self.llm is None:
             raise PlanValidationError(
@@ -439,7 +449,32 @@ class Executor:
             version=version,
             tried=tried,
             feedback=claim.feedback,
+            past=[
+                str(h.text)
+                for h in await self._similar(job.tenant_id, job.id, workflow.name, job.input)
+            ],
         )
+
+    async def _similar(
+        self, tenant_id: str, job_id: str, workflow: str, job_input: dict[str, Any]
+    ) -> list[Any]:
+        """The past episodes most like this job, for planning; none when memory is off or
+        fails (planning never waits on it)."""
+        if self.memory is None:
+            return []
+        try:
+            hits = await self.memory.episodes(
+                tenant_id,
+                job_query(workflow, job_input),
+                workflow=workflow,
+                exclude_job=job_id,
+            )
+        except StalwartError as exc:
+            log.warning(
+                "no past episodes for planning: %s", exc.message, extra={"action": "memory_failed"}
+            )
+            return []
+        return hits
 
     async def _replan(self, claim: ReplanClaim, worker_id: str) -> None:
         job = claim.job

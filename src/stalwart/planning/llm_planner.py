@@ -84,17 +84,19 @@ class LlmPlanner:
         tried: Sequence[Plan] = (),
         feedback: dict[str, Any] | None = None,
         tier: str | None = None,
+        past: Sequence[str] = (),
     ) -> Plan:
         """A validated plan for `job_input`, written by the model.
 
         On a replan pass the failure context (`feedback`) and the plans already tried; the
         model is asked for a different plan. Raises `PlanValidationError` when the model's plan
         is still invalid after `max_reasks` re-asks, and whatever the gateway raises
-        (`BudgetExceeded`, `ProviderError`, `InvalidOutputError`).
+        (`BudgetExceeded`, `ProviderError`, `InvalidOutputError`). `past` holds the summaries of
+        the most similar past jobs (episodic memory), shown to the model as experience.
         """
         messages = [
             Message("system", self._system_prompt()),
-            Message("user", self._request(workflow, job_input, tried, feedback)),
+            Message("user", self._request(workflow, job_input, tried, feedback, past)),
         ]
         notes: dict[str, Any] = {"planner": "llm"}
         if feedback:
@@ -180,6 +182,7 @@ class LlmPlanner:
         job_input: dict[str, Any],
         tried: Sequence[Plan],
         feedback: dict[str, Any] | None,
+        past: Sequence[str] = (),
     ) -> str:
         parts = [
             f"Workflow: {workflow.name}",
@@ -188,6 +191,11 @@ class LlmPlanner:
             f"Allowed tools (JSON): {_json([_tool_view(t) for t in self._tools(workflow)])}",
             f"Budget: {_budget_text(workflow)}",
         ]
+        if past:
+            parts.append(
+                "Similar past jobs, most similar first (learn from how they ended):\n"
+                + "\n".join(f"- {text}" for text in past)
+            )
         if feedback or tried:
             parts.append(_replan_text(tried, feedback))
         parts.append("Write the plan.")

@@ -47,14 +47,17 @@ class TemplatePlanner:
         version: int = 1,
         tried_hashes: frozenset[str] = frozenset(),
         feedback: dict[str, Any] | None = None,
+        past: dict[str, Any] | None = None,
     ) -> Plan:
         """A validated plan for `job_input`.
 
         On a replan, pass the hashes of the plans already tried: the planner prefers a template
         whose plan is new, and returns a repeated plan only when nothing else matches (the
-        engine then escalates instead of looping). Raises `PlanValidationError`.
+        engine then escalates instead of looping). `past` is what episodic memory knows of
+        similar jobs (`domain.memory.past_context`), for `when` conditions on `past.*`.
+        Raises `PlanValidationError`.
         """
-        context = {"input": job_input}
+        context: dict[str, Any] = {"input": job_input, "past": past or {}}
         candidates = [t for t in workflow.templates if evaluate(t.when, context)]
         if not candidates:
             names = ", ".join(t.name for t in workflow.templates)
@@ -67,7 +70,9 @@ class TemplatePlanner:
                     }
                 ]
             )
-        notes = {"feedback": feedback} if feedback else {}
+        notes: dict[str, Any] = {"feedback": feedback} if feedback else {}
+        if past and past.get("similar"):
+            notes["past"] = past
         first: Plan | None = None
         for template in candidates:
             plan = self.bind(workflow, template, job_input, version=version, notes=notes)

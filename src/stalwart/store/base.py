@@ -647,3 +647,23 @@ class Store(Protocol):
     async def episodes_pending(self, since: float, limit: int = 100) -> list[tuple[str, str]]:
         """(tenant, job) of ended jobs without an episode, since `since`."""
         ...
+
+    async def memory_rows_get(
+        self, tenant_id: str, collections: Sequence[str] | None, ids: Sequence[int]
+    ) -> list[MemoryRow]:
+        """The tenant's chunks in `collections` (episodes when None) of these ids, no vectors."""
+        ...
+
+    async def memory_vector_search(
+        self,
+        tenant_id: str,
+        collections: Sequence[str] | None,
+        embedder: str,
+        query: bytes,
+        dimension: int,
+        k: int,
+    ) -> list[tuple[int, float]] | None:
+        """(row id, cosine similarity), best first, of the `k` rows of `embedder` nearest
+        `query` (float32 bytes of `dimension` values) by the database's own vector index
+        (pgvector's HNSW); None where there is none: search exactly in memory instead."""
+        ...

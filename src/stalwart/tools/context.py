@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from stalwart.errors import ErrorClass, ToolError
 from stalwart.types import to_datetime
@@ -18,6 +18,38 @@ class StepCancelledError(ToolError):
     """The job was cancelled while this step ran."""
 
     error_class = ErrorClass.CANCELLED
+
+
+class MemorySearch(Protocol):
+    """What a tool may search: the tenant's knowledge (set by the worker; see
+    `stalwart.engine.recall.Recall.knowledge`)."""
+
+    async def knowledge(
+        self,
+        tenant_id: str,
+        query: str,
+        *,
+        collections: Sequence[str] | None = ...,
+        k: int = ...,
+        min_similarity: float = ...,
+        scope: Any = ...,
+    ) -> list[Any]:
+        """The best chunks for `query`."""
+        ...
+
+    async def episodes(
+        self,
+        tenant_id: str,
+        query: str,
+        *,
+        k: int = ...,
+        min_similarity: float = ...,
+        workflow: str | None = ...,
+        exclude_job: str | None = ...,
+        scope: Any = ...,
+    ) -> list[Any]:
+        """The past episodes most like `query`."""
+        ...
 
 
 @dataclass(slots=True)
@@ -39,6 +71,8 @@ class ToolContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("stalwart.tool"))
     _cancel: asyncio.Event = field(default_factory=asyncio.Event)
     effects: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    # The tenant's memory, for tools that search it (the built-in `memory_search`).
+    memory: MemorySearch | None = None
 
     def on_commit(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Register a write to your own tables in Stalwart's database that runs inside this

@@ -34,6 +34,7 @@ from typing import Any
 
 from stalwart.domain.limits import LimitSpec
 from stalwart.domain.records import Claim, ReviewRecord
+from stalwart.engine.episodes import EpisodeRecorder
 from stalwart.engine.executor import Executor
 from stalwart.errors import StoreError
 from stalwart.observability.alerts import AlertCallback, AlertEvaluator
@@ -83,6 +84,7 @@ class Worker:
         on_review_escalated: EscalationHook | None = None,
         limits: list[LimitSpec] | None = None,
         on_alert: AlertCallback | None = None,
+        episodes: EpisodeRecorder | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -92,6 +94,8 @@ class Worker:
         self.on_review_escalated = on_review_escalated
         # Alert rules: one worker per interval evaluates them (docs/concepts/observability.md).
         self.alerts = AlertEvaluator(store, settings, on_alert=on_alert)
+        # Episodes of ended jobs, for recall (docs/concepts/memory.md); None: not recorded.
+        self.episodes = episodes
         self._running: dict[int, _Running] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -173,6 +177,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="stalwart-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="stalwart-reaper"),
             asyncio.create_task(self._alert_loop(), name="stalwart-alerts"),
+            asyncio.create_task(self._memory_loop(), name="stalwart-memory"),
             asyncio.create_task(self.store.listen(self.wake), name="stalwart-listen"),
         ]
         main = asyncio.create_task(self._claim_loop(), name="stalwart-claim")
@@ -371,6 +376,25 @@ class Worker:
             self._wake.set()
         for review in escalated:
             await self._escalated(review)
+
+    async def _memory_loop(self) -> None:
+        """Record the episodes of ended jobs and prune knowledge past its retention; a failure
+        is logged and tried again at the next interval (memory never stops the worker)."""
+        if self.episodes is None:
+            await self._stopping.wait()
+            return
+        pruned_at = 0.0
+        while not self._stopping.is_set():
+            try:
+                while await self.episodes.run_once() and not self._stopping.is_set():
+                    pass
+                if time.monotonic() - pruned_at > 3600:
+                    await self.store.memory_prune()
+                    pruned_at = time.monotonic()
+            except Exception:
+                log.exception("recording episodes failed", extra={"action": "memory_failed"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.memory_interval_seconds)
 
     async def _alert_loop(self) -> None:
         while True:

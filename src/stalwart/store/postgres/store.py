@@ -33,6 +33,7 @@ from stalwart.settings import Settings
 from stalwart.store.base import MigrationStatus
 from stalwart.store.postgres import connection
 from stalwart.store.postgres.connection import PgConnection
+from stalwart.store.postgres.vectors import PgVectors, PgVectorStore
 from stalwart.store.sql.store import SqlStore
 from stalwart.store.sql.tx import Tx
 
@@ -50,7 +51,7 @@ class _NotCommitted(Exception):
     """A connection failed before COMMIT was sent: the transaction certainly did not apply."""
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(PgVectorStore, SqlStore):
     """The `Store` protocol on PostgreSQL."""
 
     now_sql = NOW_SQL
@@ -71,6 +72,7 @@ class PostgresStore(SqlStore):
             name="stalwart",
         )
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="stalwart-pg")
+        self._vectors = PgVectors()
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------------

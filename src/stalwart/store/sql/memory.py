@@ -4,7 +4,8 @@ tenants except the episode indexer's scan of finished jobs. Mixed into `SqlStore
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from stalwart.domain.memory import (
@@ -15,6 +16,7 @@ from stalwart.domain.memory import (
     MemoryRow,
     NewDocument,
     NewEpisode,
+    Vector,
 )
 from stalwart.errors import NotFoundError, UsageError
 from stalwart.store.sql.base import SqlBase
@@ -29,6 +31,26 @@ EPISODE_COLUMNS = (
     "id, tenant_id, job_id, workflow, outcome, summary, details, cost_usd, importance, finished, "
     "embedder"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingColumn:
+    """What a backend's own vector index adds to the INSERT of a chunk or an episode: nothing
+    here (`NO_EMBEDDING`); PostgreSQL with pgvector fills its `embedding` column
+    (`store/postgres/vectors.py`)."""
+
+    column: str = ""  # ", embedding"
+    mark: str = ""  # ", ?::vector"
+    param: Callable[[bytes], object] | None = None  # float32 bytes -> the column's parameter
+
+    def values(self, vector: Vector | None) -> tuple[object, ...]:
+        """The extra parameter of a row holding `vector` (none without the column)."""
+        if self.param is None:
+            return ()
+        return (self.param(vector.data) if vector is not None else None,)
+
+
+NO_EMBEDDING = EmbeddingColumn()
 
 
 def _collection(row: Sequence[Any]) -> CollectionRecord:
@@ -79,6 +101,8 @@ class MemoryStore(SqlBase):
         and dimension of its first document: another one is refused (`UsageError`, field
         `embedder`), so vectors of different spaces never mix."""
 
+        emb = await self._memory_embedding(dimension)
+
         def run(tx: Tx) -> DocumentRecord:
             _ensure_collection(tx, doc, embedder, dimension, retention_days)
             tx.con.execute(
@@ -94,7 +118,8 @@ class MemoryStore(SqlBase):
             doc_id = int(row[0])
             tx.con.executemany(
                 "INSERT INTO memory_chunks (tenant_id, collection, document_id, seq, text, tokens, "
-                "embedder, dimension, vector, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"embedder, dimension, vector, created{emb.column}) "
+                f"VALUES (?,?,?,?,?,?,?,?,?,?{emb.mark})",
                 [
                     (
                         doc.tenant_id,
@@ -107,6 +132,7 @@ class MemoryStore(SqlBase):
                         c.vector.dimension if c.vector else None,
                         c.vector.data if c.vector else None,
                         tx.now,
+                        *emb.values(c.vector),
                     )
                     for c in doc.chunks
                 ],
@@ -326,10 +352,83 @@ class MemoryStore(SqlBase):
                 importance=float(r[6]),
                 embedder=r[7],
                 vector=bytes(r[8]) if r[8] is not None else None,
-                meta={"job": r[1], "workflow": r[2], "outcome": r[3]},
+                meta={"job": r[1], "workflow": r[2], "outcome": r[3], "finished": float(r[5])},
             )
             for r in rows
         ]
+
+    async def memory_rows_get(
+        self, tenant_id: str, collections: Sequence[str] | None, ids: Sequence[int]
+    ) -> list[MemoryRow]:
+        """The tenant's chunks in `collections` (its episodes when None) of these ids, without
+        their vectors, in no particular order; ids of other tenants or collections are
+        ignored."""
+        if not ids or (collections is not None and not collections):
+            return []
+        marks = ",".join("?" * len(ids))
+        if collections is None:
+            rows = await self._read(
+                "SELECT id, job_id, workflow, outcome, summary, finished, importance, embedder "
+                f"FROM memory_episodes WHERE tenant_id = ? AND id IN ({marks})",
+                (tenant_id, *ids),
+            )
+            return [
+                MemoryRow(
+                    id=int(r[0]),
+                    tier="episodic",
+                    ref=f"episode:{r[1]}",
+                    text=r[4],
+                    tokens=0,
+                    created=float(r[5]),
+                    importance=float(r[6]),
+                    embedder=r[7],
+                    vector=None,
+                    meta={"job": r[1], "workflow": r[2], "outcome": r[3], "finished": float(r[5])},
+                )
+                for r in rows
+            ]
+        names = ",".join("?" * len(collections))
+        rows = await self._read(
+            "SELECT k.id, k.collection, d.source, k.seq, k.text, k.tokens, k.created, "
+            "d.importance, k.embedder FROM memory_chunks k JOIN memory_documents d "
+            f"ON d.id = k.document_id WHERE k.tenant_id = ? AND k.collection IN ({names}) "
+            f"AND k.id IN ({marks})",
+            (tenant_id, *collections, *ids),
+        )
+        return [
+            MemoryRow(
+                id=int(r[0]),
+                tier="semantic",
+                ref=f"chunk:{r[1]}/{r[2]}#{r[3]}",
+                text=r[4],
+                tokens=int(r[5]),
+                created=float(r[6]),
+                importance=float(r[7]),
+                embedder=r[8],
+                vector=None,
+                meta={"collection": r[1], "source": r[2], "seq": int(r[3])},
+            )
+            for r in rows
+        ]
+
+    async def memory_vector_search(
+        self,
+        tenant_id: str,
+        collections: Sequence[str] | None,
+        embedder: str,
+        query: bytes,
+        dimension: int,
+        k: int,
+    ) -> list[tuple[int, float]] | None:
+        """(row id, cosine similarity), best first, of the `k` chunks in `collections` (episodes
+        when None) nearest `query`, searched by the database's own vector index; None where
+        there is none (here: `engine/recall.py` searches exactly in memory)."""
+        return None
+
+    async def _memory_embedding(self, dimension: int | None) -> EmbeddingColumn:
+        """Hook: the column that rows written now with vectors of `dimension` fill for the
+        database's own vector index, if it has one. None here."""
+        return NO_EMBEDDING
 
     # -- episodes ---------------------------------------------------------------------------------
 
@@ -338,12 +437,14 @@ class MemoryStore(SqlBase):
         writes it first)."""
         ep = episode
         vec = ep.vector
+        emb = await self._memory_embedding(vec.dimension if vec else None)
 
         def run(tx: Tx) -> bool:
             cur = tx.con.execute(
                 "INSERT INTO memory_episodes (tenant_id, job_id, workflow, outcome, summary, "
-                "details, cost_usd, importance, finished, embedder, dimension, vector, created) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (tenant_id, job_id) DO NOTHING",
+                "details, cost_usd, importance, finished, embedder, dimension, vector, created"
+                f"{emb.column}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?{emb.mark}) "
+                "ON CONFLICT (tenant_id, job_id) DO NOTHING",
                 (
                     ep.tenant_id,
                     ep.job_id,
@@ -358,6 +459,7 @@ class MemoryStore(SqlBase):
                     vec.dimension if vec else None,
                     vec.data if vec else None,
                     tx.now,
+                    *emb.values(vec),
                 ),
             )
             return bool(cur.rowcount)
