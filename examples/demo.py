@@ -42,6 +42,7 @@ from stalwart import App, Client, Settings
 from stalwart.api.server import config, free_port, running
 from stalwart.domain.budgets import ledger_totals
 from stalwart.domain.records import EventRecord, JobRecord, StepRecord
+from stalwart.engine.episodes import EpisodeRecorder
 from stalwart.store import open_store
 
 DEFAULT_DATABASE_URL = "sqlite:///.demo/stalwart.db"
@@ -52,6 +53,11 @@ ONBOARDING_USERS = ("u-1001", "u-1004", "u-1009")
 # in outage; INV-1003-4200.00 is over 1000 EUR, so its payment waits for a reviewer.
 INVOICES = ("INV-1001-250.00", "INV-1002-89.90", "INV-1003-4200.00", "INV-1005-75.50")
 OUTAGE = "vendor:acme"
+# History: an earlier invoice from initech (INV-1003's vendor) that finance rejected. Its episode
+# is what INV-1003's review packet recalls as a similar past case.
+HISTORY_INVOICE = "INV-0996-3900.00"
+HISTORY_REVIEWER = "finance@demo"
+HISTORY_COMMENT = "duplicate of an invoice paid in October: ask initech for a credit note"
 
 FAILURE_RATE = 0.2  # one call in five answers 503
 TIMEOUT_RATE = 0.05  # one in twenty answers after 1.5 s, past the tools' 1 s timeout
@@ -265,13 +271,15 @@ def _header(console: Console, service: FlakyService, database_url: str, resume: 
 
 
 async def _submit(console: Console, client: Client) -> list[str]:
-    ids = []
+    history = await client.submit("invoice", {"invoice_id": HISTORY_INVOICE}, actor="demo")
+    ids = [history.job.id]
     for user in ONBOARDING_USERS:
         ids.append((await client.submit("onboarding", {"user_id": user}, actor="demo")).job.id)
     for invoice in INVOICES:
         ids.append((await client.submit("invoice", {"invoice_id": invoice}, actor="demo")).job.id)
     console.print(
-        f"Submitted {len(ONBOARDING_USERS)} onboarding and {len(INVOICES)} invoice jobs. "
+        f"Submitted {len(ONBOARDING_USERS)} onboarding and {len(INVOICES)} invoice jobs, and "
+        f"{HISTORY_INVOICE}, an earlier initech invoice {HISTORY_REVIEWER} will reject. "
         "Working...\n"
     )
     return ids
@@ -323,6 +331,7 @@ async def _watch(
                     line = _narrate(event, view)
                     if line is not None:
                         live.console.print(line)
+            await _history_reviewer(client, views)
             live.update(_progress_table(views), refresh=True)
             if all(v.settled for v in views):
                 return True
@@ -331,6 +340,15 @@ async def _watch(
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(0.1)
+
+
+async def _history_reviewer(client: Client, views: Sequence[JobView]) -> None:
+    """Finance rejects the earlier initech invoice as soon as it asks: the history the review
+    of INV-1003 later recalls."""
+    history = {v.job.id for v in views if v.job.input.get("invoice_id") == HISTORY_INVOICE}
+    for review in await client.reviews():
+        if review.job_id in history:
+            await client.reject(review.id, reviewer=HISTORY_REVIEWER, comment=HISTORY_COMMENT)
 
 
 # -- what a job looks like ------------------------------------------------------------------------
@@ -484,6 +502,8 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
                 f"  {review.id}  {labels.get(review.job_id, review.job_id)}, step "
                 f"{review.step_key}\n      {review.asked}\n      why: {review.reason}"
             )
+            for line in await _similar_cases(client, review.job_id, labels):
+                console.print(f"      {line}")
         console.print()
     if dead:
         console.print("[bold]Dead letters[/]")
@@ -518,6 +538,35 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
     _command(console, f"{cli} jobs list")
     _command(console, f"{cli} jobs show {views[-1].job.id}")
     console.print()
+
+
+async def _similar_cases(client: Client, job_id: str, labels: dict[str, str]) -> list[str]:
+    """The review packet's similar past cases (episodic memory), as lines."""
+    assert client.app is not None
+    # Episodes are recorded by the workers within a poll; make sure the last ones are in.
+    await EpisodeRecorder(client.store, client.app.embedder(client.store)).run_once()
+    found = await client.memory.similar_to_job(client.settings.default_tenant, job_id)
+    lines = []
+    for hit in found.hits:
+        past = await client.store.episode_get(client.settings.default_tenant, hit.meta["job"])
+        if past is None:
+            continue
+        said = "; ".join(
+            f"{d['decision']} by {d['reviewer']}: {d['comment']}"
+            for d in past.details.get("decisions", [])
+            if d.get("comment")
+        )
+        label = labels.get(past.job_id) or past.job_id
+        lines.append(
+            f"similar past case: {label} ({past.job_id}), {past.outcome}"
+            + (f", {said}" if said else "")
+            + (
+                f" (similarity {hit.relevance:.2f})"
+                if found.method == "vector"
+                else f" (word match {hit.relevance:.2f}, no embedder installed)"
+            )
+        )
+    return lines
 
 
 def _command(console: Console, command: str) -> None:

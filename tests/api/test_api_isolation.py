@@ -8,6 +8,7 @@ none of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from tests.api.helpers import (
     wait_job,
     waiting_review,
 )
+
+from stalwart import Client, Settings
+from stalwart.store import open_store
 
 SUB, REV, OPS, ADM = "submitter", "reviewer", "operator", "admin"
 OWN, OTHER = "acme", "globex"
@@ -46,6 +50,9 @@ TABLE: dict[str, tuple[tuple[int, int], ...]] = {
     "GET /v1/dlq/{id}":                ((403, 403), (403, 403), (200, 404), (200, 404)),
     "POST /v1/dlq/{id}/redrive":       ((403, 403), (403, 403), (200, 404), (200, 404)),
     "POST /v1/webhooks/order":         ((201, 201), (403, 403), (403, 403), (201, 201)),
+    "GET /v1/memory/collections":      ((200, 200), (200, 200), (200, 200), (200, 200)),
+    "GET /v1/memory/search":           ((200, 200), (200, 200), (200, 200), (200, 200)),
+    "GET /v1/jobs/{id}/similar":       ((200, 404), (200, 404), (200, 404), (200, 404)),
 }
 # fmt: on
 ROLES = (SUB, REV, OPS, ADM)
@@ -93,7 +100,20 @@ def acme(server: Live) -> Acme:
     wait_job(server, submit(server, order(), OTHER), ("completed",), OTHER)
     waiting_review(server, OTHER)
     open_dead_letter(server, OTHER)
+    # Each tenant's knowledge: one collection each, of the same name, told apart by its text.
+    asyncio.run(_knowledge(server.database_url))
     return Acme(job, waiting_review(server), open_dead_letter(server))
+
+
+async def _knowledge(url: str) -> None:
+    store = open_store(url)
+    try:
+        memory = Client(store, settings=Settings(database_url=url, embedder="none")).memory
+        for tenant in (OWN, OTHER):
+            text = f"{tenant} refund policy: refunds are paid within 14 days.".encode()
+            await memory.add(tenant, "policies", [("refunds.md", text)])
+    finally:
+        await store.close()
 
 
 def _resource(route: str, fresh: bool, server: Live, acme: Acme) -> str:
@@ -135,12 +155,17 @@ CALLS: dict[str, Callable[[httpx.Client, str], httpx.Response]] = {
     "POST /v1/webhooks/order": lambda http, _: http.post(
         "/v1/webhooks/order", json={"customer": "ada", "amount": 5}
     ),
+    "GET /v1/memory/collections": lambda http, _: http.get("/v1/memory/collections"),
+    "GET /v1/memory/search": lambda http, _: http.get(
+        "/v1/memory/search", params={"q": "refund policy days"}
+    ),
+    "GET /v1/jobs/{id}/similar": lambda http, i: http.get(f"/v1/jobs/{i}/similar"),
 }
 
 
 def test_the_matrix_covers_every_route_role_and_tenant() -> None:
     assert set(CALLS) == set(EXPECTED)
-    assert len(CASES) == 14 * 4 * 2
+    assert len(CASES) == 17 * 4 * 2
     assert all(len(row) == 4 for row in TABLE.values())
 
 
@@ -209,6 +234,13 @@ def _check_success(
         )
     elif route == "POST /v1/dlq/{id}/redrive":
         assert body["status"] == "executing"
+    elif route == "GET /v1/memory/collections":
+        assert [(c["name"], c["documents"]) for c in body["items"]] == [("policies", 1)]
+    elif route == "GET /v1/memory/search":
+        assert body["items"] and body["method"] == "bm25"
+        assert all(h["text"].startswith(f"{tenant} refund") for h in body["items"]), body
+    elif route == "GET /v1/jobs/{id}/similar":
+        assert all(h["meta"]["job"] != resource for h in body["items"])
     else:  # one acme resource, read
         assert body["id"] == resource, route
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 
 import httpx
 import pytest
@@ -338,3 +339,36 @@ def test_the_cookies_are_secure_over_https(live: Live) -> None:
         }
         assert "secure" in attributes and "httponly" in attributes
         assert http.get("/ui/").status_code == 200
+
+
+def test_the_review_page_recalls_similar_past_cases(live: Live, ui: SignIn) -> None:
+    # An earlier order of this customer was rejected with a reason; the workers record its
+    # episode. The next order of the same customer shows it to the reviewer.
+    job_id = submit(live, order(700, customer="Zephyrine Holdings"))
+    past_id = submit(live, order(650, customer="Zephyrine Holdings"))
+    wait_job(live, past_id, ("waiting_approval",))
+    with live.http("acme", "reviewer") as http:
+        [past_review] = [
+            r for r in http.get("/v1/reviews").json()["items"] if r["job_id"] == past_id
+        ]
+        assert (
+            http.post(
+                f"/v1/reviews/{past_review['id']}/reject",
+                json={"comment": "Zephyrine Holdings is under a credit hold"},
+            ).status_code
+            == 200
+        )
+    wait_job(live, past_id, ("rejected", "failed"))
+    wait_job(live, job_id, ("waiting_approval",))
+    http = ui("acme", "reviewer")
+    with live.http("acme", "admin") as api:
+        [review] = [r for r in api.get("/v1/reviews").json()["items"] if r["job_id"] == job_id]
+        deadline = time.monotonic() + 20
+        while not api.get(f"/v1/jobs/{job_id}/similar").json()["items"]:
+            assert time.monotonic() < deadline, "the past case was never recorded"
+            time.sleep(0.2)
+    page = http.get(f"/ui/reviews/{review['id']}").text
+    section = page[page.index("Similar past cases") :]
+    assert past_id in section and "credit hold" in section
+    assert "Found by word overlap" in section  # the suite runs without an embedder
+    assert job_id not in section.split("</section>")[0]

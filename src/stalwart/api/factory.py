@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from stalwart.api import errors
-from stalwart.api.routes import dlq, health, jobs, metrics, reviews, webhooks
+from stalwart.api.routes import dlq, health, jobs, memory, metrics, reviews, webhooks
 from stalwart.api.state import SESSION_SECRET, ServerState
 from stalwart.app import App
 from stalwart.client import Client
@@ -99,7 +99,7 @@ def create_api(
         redoc_url=None,
     )
     errors.install(api)
-    for module in (health, jobs, reviews, dlq, webhooks, metrics):
+    for module in (health, jobs, reviews, dlq, webhooks, metrics, memory):
         api.include_router(module.router)
     if ui:
         from stalwart.ui import mount

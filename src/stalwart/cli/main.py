@@ -27,6 +27,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from stalwart.app import App
+from stalwart.cli import memory as memory_commands
 from stalwart.cli import output as ui
 from stalwart.cli.loading import load_app, open_existing
 from stalwart.client import Client
@@ -1275,6 +1276,10 @@ def db_status(ctx: typer.Context) -> None:
         ui.out.print(f"[yellow]pending[/]  {version:04d} {name}")
     if not status.applied and not status.pending:
         ui.out.print("no migrations known")
+
+
+# `stalwart memory ...` lives in its own module, lent this module's state and store helpers.
+memory_commands.install(cli, state=_state, with_store=_with_migrated_store, fail=_fail)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -9,11 +10,14 @@ from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
 from stalwart.api.state import client
+from stalwart.client import Client
 from stalwart.domain.access import Permission
-from stalwart.errors import InvalidTransitionError, ReviewAlreadyDecidedError
+from stalwart.domain.memory import MemoryHit
+from stalwart.errors import InvalidTransitionError, ReviewAlreadyDecidedError, StalwartError
 from stalwart.ui.render import UiRoute, act, need, page
 from stalwart.ui.session import Session
 
+log = logging.getLogger("stalwart.ui")
 router = APIRouter(prefix="/reviews", route_class=UiRoute)
 
 Viewer = Annotated[Session, Depends(need(Permission.REVIEW_READ))]
@@ -45,6 +49,7 @@ async def review_page(
             if step.id == review.step_id:
                 spec = step.spec
     context = review.context or {}
+    similar, similar_note = await _similar(c, tenant, job.id)
     return page(
         request,
         "review.html",
@@ -61,7 +66,21 @@ async def review_page(
         waiting=review.status in WAITING,
         can_decide=session.principal.can(Permission.REVIEW_DECIDE),
         error=error,
+        similar=similar,
+        similar_note=similar_note,
     )
+
+
+async def _similar(c: Client, tenant: str, job_id: str) -> tuple[list[MemoryHit], str]:
+    """Past episodes like this job, and a note on how they were found; a memory that fails
+    leaves the review usable."""
+    try:
+        found = await c.memory.similar_to_job(tenant, job_id)
+    except StalwartError as exc:
+        log.warning("similar cases unavailable: %s", exc.message)
+        return [], "Similar past cases are unavailable right now."
+    note = "Found by word overlap (no embedder installed)." if found.method == "bm25" else ""
+    return found.hits, note
 
 
 @router.get("/{review_id}")
