@@ -66,6 +66,42 @@ def _collection(row: Sequence[Any]) -> CollectionRecord:
     )
 
 
+def _chunk_row(r: Sequence[Any]) -> MemoryRow:
+    """A chunk as a search reads it, from (id, collection, source, seq, text, tokens, created,
+    importance, embedder[, vector])."""
+    vector = r[9] if len(r) > 9 else None
+    return MemoryRow(
+        id=int(r[0]),
+        tier="semantic",
+        ref=f"chunk:{r[1]}/{r[2]}#{r[3]}",
+        text=r[4],
+        tokens=int(r[5]),
+        created=float(r[6]),
+        importance=float(r[7]),
+        embedder=r[8],
+        vector=bytes(vector) if vector is not None else None,
+        meta={"collection": r[1], "source": r[2], "seq": int(r[3])},
+    )
+
+
+def _episode_row(r: Sequence[Any]) -> MemoryRow:
+    """An episode as a search reads it, from (id, job, workflow, outcome, summary, finished,
+    importance, embedder[, vector])."""
+    vector = r[8] if len(r) > 8 else None
+    return MemoryRow(
+        id=int(r[0]),
+        tier="episodic",
+        ref=f"episode:{r[1]}",
+        text=r[4],
+        tokens=0,
+        created=float(r[5]),
+        importance=float(r[6]),
+        embedder=r[7],
+        vector=bytes(vector) if vector is not None else None,
+        meta={"job": r[1], "workflow": r[2], "outcome": r[3], "finished": float(r[5])},
+    )
+
+
 def _episode(row: Sequence[Any]) -> EpisodeRecord:
     details = loads(row[6], f"details of episode {row[0]}")
     return EpisodeRecord(
@@ -316,21 +352,7 @@ class MemoryStore(SqlBase):
             "AND k.id > ? ORDER BY k.id LIMIT ?",
             (tenant_id, *collections, after_id, limit),
         )
-        return [
-            MemoryRow(
-                id=int(r[0]),
-                tier="semantic",
-                ref=f"chunk:{r[1]}/{r[2]}#{r[3]}",
-                text=r[4],
-                tokens=int(r[5]),
-                created=float(r[6]),
-                importance=float(r[7]),
-                embedder=r[8],
-                vector=bytes(r[9]) if r[9] is not None else None,
-                meta={"collection": r[1], "source": r[2], "seq": int(r[3])},
-            )
-            for r in rows
-        ]
+        return [_chunk_row(r) for r in rows]
 
     async def episode_rows(
         self, tenant_id: str, *, after_id: int = 0, limit: int = 5000
@@ -341,21 +363,7 @@ class MemoryStore(SqlBase):
             "vector FROM memory_episodes WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?",
             (tenant_id, after_id, limit),
         )
-        return [
-            MemoryRow(
-                id=int(r[0]),
-                tier="episodic",
-                ref=f"episode:{r[1]}",
-                text=r[4],
-                tokens=0,
-                created=float(r[5]),
-                importance=float(r[6]),
-                embedder=r[7],
-                vector=bytes(r[8]) if r[8] is not None else None,
-                meta={"job": r[1], "workflow": r[2], "outcome": r[3], "finished": float(r[5])},
-            )
-            for r in rows
-        ]
+        return [_episode_row(r) for r in rows]
 
     async def memory_rows_get(
         self, tenant_id: str, collections: Sequence[str] | None, ids: Sequence[int]
@@ -372,21 +380,7 @@ class MemoryStore(SqlBase):
                 f"FROM memory_episodes WHERE tenant_id = ? AND id IN ({marks})",
                 (tenant_id, *ids),
             )
-            return [
-                MemoryRow(
-                    id=int(r[0]),
-                    tier="episodic",
-                    ref=f"episode:{r[1]}",
-                    text=r[4],
-                    tokens=0,
-                    created=float(r[5]),
-                    importance=float(r[6]),
-                    embedder=r[7],
-                    vector=None,
-                    meta={"job": r[1], "workflow": r[2], "outcome": r[3], "finished": float(r[5])},
-                )
-                for r in rows
-            ]
+            return [_episode_row(r) for r in rows]
         names = ",".join("?" * len(collections))
         rows = await self._read(
             "SELECT k.id, k.collection, d.source, k.seq, k.text, k.tokens, k.created, "
@@ -395,21 +389,7 @@ class MemoryStore(SqlBase):
             f"AND k.id IN ({marks})",
             (tenant_id, *collections, *ids),
         )
-        return [
-            MemoryRow(
-                id=int(r[0]),
-                tier="semantic",
-                ref=f"chunk:{r[1]}/{r[2]}#{r[3]}",
-                text=r[4],
-                tokens=int(r[5]),
-                created=float(r[6]),
-                importance=float(r[7]),
-                embedder=r[8],
-                vector=None,
-                meta={"collection": r[1], "source": r[2], "seq": int(r[3])},
-            )
-            for r in rows
-        ]
+        return [_chunk_row(r) for r in rows]
 
     async def memory_vector_search(
         self,
