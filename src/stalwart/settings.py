@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     memory_chunk_overlap: int = Field(
         40, ge=0, description="Words a chunk repeats from the end of the one before."
     )
+    memory_hnsw_ef_search: int = Field(
+        200,
+        ge=1,
+        le=1000,
+        description="PostgreSQL with pgvector: candidates an HNSW search keeps (higher finds "
+        "more of the exact nearest, slower).",
+    )
     memory_recall_tokens: int = Field(
         1500, ge=0, description="Tokens of a prompt that recalled memory may fill."
     )

@@ -526,6 +526,41 @@ async def test_recall_follows_a_scope_from_the_index_to_memory_and_back(
         await store.close()
 
 
+async def test_episodes_of_one_workflow_are_ranked_among_all(pgvector_server: PgServer) -> None:
+    url = pgvector_server.create_database("pgvector_workflow")
+    store = open_store(url)
+    await store.migrate()
+    rows = unit_rows(np.random.default_rng(9), 60, DIM)
+    try:
+        for n, row in enumerate(rows):
+            await store.episode_put(
+                NewEpisode(
+                    tenant_id="acme",
+                    job_id=f"job{n}",
+                    workflow="invoice" if n % 3 == 0 else "onboarding",
+                    outcome="completed",
+                    summary=f"episode {n}",
+                    details={},
+                    cost_usd=0.0,
+                    importance=0.5,
+                    finished=time.time(),
+                    vector=Vector(EMBEDDER, DIM, row.tobytes()),
+                )
+            )
+        queries = unit_rows(np.random.default_rng(10), 5, DIM)
+        recall = Recall(store, Lookup(EMBEDDER, queries))
+        invoices = [n for n in range(len(rows)) if n % 3 == 0]
+        for q, query in enumerate(queries):
+            hits = await recall.episodes(
+                "acme", f"q{q}", k=3, min_similarity=-1.0, workflow="invoice"
+            )
+            best = sorted(invoices, key=lambda n: -float(rows[n] @ query))[:3]
+            assert [h.ref for h in hits] == [f"episode:job{n}" for n in best]
+        assert recall._indexes[("acme", None)].in_store is True
+    finally:
+        await store.close()
+
+
 async def test_a_role_that_may_not_create_the_extension_searches_exactly(
     pgvector_server: PgServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -72,7 +72,7 @@ class PostgresStore(PgVectorStore, SqlStore):
             name="stalwart",
         )
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="stalwart-pg")
-        self._vectors = PgVectors()
+        self._vectors = PgVectors(ef_search=settings.memory_hnsw_ef_search)
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------------
