@@ -348,3 +348,12 @@ async def test_a_template_can_be_chosen_by_how_similar_past_jobs_ended(store: St
     assert plan.plan["notes"]["past"]["jobs"] == ["job_past"]
     other = (await client.submit("vendor_invoice", {"vendor": "Acme GmbH", "amount": 60})).job
     assert other.template_name == "plain"
+
+
+async def test_a_caught_up_recorder_looks_back_only_a_few_minutes(store: Store) -> None:
+    from stalwart.engine.episodes import SETTLE_SECONDS
+
+    recorder = EpisodeRecorder(store, None, lookback_seconds=7 * 86400)
+    assert recorder.since < time.time() - 6 * 86400
+    assert await recorder.run_once() == 0
+    assert time.time() - SETTLE_SECONDS - 5 < recorder.since <= time.time() - SETTLE_SECONDS

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("stalwart.memory")
 
 DECISIONS = {"review_approved": "approved", "review_rejected": "rejected"}
+# How far back a caught-up recorder still looks: a job's end is visible to others only once its
+# transaction commits, and a failed recording is tried again within this window.
+SETTLE_SECONDS = 600.0
 
 
 class EpisodeRecorder:
@@ -47,8 +50,13 @@ class EpisodeRecorder:
         self.since = time.time() - lookback_seconds
 
     async def run_once(self, limit: int = 50) -> int:
-        """Record up to `limit` pending episodes; how many were stored."""
+        """Record up to `limit` pending episodes; how many were stored. Once it has caught up,
+        later passes look only at jobs that ended in the last `SETTLE_SECONDS`, so a pass does
+        not rescan the whole lookback window every few seconds."""
+        started = time.time()
         pending = await self.store.episodes_pending(self.since, limit)
+        if len(pending) < limit:
+            self.since = max(self.since, started - SETTLE_SECONDS)
         if not pending:
             return 0
         episodes = [await self.build(tenant, job_id) for tenant, job_id in pending]
