@@ -293,7 +293,7 @@ class Recall:
         now = time.time()
         vector: np.ndarray | None = None
         if self.embedder is not None and self._store_searches and index.in_store is not False:
-            vector = await self._embed(query, scope)
+            vector = await self._embed(query, scope, index.tenant_id)
             in_store = await self._store_search(index, vector, k, min_similarity)
             if in_store is not None:
                 return [self._hit(row, sim, "vector", now) for row, sim in in_store]
@@ -303,7 +303,7 @@ class Recall:
         found: list[tuple[int, float, str]] = []  # (position, relevance, method)
         if self.embedder is not None and index.matrix is not None:
             if vector is None:
-                vector = await self._embed(query, scope)
+                vector = await self._embed(query, scope, index.tenant_id)
             sims = index.matrix @ vector
             top = min(k, len(sims))
             best = np.argpartition(-sims, top - 1)[:top]
@@ -316,9 +316,13 @@ class Recall:
             found = [(pos, rel, "bm25") for pos, rel in index.bm25.search(query, k)]
         return [self._hit(index.rows[pos], rel, method, now) for pos, rel, method in found]
 
-    async def _embed(self, query: str, scope: EmbedScope | None) -> np.ndarray:
+    async def _embed(self, query: str, scope: EmbedScope | None, tenant_id: str) -> np.ndarray:
+        """The query's vector; an embedding that costs money is charged to the searching tenant
+        (`scope`, else the tenant's budgets outside any job)."""
         assert self.embedder is not None
-        rows = await self.embedder.embed([query], scope)
+        from stalwart.llm.embeddings import EmbedScope
+
+        rows = await self.embedder.embed([query], scope or EmbedScope(tenant_id=tenant_id))
         return np.ascontiguousarray(rows[0], dtype=np.float32)
 
     async def _store_search(

@@ -56,17 +56,13 @@ async def memory_search(args: MemorySearchArgs, ctx: ToolContext) -> MemorySearc
         raise NonRetriableError(
             "memory is not available to this worker's tools", code="memory_unavailable"
         )
-    from stalwart.llm.embeddings import EmbedScope
-
     hits = await ctx.memory.knowledge(
         ctx.tenant_id,
         args.query,
         collections=args.collections,
         k=args.k,
         min_similarity=args.min_similarity,
-        # Charged to the tenant's budgets (a job scope would have to carry the job's limits).
-        scope=EmbedScope(tenant_id=ctx.tenant_id),
-    )
+    )  # an embedding that costs money is charged to the tenant's budgets, not the job's
     return MemorySearchResult(
         hits=[
             MemorySearchHit(
