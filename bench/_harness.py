@@ -22,6 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
+from stalwart import App, Settings, StepSpec, Template, ToolContext
+
 if TYPE_CHECKING:
     from tests.pgserver import PgServer
 
@@ -414,3 +418,27 @@ def rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]
         return con2.execute(sql, tuple(params)).fetchall()
     finally:
         con2.close()
+
+
+class Empty(BaseModel):
+    """No arguments, no result."""
+
+
+def chain_app(settings: Settings, steps: int) -> App:
+    """An app with one no-op tool and a workflow `chain` of `steps` sequential steps (the
+    step-cost benchmarks' job)."""
+    app = App(settings)
+
+    @app.tool(timeout=5, idempotent=True)
+    async def noop(args: Empty, ctx: ToolContext) -> Empty:
+        return Empty()
+
+    template = Template(
+        name="chain",
+        steps=[
+            StepSpec(id=f"s{i}", tool="noop", depends_on=[f"s{i - 1}"] if i else [])
+            for i in range(steps)
+        ],
+    )
+    app.workflow("chain", input=Empty, templates=[template])
+    return app

@@ -40,36 +40,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from bench._harness import chain_app
 
-from stalwart import App, Settings, StepSpec, Template, ToolContext
+from stalwart import App, Settings
 
 TARGET_OVERHEAD = 0.10
 MODES = ("off", "on", "sampled", "tracing", "metrics")
 SAMPLED_RATIO = 0.1
 
 
-class Empty(BaseModel):
-    """No arguments, no result."""
-
-
 def build_app(url: str, steps: int) -> App:
     """One no-op tool and a workflow of `steps` sequential steps."""
-    app = App(Settings(database_url=url, poll_interval_seconds=0.01, sqlite_synchronous="FULL"))
-
-    @app.tool(timeout=5, idempotent=True)
-    async def noop(args: Empty, ctx: ToolContext) -> Empty:
-        return Empty()
-
-    template = Template(
-        name="chain",
-        steps=[
-            StepSpec(id=f"s{i}", tool="noop", depends_on=[f"s{i - 1}"] if i else [])
-            for i in range(steps)
-        ],
-    )
-    app.workflow("chain", input=Empty, templates=[template])
-    return app
+    settings = Settings(database_url=url, poll_interval_seconds=0.01, sqlite_synchronous="FULL")
+    return chain_app(settings, steps)
 
 
 def tracing_on(ratio: float = 1.0) -> Any:

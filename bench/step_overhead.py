@@ -30,6 +30,7 @@ try:
     from bench._harness import (
         backends,
         bare_commit_us,
+        chain_app,
         load_average,
         pg_describe,
         postgres_server,
@@ -37,15 +38,9 @@ try:
     )
 except ModuleNotFoundError as exc:  # `python bench/...` without the repository root on the path
     raise SystemExit(f"{exc}: run from the repository root with PYTHONPATH=.") from None
-from pydantic import BaseModel
-
-from stalwart import App, Settings, StepSpec, Template, ToolContext
+from stalwart import App, Settings
 
 TARGETS_US = {"sqlite": 150.0, "postgres": 350.0}
-
-
-class Empty(BaseModel):
-    """No arguments, no result."""
 
 
 def build_app(url: str, steps: int) -> App:
@@ -56,21 +51,7 @@ def build_app(url: str, steps: int) -> App:
         poll_interval_seconds=0.001,
         max_plan_steps=max(steps, 100),
     )
-    app = App(settings)
-
-    @app.tool(timeout=5, idempotent=True)
-    async def noop(args: Empty, ctx: ToolContext) -> Empty:
-        return Empty()
-
-    template = Template(
-        name="chain",
-        steps=[
-            StepSpec(id=f"s{i}", tool="noop", depends_on=[f"s{i - 1}"] if i else [])
-            for i in range(steps)
-        ],
-    )
-    app.workflow("chain", input=Empty, templates=[template])
-    return app
+    return chain_app(settings, steps)
 
 
 async def chain_us(app: App, steps: int) -> float:

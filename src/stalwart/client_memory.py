@@ -31,7 +31,7 @@ from stalwart.domain.memory import (
     job_query,
 )
 from stalwart.domain.memory_text import chunk_text, extract_text
-from stalwart.engine.recall import LEXICAL_NOTE, Recall, RecallResult
+from stalwart.engine.recall import Recall, RecallResult
 from stalwart.errors import UsageError
 from stalwart.llm.tokens import estimate_tokens
 
@@ -249,8 +249,7 @@ class MemoryApi:
         )
 
     def _result(self, hits: list[MemoryHit]) -> SearchResult:
-        notes = [] if self.embedder is not None else [LEXICAL_NOTE]
-        return SearchResult(hits=hits, method=self._recall.method, notes=notes)
+        return SearchResult(hits=hits, method=self._recall.method, notes=self._recall.notes)
 
 
 def _check_query(query: str, k: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -93,7 +93,7 @@ def memory_add(
         ),
     )
     if _json(ctx):
-        ui.dump_json([{**vars_of(d)} for d in docs])
+        ui.dump_json([asdict(d) for d in docs])
         return
     for d in docs:
         ui.out.print(f"added {d.source}: {d.chunks} chunks to {d.collection!r}")
@@ -160,7 +160,7 @@ def memory_list(
     if collection is None:
         found = _with_memory(ctx, lambda c, tenant: c.memory.collections(tenant))
         if _json(ctx):
-            ui.dump_json([vars_of(x) for x in found])
+            ui.dump_json([asdict(x) for x in found])
             return
         if not found:
             ui.out.print("no collections yet: add one with `stalwart memory add NAME FILE...`")
@@ -185,7 +185,7 @@ def memory_list(
         return
     docs = _with_memory(ctx, lambda c, tenant: c.memory.documents(tenant, collection))
     if _json(ctx):
-        ui.dump_json([vars_of(d) for d in docs])
+        ui.dump_json([asdict(d) for d in docs])
         return
     ui.out.print(
         ui.table(
@@ -246,8 +246,3 @@ def _or(value: float | None, default: float) -> float:
 
 def _counts(removed: dict[str, int]) -> str:
     return ", ".join(f"{n} {table.removeprefix('memory_')}" for table, n in removed.items())
-
-
-def vars_of(record: Any) -> dict[str, Any]:
-    """A slotted record as a JSON-ready dict."""
-    return {name: getattr(record, name) for name in record.__slots__}

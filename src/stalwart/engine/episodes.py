@@ -59,20 +59,23 @@ class EpisodeRecorder:
             self.since = max(self.since, started - SETTLE_SECONDS)
         if not pending:
             return 0
-        episodes = [await self.build(tenant, job_id) for tenant, job_id in pending]
-        ready = [e for e in episodes if e is not None]
-        vectors = await self._embed(ready)
+        costs = await self.store.job_costs([job_id for _, job_id in pending])
+        episodes = [
+            await self.build(tenant, job_id, cost_nanos=costs.get(job_id, 0))
+            for tenant, job_id in pending
+        ]
+        vectors = await self._embed(episodes)
         stored = 0
-        for episode, vector in zip(ready, vectors, strict=True):
+        for episode, vector in zip(episodes, vectors, strict=True):
             stored += await self.store.episode_put(replace(episode, vector=vector))
         return stored
 
-    async def build(self, tenant_id: str, job_id: str) -> NewEpisode | None:
-        """The episode of one ended job, from its record, plans, events and spend."""
+    async def build(self, tenant_id: str, job_id: str, *, cost_nanos: int) -> NewEpisode:
+        """The episode of one ended job, from its record, plans, events and step outputs, with
+        its model spend (`job_costs`, read once per batch)."""
         job = await self.store.job_get(job_id, tenant_id=tenant_id)
         plans = await self.store.plan_list(job_id, tenant_id=tenant_id)
         events = await self.store.event_list(job_id, tenant_id=tenant_id, limit=1000)
-        costs = await self.store.job_costs([job_id])
         outputs = await step_outputs(self.store, tenant_id, job_id)
         steps: list[str] = []
         if plans:
@@ -105,7 +108,7 @@ class EpisodeRecorder:
             outcome=job.status,
             summary=summary,
             details=details,
-            cost_usd=costs.get(job_id, 0) / NANOS_PER_USD,
+            cost_usd=cost_nanos / NANOS_PER_USD,
             importance=episode_importance(job.status, decisions),
             finished=job.finished or job.updated,
             key_text=job_query(job.workflow, job.input, outputs),

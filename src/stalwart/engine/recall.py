@@ -29,7 +29,6 @@ from stalwart.domain.memory import (
     KNOWLEDGE_MIN_SIMILARITY,
     MemoryHit,
     MemoryRow,
-    Tier,
     Weights,
     recency,
     score,
@@ -107,6 +106,11 @@ class Recall:
     def method(self) -> str:
         """How this process ranks: "vector" with an embedder, else "bm25"."""
         return "vector" if self.embedder is not None else "bm25"
+
+    @property
+    def notes(self) -> list[str]:
+        """What a result should say about how it was ranked."""
+        return [] if self.embedder is not None else [LEXICAL_NOTE]
 
     # -- the tiers --------------------------------------------------------------------------------
 
@@ -207,9 +211,8 @@ class Recall:
         )
         merged = [*self.working(query, working, now), *episodic, *semantic]
         kept = within_budget(merged, budget_tokens)
-        notes = [] if self.embedder is not None else [LEXICAL_NOTE]
         return RecallResult(
-            hits=kept, method=self.method, notes=notes, tokens=sum(h.tokens for h in kept)
+            hits=kept, method=self.method, notes=self.notes, tokens=sum(h.tokens for h in kept)
         )
 
     # -- searching one scope ----------------------------------------------------------------------
@@ -239,15 +242,10 @@ class Recall:
         lock = self._locks.setdefault((index.tenant_id, index.collections), asyncio.Lock())
         async with lock:
             if index.version != index.stored:
-                await self._refresh(index, index.tenant_id, index.collections, index.stored)
+                await self._refresh(index, index.stored)
 
-    async def _refresh(
-        self,
-        index: _Index,
-        tenant_id: str,
-        collections: tuple[str, ...] | None,
-        version: tuple[int, int],
-    ) -> None:
+    async def _refresh(self, index: _Index, version: tuple[int, int]) -> None:
+        tenant_id, collections = index.tenant_id, index.collections
         count, _ = index.version
         grown = version[0] - count
         appended = index.rows and grown > 0 and version[1] > index.version[1]
@@ -265,7 +263,8 @@ class Recall:
             after = batch[-1].id
         rows = (index.rows + new) if appended else new
         if appended and len(rows) != version[0]:  # rows also went away: read everything
-            await self._refresh(_reset(index), tenant_id, collections, version)
+            index.rows, index.version = [], (0, 0)
+            await self._refresh(index, version)
             return
         index.rows = rows
         index.version = version
@@ -360,7 +359,7 @@ class Recall:
     def _hit(self, row: MemoryRow, relevance: float, method: str, now: float) -> MemoryHit:
         rec = recency(row.created, now, self.weights.half_life_days)
         return MemoryHit(
-            tier=_tier(row),
+            tier=row.tier,
             ref=row.ref,
             text=row.text,
             relevance=relevance,
@@ -371,13 +370,3 @@ class Recall:
             method=method,
             meta=row.meta,
         )
-
-
-def _reset(index: _Index) -> _Index:
-    index.rows = []
-    index.version = (0, 0)
-    return index
-
-
-def _tier(row: MemoryRow) -> Tier:
-    return row.tier

@@ -3,6 +3,7 @@ jobs most like one job. Read-only: knowledge is added with `stalwart memory add`
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -78,20 +79,7 @@ async def list_collections(
 ) -> CollectionList:
     """The tenant's knowledge collections with their document and chunk counts."""
     found = await client(request).memory.collections(principal.tenant_id)
-    return CollectionList(
-        items=[
-            Collection(
-                name=c.name,
-                embedder=c.embedder,
-                dimension=c.dimension,
-                retention_days=c.retention_days,
-                documents=c.documents,
-                chunks=c.chunks,
-                created=c.created,
-            )
-            for c in found
-        ]
-    )
+    return CollectionList(items=[Collection.model_validate(asdict(c)) for c in found])
 
 
 @router.get(

@@ -136,7 +136,16 @@ class MemoryStore(SqlBase):
         use. The same source added again replaces its chunks. A collection keeps the embedder
         and dimension of its first document: another one is refused (`UsageError`, field
         `embedder`), so vectors of different spaces never mix."""
-
+        for chunk in doc.chunks:
+            if chunk.vector is not None and (
+                chunk.vector.embedder != embedder or chunk.vector.dimension != dimension
+            ):
+                raise UsageError(
+                    f"chunk {chunk.seq} of {doc.source} has a {chunk.vector.dimension}-dimension "
+                    f"vector of {chunk.vector.embedder}, not of the document's embedder "
+                    f"{embedder} ({dimension})",
+                    field="embedder",
+                )
         emb = await self._memory_embedding(dimension)
 
         def run(tx: Tx) -> DocumentRecord:
@@ -183,36 +192,30 @@ class MemoryStore(SqlBase):
                 created=tx.now,
             )
 
-        for chunk in doc.chunks:
-            if chunk.vector is not None and (
-                chunk.vector.embedder != embedder or chunk.vector.dimension != dimension
-            ):
-                raise UsageError(
-                    f"chunk {chunk.seq} of {doc.source} has a {chunk.vector.dimension}-dimension "
-                    f"vector of {chunk.vector.embedder}, not of the document's embedder "
-                    f"{embedder} ({dimension})",
-                    field="embedder",
-                )
         return await self._write("memory", run)
 
     async def memory_collection(self, tenant_id: str, name: str) -> CollectionRecord:
         """One collection with its counts; `NotFoundError` when the tenant has none of that
         name."""
-        found = [c for c in await self.memory_collections(tenant_id) if c.name == name]
+        found = await self._collections(tenant_id, name)
         if not found:
             raise NotFoundError(f"tenant {tenant_id!r} has no memory collection {name!r}")
         return found[0]
 
     async def memory_collections(self, tenant_id: str) -> list[CollectionRecord]:
         """The tenant's collections, by name, with their document and chunk counts."""
+        return await self._collections(tenant_id)
+
+    async def _collections(self, tenant_id: str, name: str | None = None) -> list[CollectionRecord]:
+        one = " AND c.name = ?" if name is not None else ""
         rows = await self._read(
             "SELECT c.tenant_id, c.name, c.embedder, c.dimension, c.retention_days, c.created, "
             "(SELECT count(*) FROM memory_documents d WHERE d.tenant_id = c.tenant_id "
             "AND d.collection = c.name), "
             "(SELECT count(*) FROM memory_chunks k WHERE k.tenant_id = c.tenant_id "
-            "AND k.collection = c.name) "
-            "FROM memory_collections c WHERE c.tenant_id = ? ORDER BY c.name",
-            (tenant_id,),
+            f"AND k.collection = c.name) FROM memory_collections c WHERE c.tenant_id = ?{one} "
+            "ORDER BY c.name",
+            (tenant_id,) if name is None else (tenant_id, name),
         )
         return [_collection(r) for r in rows]
 
