@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conformance import claim_all, expire, run_sql, submit
+from conformance import claim_all, expire, make_step, run_sql, submit
 
 from stalwart.domain.records import JobRecord
 from stalwart.errors import CorruptStateError
@@ -125,3 +125,23 @@ async def test_episodes_pass_over_a_quarantined_job_until_it_changes(store: Stor
         store, "UPDATE jobs SET result = NULL, updated = updated + 60 WHERE id = ?", [bad.id]
     )
     assert bad.id in [job_id for _, job_id in await store.episodes_pending(0.0)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"), [("{oops", "is not valid JSON"), ("[]", "is list, not an object")]
+)
+async def test_a_completion_stands_when_the_next_step_it_would_chain_is_corrupt(
+    store: Store, spec: str, problem: str
+) -> None:
+    job = await submit(store, make_step("a"), make_step("b", deps=["a"]))
+    [claim] = await claim_all(store)
+    await run_sql(store, "UPDATE steps SET spec = ? WHERE job_id = ? AND key = 'b'", [spec, job.id])
+
+    done = await store.step_complete(claim, {"n": 1}, worker_id="w1", claim_next=True)
+
+    assert done.recorded and done.next_claim is None
+    steps = dict(await run_sql(store, "SELECT key, status FROM steps WHERE job_id = ?", [job.id]))
+    assert steps == {"a": "succeeded", "b": "ready"}
+    assert (await _error(store, job.id))["details"] == {
+        "corrupt": f"spec of step 'b' of job {job.id} {problem}"
+    }

@@ -734,7 +734,10 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 if candidate is not None and candidate[7]:
                     keys.append(tool_key(candidate[7]))
                 if candidate is not None and not limits_sql.limits_any(tx, keys):
-                    next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
+                    try:
+                        next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
+                    except CorruptStateError as exc:  # this completion stands; the job parks
+                        quarantine_job(tx, job, exc, step=step_head(candidate[:14], bare=True))
             return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
 
         return await self._write(worker_id, run)
