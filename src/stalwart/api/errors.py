@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from stalwart.errors import (
     AuthenticationError,
     ConfigurationError,
+    CorruptStateError,
     InputValidationError,
     InvalidTransitionError,
     NotFoundError,
@@ -53,6 +54,7 @@ ERROR_TABLE: list[tuple[type[StalwartError], int, str]] = [
     (QueueFull, 429, "queue_full"),
     (UsageError, 400, "bad_request"),
     (StoreUnavailableError, 503, "unavailable"),
+    (CorruptStateError, 500, "corrupt_state"),
     (ConfigurationError, 500, "configuration_error"),
 ]
 HTTP_CODES = {

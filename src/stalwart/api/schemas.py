@@ -64,6 +64,13 @@ class Job(BaseModel):
     updated_at: str
     deadline_at: str | None
     finished_at: str | None
+    corrupt: str | None = Field(
+        None,
+        description="Set in listings when the job's stored state fails to decode: what failed "
+        '(e.g. "input of job job_1 is not valid JSON"). The fields it names are empty; the '
+        "job is quarantined (escalated with CorruptStateError) and the rest of the page is "
+        "unaffected.",
+    )
 
     @classmethod
     def of(cls, job: JobRecord) -> Job:

@@ -600,7 +600,7 @@ def jobs_list(
                 (
                     j.id,
                     j.workflow,
-                    ui.status(j.status),
+                    ui.status(j.status) + (" [red]corrupt[/]" if j.corrupt else ""),
                     j.tenant_id,
                     f"v{j.plan_version}",
                     j.steps_executed,
@@ -610,6 +610,9 @@ def jobs_list(
             ],
         )
     )
+    for j in jobs:
+        if j.corrupt:  # listed with what could be read; the worker quarantines the job
+            ui.out.print(f"job {j.id} is corrupt: {j.corrupt}", markup=False)
 
 
 @jobs_cli.command("show")

@@ -47,6 +47,9 @@ class JobRecord:
     finished: float | None
     # The W3C traceparent of the job's root span (set at submit when tracing is on).
     trace_context: str | None = None
+    # Set only by listings (`job_list`): what of this job's stored state failed to decode. The
+    # fields it names are left empty; the job itself is quarantined (escalated) by the worker.
+    corrupt: str | None = None
 
     @property
     def created_at(self) -> datetime:

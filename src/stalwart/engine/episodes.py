@@ -24,7 +24,7 @@ from stalwart.domain.memory import (
     episode_summary,
     job_query,
 )
-from stalwart.errors import StalwartError
+from stalwart.errors import CorruptStateError, NotFoundError, StalwartError
 
 if TYPE_CHECKING:
     from stalwart.llm.embeddings import Embedder
@@ -60,15 +60,30 @@ class EpisodeRecorder:
         if not pending:
             return 0
         costs = await self.store.job_costs([job_id for _, job_id in pending])
-        episodes = [
-            await self.build(tenant, job_id, cost_nanos=costs.get(job_id, 0))
-            for tenant, job_id in pending
-        ]
+        episodes = []
+        for tenant, job_id in pending:
+            # Job by job: one whose stored state fails to decode is quarantined (and passed
+            # over by later batches); every other job of the batch is recorded.
+            try:
+                episodes.append(await self.build(tenant, job_id, cost_nanos=costs.get(job_id, 0)))
+            except CorruptStateError as exc:
+                await self._quarantine(job_id, exc)
+            except NotFoundError:
+                continue  # erased since the batch was read (tenant erasure)
         vectors = await self._embed(episodes)
         stored = 0
         for episode, vector in zip(episodes, vectors, strict=True):
             stored += await self.store.episode_put(replace(episode, vector=vector))
         return stored
+
+    async def _quarantine(self, job_id: str, exc: CorruptStateError) -> None:
+        log.warning(
+            "job %s has no episode: its stored state is corrupt (%s)",
+            job_id,
+            exc.message,
+            extra={"action": "episode_corrupt", "job": job_id},
+        )
+        await self.store.job_quarantine(job_id, exc, actor="memory")
 
     async def build(self, tenant_id: str, job_id: str, *, cost_nanos: int) -> NewEpisode:
         """The episode of one ended job, from its record, plans, events and step outputs, with

@@ -31,6 +31,7 @@ from stalwart.engine.llm_steps import LlmStepRunner
 from stalwart.errors import (
     BudgetExceeded,
     ConfigurationError,
+    CorruptStateError,
     EffectFailedError,
     ErrorClass,
     PlanValidationError,
@@ -118,7 +119,15 @@ class Executor:
             bind(tenant=claim.tenant_id, job=claim.job_id, step=claim.key, attempt=claim.attempt),
             tracing.span(f"step {claim.key}", claim.trace_context, attributes) as current,
         ):
-            next_claim, job_finished = await self._run(claim, ctx, worker_id, claim_next, current)
+            try:
+                next_claim, job_finished = await self._run(
+                    claim, ctx, worker_id, claim_next, current
+                )
+            except CorruptStateError as exc:
+                # State this step needed (another step's output, read as the job finished)
+                # failed to decode: that job alone is quarantined; the worker goes on.
+                await self._quarantine(claim.job_id, exc, worker_id)
+                return None
         if job_finished is not None:
             self._job_finished(claim, job_finished)
         return next_claim
@@ -403,8 +412,20 @@ class Executor:
             worker_id, lease_seconds=self.settings.lease_seconds, limit=limit
         )
         for claim in claims:
-            await self._replan(claim, worker_id)
+            try:
+                await self._replan(claim, worker_id)
+            except CorruptStateError as exc:  # its plans or step specs: this job alone
+                await self._quarantine(claim.job.id, exc, worker_id)
         return len(claims)
+
+    async def _quarantine(self, job_id: str, exc: CorruptStateError, worker_id: str) -> None:
+        log.error(
+            "job %s quarantined: %s",
+            job_id,
+            exc.message,
+            extra={"action": "job_quarantined", "job": job_id},
+        )
+        await self.store.job_quarantine(job_id, exc, actor=worker_id)
 
     async def _new_plan(self, workflow: Workflow, claim: ReplanClaim, first: bool) -> Plan:
         """The template planner's plan, or the model's when the workflow plans with one (from

@@ -49,6 +49,7 @@ from stalwart.domain.records import (
     StepRecord,
     json_ready,
 )
+from stalwart.errors import CorruptStateError
 
 
 @dataclass(slots=True)
@@ -269,6 +270,12 @@ class Store(Protocol):
         self, claim: ReplanClaim, *, actor: str, reason: str, error: StepError | None = None
     ) -> JobRecord:
         """Park a claimed replanning job for a human."""
+        ...
+
+    async def job_quarantine(self, job_id: str, error: CorruptStateError, *, actor: str) -> None:
+        """Quarantine a job whose stored state failed to decode: escalated (error
+        `CorruptStateError`, a dead letter) when its status allows, else noted; an event
+        `job_quarantined` names what failed. Its rows are left as they are."""
         ...
 
     async def jobs_expire(self, *, actor: str) -> list[str]:

@@ -383,7 +383,7 @@ class Worker:
         if self.episodes is None:
             await self._stopping.wait()
             return
-        pruned_at = 0.0
+        pruned_at = -float("inf")  # prune on the first pass: monotonic time may start near 0
         while not self._stopping.is_set():
             try:
                 while await self.episodes.run_once() and not self._stopping.is_set():

@@ -471,14 +471,17 @@ class MemoryStore(SqlBase):
 
     async def episodes_pending(self, since: float, limit: int = 100) -> list[tuple[str, str]]:
         """(tenant, job) of jobs that ended (`EPISODE_OUTCOMES`) at or after `since` and have no
-        episode yet, oldest first."""
+        episode yet, oldest first. A job quarantined as corrupt since its last change
+        (`job_quarantined`) is passed over: it would fill every batch again."""
         outcomes = sorted(EPISODE_OUTCOMES)
         marks = ",".join("?" * len(outcomes))
         rows = await self._read(
             "SELECT j.tenant_id, j.id FROM jobs j WHERE j.status IN "
             f"({marks}) AND coalesce(j.finished, j.updated) >= ? AND NOT EXISTS "
             "(SELECT 1 FROM memory_episodes e WHERE e.tenant_id = j.tenant_id AND "
-            "e.job_id = j.id) ORDER BY coalesce(j.finished, j.updated), j.id LIMIT ?",
+            "e.job_id = j.id) AND NOT EXISTS (SELECT 1 FROM events q WHERE q.job_id = j.id "
+            "AND q.kind = 'job_quarantined' AND q.at >= j.updated) "
+            "ORDER BY coalesce(j.finished, j.updated), j.id LIMIT ?",
             (*outcomes, since, limit),
         )
         return [(str(r[0]), str(r[1])) for r in rows]

@@ -1,5 +1,10 @@
 """Turning stored rows (either backend) into records; JSON decoded here, failing closed on bad
-data."""
+data.
+
+A single read (`job_get`) raises `CorruptStateError` naming what failed to decode. A read of
+many jobs (`job_list`) decodes each row on its own: a job that fails comes back marked
+(`JobRecord.corrupt`) with the fields that could be read, so one bad row never hides the others
+(docs/decisions/0036-corrupt-rows-are-quarantined.md)."""
 
 from __future__ import annotations
 
@@ -14,17 +19,39 @@ from stalwart.domain.records import (
     ReviewRecord,
     StepRecord,
 )
+from stalwart.domain.states import JobStatus
 from stalwart.errors import CorruptStateError
 
+JOB_STATUSES = frozenset(s.value for s in JobStatus)
+_KINDS: dict[type, str] = {dict: "an object", list: "a list"}
 
-def loads(text: str | None, what: str) -> Any:
-    """Decode stored JSON; malformed data raises `CorruptStateError` naming what it was."""
+
+def corrupt(what: str, problem: str) -> CorruptStateError:
+    """The error for stored `what` (e.g. "input of job job_1") that `problem` (e.g. "is not valid
+    JSON"); its fields `what` and `problem` say where and why, for a listing to show."""
+    return CorruptStateError(
+        f"stored {what} {problem}; refusing to use it", what=what, problem=problem
+    )
+
+
+def corrupt_text(exc: CorruptStateError) -> str:
+    """What failed to decode and why, in a few words: "input of job job_1 is not valid JSON"."""
+    what, problem = exc.fields.get("what"), exc.fields.get("problem")
+    return f"{what} {problem}" if what and problem else exc.message
+
+
+def loads(text: str | None, what: str, expect: type | None = None) -> Any:
+    """Decode stored JSON; malformed data, or (with `expect`, dict or list) a value of another
+    shape, raises `CorruptStateError` naming what it was. None stays None."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, TypeError) as exc:
-        raise CorruptStateError(f"stored {what} is not valid JSON; refusing to use it") from exc
+        raise corrupt(what, "is not valid JSON") from exc
+    if expect is not None and value is not None and not isinstance(value, expect):
+        raise corrupt(what, f"is {type(value).__name__}, not {_KINDS.get(expect, expect)}")
+    return value
 
 
 JOB_COLUMNS = (
@@ -36,28 +63,58 @@ JOB_COLUMNS = (
 
 
 def job_from_row(row: Sequence[Any]) -> JobRecord:
-    """A `JobRecord` from a row selected with `JOB_COLUMNS`."""
+    """A `JobRecord` from a row selected with `JOB_COLUMNS`; `CorruptStateError` if any of it
+    fails to decode."""
+    return _job(row, None)
+
+
+def listed_job_from_row(row: Sequence[Any]) -> JobRecord:
+    """Like `job_from_row`, for a listing: a row that fails to decode comes back with what
+    could be read, the rest empty, and `corrupt` saying what failed, instead of raising."""
+    problems: list[str] = []
+    job = _job(row, problems)
+    if problems:
+        job.corrupt = "; ".join(problems)
+    return job
+
+
+def _job(row: Sequence[Any], problems: list[str] | None) -> JobRecord:
     r = tuple(row)
+
+    def field(n: int, what: str, expect: type, empty: Any) -> Any:
+        try:
+            return loads(r[n], f"{what} of job {r[0]}", expect)
+        except CorruptStateError as exc:
+            if problems is None:
+                raise
+            problems.append(corrupt_text(exc))
+            return empty
+
+    if r[3] not in JOB_STATUSES:
+        exc = corrupt(f"status of job {r[0]}", f"is {r[3]!r}, not a job status")
+        if problems is None:
+            raise exc
+        problems.append(corrupt_text(exc))
     return JobRecord(
         id=r[0],
         tenant_id=r[1],
         workflow=r[2],
         status=r[3],
         priority=r[4],
-        input=loads(r[5], f"input of job {r[0]}"),
+        input=field(5, "input", dict, {}),
         idempotency_key=r[6],
         plan_version=r[7],
         template_name=r[8],
         template_hash=r[9],
-        tool_schema_hashes=loads(r[10], f"tool schema hashes of job {r[0]}") or {},
+        tool_schema_hashes=field(10, "tool schema hashes", dict, {}) or {},
         replans=r[11],
         max_replans=r[12],
         max_steps=r[13],
         steps_executed=r[14],
         degraded=bool(r[15]),
         cancel_requested=bool(r[16]),
-        error=loads(r[17], f"error of job {r[0]}"),
-        result=loads(r[18], f"result of job {r[0]}"),
+        error=field(17, "error", dict, None),
+        result=field(18, "result", dict, None),
         created=r[19],
         updated=r[20],
         deadline=r[21],
@@ -96,9 +153,9 @@ def step_from_row(row: tuple[Any, ...]) -> StepRecord:
         lease_token=r[16],
         due=r[17],
         lease_expires=r[18],
-        spec=loads(r[19], f"spec of step {r[0]}"),
-        output=loads(r[20], f"output of step {r[0]}"),
-        error=loads(r[21], f"error of step {r[0]}"),
+        spec=loads(r[19], f"spec of step {r[4]!r} of job {r[1]}", dict) or {},
+        output=loads(r[20], f"output of step {r[4]!r} of job {r[1]}"),
+        error=loads(r[21], f"error of step {r[4]!r} of job {r[1]}", dict),
         started=r[22],
         finished=r[23],
     )
@@ -123,8 +180,8 @@ def review_from_row(row: tuple[Any, ...]) -> ReviewRecord:
         status=r[6],
         reason=r[7],
         asked=r[8],
-        options=loads(r[9], f"options of review {r[0]}") or [],
-        context=loads(r[10], f"context of review {r[0]}") or {},
+        options=loads(r[9], f"options of review {r[0]}", list) or [],
+        context=loads(r[10], f"context of review {r[0]}", dict) or {},
         sla_deadline=r[11],
         created=r[12],
         escalated=r[13],
@@ -152,8 +209,8 @@ def dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetterRecord:
         step_id=r[4],
         step_key=r[5],
         reason=r[6],
-        error=loads(r[7], f"error of dead letter {r[0]}"),
-        context=loads(r[8], f"context of dead letter {r[0]}") or {},
+        error=loads(r[7], f"error of dead letter {r[0]}", dict),
+        context=loads(r[8], f"context of dead letter {r[0]}", dict) or {},
         status=r[9],
         created=r[10],
         redriven=r[11],
@@ -181,6 +238,6 @@ def event_from_row(row: tuple[Any, ...]) -> EventRecord:
         to_status=r[7],
         actor=r[8],
         reason=r[9],
-        data=loads(r[10], f"data of event {r[0]}"),
+        data=loads(r[10], f"data of event {r[0]} of job {r[3]}", dict),
         at=r[11],
     )

@@ -70,6 +70,7 @@ from stalwart.store.sql.rows import (
     dead_letter_from_row,
     event_from_row,
     job_from_row,
+    listed_job_from_row,
     loads,
     review_from_row,
     step_from_row,
@@ -93,6 +94,7 @@ from stalwart.store.sql.tx import (
     note_job_move,
     open_review,
     park_job,
+    quarantine_job,
     release_dependents,
     resolve_dead_letters,
     reusable_outputs,
@@ -292,7 +294,8 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             "ORDER BY created DESC, id DESC LIMIT ?",
             (*params, limit),
         )
-        return [job_from_row(r) for r in rows]
+        # Row by row: a job whose state fails to decode is listed marked, never fails the page.
+        return [listed_job_from_row(r) for r in rows]
 
     def _job_for(self, tx: Tx, job_id: str, tenant_id: str | None) -> JobHead:
         job = tx.job(job_id)
@@ -383,15 +386,32 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             return []
         claims = []
         for job_id, token, feedback in await self._write(worker_id, run):
-            job = await self.job_get(job_id)
+            try:
+                job = await self.job_get(job_id)
+                asked = loads(feedback, f"replan feedback of job {job_id}", dict)
+            except CorruptStateError as exc:
+                # This job alone is quarantined; the others of the batch are planned.
+                await self.job_quarantine(job_id, exc, actor=worker_id)
+                continue
             hashes = {
                 r[0]
                 for r in await self._read("SELECT plan_hash FROM plans WHERE job_id = ?", (job_id,))
             }
-            claims.append(
-                ReplanClaim(job, token, frozenset(hashes), loads(feedback, "replan feedback"))
-            )
+            claims.append(ReplanClaim(job, token, frozenset(hashes), asked))
         return claims
+
+    async def job_quarantine(self, job_id: str, error: CorruptStateError, *, actor: str) -> None:
+        """Quarantine a job whose stored state failed to decode (`error` says what): escalated
+        with a dead letter when its status allows, else only noted (`job_quarantined`); either
+        way readers of many jobs pass over it until it changes again. A job that is gone is
+        left alone."""
+
+        def run(tx: Tx) -> None:
+            job = tx.job(job_id)
+            if job is not None:
+                quarantine_job(tx, job, error)
+
+        await self._write(actor, run)
 
     def _replan_job(self, tx: Tx, claim: ReplanClaim) -> JobHead | None:
         job = tx.job(claim.job.id)
@@ -496,7 +516,12 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             "FROM plans WHERE job_id = ? ORDER BY version",
             (job_id,),
         )
-        return [PlanRecord(r[0], r[1], r[2], r[3], r[4], loads(r[5], "plan"), r[6]) for r in rows]
+        return [
+            PlanRecord(
+                r[0], r[1], r[2], r[3], r[4], loads(r[5], f"plan v{r[1]} of job {r[0]}", dict), r[6]
+            )
+            for r in rows
+        ]
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -591,7 +616,8 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         """Claim one candidate, through its limits. A limit that holds it back undoes this
         claim alone (a savepoint) and leaves the step ready. If its stored state is corrupt
         (found before anything of the claim is written), park the job (escalated, with a dead
-        letter saying why) so one bad row cannot stall the queue for everybody."""
+        letter saying why: `quarantine_job`) so one bad row cannot stall the queue for
+        everybody."""
         keys = limits.keys_for(row[7], row[2], tx.now)
         if keys and limits.held_back(tx.now).intersection(keys):
             return None
@@ -602,17 +628,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         except CorruptStateError as exc:
             job = tx.job(row[1])
             if job is not None:
-                park_job(
-                    tx,
-                    job,
-                    J.ESCALATED,
-                    f"corrupt stored state: {exc.message}",
-                    error={
-                        "error_class": "critical",
-                        "message": exc.message,
-                        "code": "corrupt_state",
-                    },
-                )
+                quarantine_job(tx, job, exc, step=step_head(row[:14], bare=True))
             return None
 
     def _claim_limited(
@@ -718,7 +734,10 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 if candidate is not None and candidate[7]:
                     keys.append(tool_key(candidate[7]))
                 if candidate is not None and not limits_sql.limits_any(tx, keys):
-                    next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
+                    try:
+                        next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
+                    except CorruptStateError as exc:  # this completion stands; the job parks
+                        quarantine_job(tx, job, exc, step=step_head(candidate[:14], bare=True))
             return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
 
         return await self._write(worker_id, run)
@@ -837,7 +856,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                     (step_id, token),
                 ).fetchone()
                 if row is not None:
-                    self._recover(tx, step_head(row), reason, refund=True)
+                    self._recover_row(tx, row, reason, refund=True)
 
         await self._write(worker_id, run)
 
@@ -851,7 +870,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 (tx.now,),
             ).fetchall()
             for row in rows:
-                self._recover(tx, step_head(row), "lease expired", refund=False)
+                self._recover_row(tx, row, "lease expired", refund=False)
             limits_sql.release_orphans(tx)
             return len(rows)
 
@@ -872,7 +891,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 tuple(owners),
             ).fetchall()
             for row in rows:
-                self._recover(tx, step_head(row), "its worker died", refund=False)
+                self._recover_row(tx, row, "its worker died", refund=False)
             return len(rows)
 
         return await self._write(actor, run)
@@ -895,6 +914,28 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         )
         r = rows[0]
         return WorkDue(float(r[0]), r[1], *(bool(v) for v in r[2:7]))
+
+    def _recover_row(self, tx: Tx, row: tuple[Any, ...], why: str, *, refund: bool) -> None:
+        """`_recover` for a selected step row. A step whose stored state fails to decode is
+        interrupted (never run again blindly) and its job quarantined: one bad row never stalls
+        the reaper for every other job."""
+        try:
+            step = step_head(row)
+        except CorruptStateError as exc:
+            step = step_head(row, bare=True)
+            limits_sql.release_abandoned(tx, step.id)
+            move_step(
+                tx,
+                step,
+                S.INTERRUPTED,
+                f"{why}; its stored state is corrupt",
+                sets=", lease_owner = NULL, lease_expires = NULL",
+            )
+            job = tx.job(step.job_id)
+            if job is not None:
+                quarantine_job(tx, job, exc, step=step)
+            return
+        self._recover(tx, step, why, refund=refund)
 
     def _recover(self, tx: Tx, step: StepHead, why: str, *, refund: bool) -> None:
         """A running step lost its worker. Idempotent tools go back to ready; others are

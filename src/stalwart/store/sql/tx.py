@@ -10,10 +10,11 @@ serialises writers).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydantic import ValidationError
 
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.events import Event, note
@@ -24,13 +25,15 @@ from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step, 
 from stalwart.domain.states import (
     JOB_PARKED,
     JOB_TERMINAL,
+    JOB_TRANSITIONS,
     STEP_TRANSITIONS,
     JobStatus,
     StepStatus,
     job_transition,
     step_transition,
 )
-from stalwart.store.sql.rows import loads
+from stalwart.errors import CorruptStateError
+from stalwart.store.sql.rows import corrupt, corrupt_text, loads
 from stalwart.types import dumps, new_id
 
 J = JobStatus
@@ -94,8 +97,11 @@ STEP_HEAD_COLUMNS = (
 )
 
 
-def step_head(row: tuple[Any, ...]) -> StepHead:
-    """A `StepHead` from a row selected with `STEP_HEAD_COLUMNS`."""
+def step_head(row: tuple[Any, ...], *, bare: bool = False) -> StepHead:
+    """A `StepHead` from a row selected with `STEP_HEAD_COLUMNS`. `bare` leaves its JSON
+    (dependents, spec) undecoded and empty: enough to move a step whose stored state is corrupt
+    to a status that never runs it (cancelled, interrupted)."""
+    where = f"step {row[4]!r} of job {row[1]}"
     return StepHead(
         id=row[0],
         job_id=row[1],
@@ -109,8 +115,8 @@ def step_head(row: tuple[Any, ...]) -> StepHead:
         max_attempts=row[9],
         critical=bool(row[10]),
         idempotent=bool(row[11]),
-        dependents=loads(row[12], f"dependents of step {row[0]}") or [],
-        spec=loads(row[13], f"spec of step {row[0]}") or {},
+        dependents=[] if bare else loads(row[12], f"dependents of {where}", list) or [],
+        spec={} if bare else loads(row[13], f"spec of {where}", dict) or {},
     )
 
 
@@ -373,7 +379,7 @@ def advance_job(tx: Tx, job: JobHead) -> None:
         "AND status = 'succeeded' AND dependents = '[]'",
         (job.id, job.plan_version),
     ).fetchall()
-    result = {key: loads(output, f"output of step {key}") for key, output in rows}
+    result = {key: loads(output, f"output of step {key!r} of job {job.id}") for key, output in rows}
     degraded = counts.get(S.SKIPPED.value, 0) > 0
     move_job(
         tx,
@@ -395,7 +401,7 @@ def close_open_steps(tx: Tx, job: JobHead, target: StepStatus, reason: str) -> N
         (job.id, *OPEN_STEP),
     ).fetchall()
     for row in rows:
-        step = step_head(row)
+        step = step_head(row, bare=True)  # only its status moves: a corrupt spec cannot block it
         if target in _allowed(step.status):
             move_step(tx, step, target, reason)
     tx.con.execute(
@@ -464,6 +470,34 @@ def fail_job(tx: Tx, job: JobHead, reason: str, error: dict[str, Any]) -> None:
         tx, job, J.FAILED, reason, sets=", error = ?, cancel_requested = 1", params=(dumps(error),)
     )
     close_open_steps(tx, job, S.CANCELLED, f"job failed: {reason}")
+
+
+def quarantine_job(
+    tx: Tx, job: JobHead, exc: CorruptStateError, *, step: StepHead | None = None
+) -> None:
+    """A job whose stored state failed to decode: escalate it (through the state machine, with
+    a dead letter and the error `CorruptStateError`) when its status allows, and note
+    `job_quarantined` naming what failed. Readers that go over many jobs (the episode recorder)
+    pass over a job quarantined since its last change. The corrupt rows are left as they are:
+    they are the evidence, and a fixed row plus a redrive resumes the job."""
+    what = corrupt_text(exc)
+    try:
+        can_escalate = J.ESCALATED in JOB_TRANSITIONS[JobStatus(job.status)]
+    except ValueError:  # the status itself is not one we know
+        can_escalate = False
+    if can_escalate:
+        error = StepError(
+            "critical",
+            exc.message,
+            code="corrupt_state",
+            exception_type=type(exc).__name__,
+            details={"corrupt": what},
+        )
+        tx.con.execute(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?", (job.id,)
+        )
+        park_job(tx, job, J.ESCALATED, f"corrupt stored state: {what}", step=step, error=error)
+    tx.note("job_quarantined", job, what, step=step, corrupt=what, error=type(exc).__name__)
 
 
 def exhaust_step(
@@ -554,9 +588,11 @@ def claim_candidate(
         row[1], row[2], row[19], row[18], row[26], row[27], row[28], row[29], row[30], row[31]
     )
     job_input, hashes_json, deadline, max_steps, executed, cancel = row[20:26]
-    inputs = loads(job_input, f"input of job {job.id}")
-    outputs = _outputs(tx, step, loads(needs_json, f"needs of step {step.id}") or [])
-    hashes = loads(hashes_json, f"tool schema hashes of job {job.id}") or {}
+    inputs = loads(job_input, f"input of job {job.id}", dict) or {}
+    needs = loads(needs_json, f"needs of step {step.key!r} of job {job.id}", list) or []
+    outputs = _outputs(tx, step, needs)
+    hashes = loads(hashes_json, f"tool schema hashes of job {job.id}", dict) or {}
+    plan_step(step.spec, step.key, job.id)
     if deadline is not None and tx.now > deadline:
         fail_job(tx, job, "max_wall_seconds exceeded", _budget("the job ran past its wall time"))
         return None
@@ -625,6 +661,21 @@ def claim_candidate(
     )
 
 
+def plan_step(spec: Any, key: str, job_id: str) -> PlanStep:
+    """A stored step spec as a `PlanStep`; `CorruptStateError` when it no longer validates.
+    Checked at every claim (a few microseconds): a worker reads the spec's fields (timeout,
+    retry, checks) as typed, and one that no longer validates must not crash it."""
+    try:
+        return PlanStep.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise corrupt(
+            f"spec of step {key!r} of job {job_id}",
+            f"no longer validates ({where}: {first['msg']})",
+        ) from exc
+
+
 def _budget(message: str) -> dict[str, Any]:
     return StepError("budget", message, code="budget_exceeded").to_dict()
 
@@ -637,7 +688,7 @@ def _outputs(tx: Tx, step: StepHead, needs: list[str]) -> dict[str, Any]:
         f"SELECT key, output FROM steps WHERE job_id = ? AND plan_version = ? AND key IN ({marks})",
         (step.job_id, step.plan_version, *needs),
     ).fetchall()
-    return {key: loads(out, f"output of step {key}") for key, out in rows}
+    return {key: loads(out, f"output of step {key!r} of job {step.job_id}") for key, out in rows}
 
 
 def _context(inputs: Any, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -825,6 +876,6 @@ def reusable_outputs(tx: Tx, job_id: str) -> dict[str, tuple[str, str]]:
         "ORDER BY plan_version",
         (job_id,),
     ).fetchall():
-        step = PlanStep.model_validate(json.loads(spec))
+        step = plan_step(loads(spec, f"spec of step {key!r} of job {job_id}", dict), key, job_id)
         out[key] = (step.spec_hash(), output)
     return out
