@@ -22,7 +22,7 @@ from stalwart.llm.types import Model
 from stalwart.planning.costs import CostEstimator
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.templates import load_template, template_from_data
-from stalwart.planning.validation import PlanLimits
+from stalwart.planning.validation import PlanLimits, template_problems
 from stalwart.planning.workflows import (
     DEFAULT_MAX_REPLANS,
     ApprovalPolicy,
@@ -302,6 +302,20 @@ class App:
         names = [t.name for t in loaded]
         if len(set(names)) != len(names):
             raise WorkflowDefinitionError(f"workflow {name!r} has two templates of the same name")
+        # The input model is known here: a reference to an input field it does not have would
+        # fail every submission, so it fails now. Output references are checked when plans are
+        # validated (the tools may be registered after the workflow).
+        problems = [{**p, "template": t.name} for t in loaded for p in template_problems(t, input)]
+        if problems:
+            lines = "; ".join(
+                f"template {p['template']}, "
+                + (f"step {p['step']}" if p["step"] else "when")
+                + f": {p['problem']}"
+                for p in problems
+            )
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: {lines}", problems=problems, field="templates"
+            )
         workflow = Workflow(
             name=name,
             input_model=input,

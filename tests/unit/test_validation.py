@@ -223,7 +223,7 @@ def test_static_argument_of_the_wrong_type(tools: ToolRegistry, value: Any) -> N
 
 def test_referenced_arguments_are_checked_at_run_time_not_statically(tools: ToolRegistry) -> None:
     p = plan(
-        st("a"), st("b", args={"user_id": "u", "limit": "${steps.a.output.n}"}, depends_on=["a"])
+        st("a"), st("b", args={"user_id": "u", "limit": "${steps.a.output.email}"}, depends_on=["a"])
     )
     assert plan_problems(p, tools) == []
 
@@ -254,8 +254,8 @@ def test_three_step_cycle(tools: ToolRegistry) -> None:
 def test_cycle_through_references(tools: ToolRegistry) -> None:
     """A bound plan's depends_on includes the steps its refs name; a ref loop is a cycle."""
     p = plan(
-        st("a", args={"user_id": "${steps.b.output.id}"}, depends_on=["b"]),
-        st("b", args={"user_id": "${steps.a.output.id}"}, depends_on=["a"]),
+        st("a", args={"user_id": "${steps.b.output.user_id}"}, depends_on=["b"]),
+        st("b", args={"user_id": "${steps.a.output.user_id}"}, depends_on=["a"]),
     )
     problem = only_problem(plan_problems(p, tools))
     assert "dependency cycle" in problem["problem"]
@@ -289,7 +289,7 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
         st("d"),
         st("e", depends_on=["f"]),
         st("f", depends_on=["e"], args={"user_id": "${input.who}"}),
-        st("g", success={"output.x": {"like": "y"}}),
+        st("g", success={"output.email": {"like": "y"}}),
     )
     expected = [
         ("d", "more than once"),
@@ -301,7 +301,7 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
         ("c", "argument 'user_id' of tool 'fetch_profile' is not valid"),
         ("d", "needs a prompt"),
         ("f", "${input.who} was not bound"),
-        ("g", "success: condition on 'output.x'"),
+        ("g", "success: condition on 'output.email'"),
         ("", "dependency cycle: e -> f -> e"),
     ]
     problems = plan_problems(bad, tools)
