@@ -173,9 +173,11 @@ def _walk_model(model: type[BaseModel], parts: tuple[str, ...], depth: int) -> P
     segment = parts[depth]
     by_name: dict[str, Any] = {}
     for name, info in model.model_fields.items():
+        # Pydantic keeps a field's `Annotated` extras apart from its type.
+        custom = any(_serializes(meta) for meta in info.metadata)
         for key in (name, info.alias, info.serialization_alias):
             if key:
-                by_name.setdefault(key, info.annotation)
+                by_name.setdefault(key, Any if custom else info.annotation)
     for name, computed in model.model_computed_fields.items():
         by_name.setdefault(name, computed.return_type)
         if computed.alias:
