@@ -16,6 +16,7 @@ from stalwart.planning.validation import (
     template_problems,
     validate_plan,
 )
+from stalwart.tools.context import ToolContext
 from stalwart.tools.registry import ToolRegistry
 
 
@@ -493,3 +494,22 @@ def test_input_references_are_checked_against_the_input_model() -> None:
     )
     assert template_problems(template, None) == []
     assert template_problems(template, BaseModel) == []
+
+
+def test_a_tool_output_model_with_subclasses_is_not_checked() -> None:
+    class Base(BaseModel):
+        id: str
+
+    class Special(Base):
+        extra: str
+
+    async def fetch(args: Base, ctx: ToolContext) -> Base:
+        return Special(id="a", extra="b")  # dumped with `extra`: valid to reference
+
+    tools = ToolRegistry()
+    tools.register(fetch, timeout=5, idempotent=True)
+    p = plan(
+        st("a", tool="fetch", args={"id": "x"}),
+        st("b", tool="fetch", args={"id": "${steps.a.output.extra}"}, depends_on=["a"]),
+    )
+    assert plan_problems(p, tools) == []

@@ -79,7 +79,14 @@ def _output_shapes(
                 shapes[step.id] = _Shape(label, _TextAnswer)
             elif name in schemas:
                 shapes[step.id] = _Shape(f"{where} (schema {name!r})", schemas[name])
-        elif step.kind == "tool" and step.tool and (spec := tools.get(step.tool)) is not None:
+        elif (
+            step.kind == "tool"
+            and step.tool
+            and (spec := tools.get(step.tool)) is not None
+            # A tool may return an instance of a subclass of its declared model, whose dump
+            # has the subclass's fields too: then its output is not known here.
+            and not spec.result_model.__subclasses__()
+        ):
             label = f"{where} (tool {step.tool!r} returns {spec.result_model.__name__})"
             shapes[step.id] = _Shape(label, spec.result_model)
     return shapes
