@@ -122,7 +122,9 @@ def plan_problems(
     """Every problem of `plan`, each with its step id (empty for plan-wide problems).
 
     `schemas` are the output schemas llm steps may name; `tiers` the tiers that have a model
-    (None: not checked here)."""
+    (None: not checked here). Every `steps.<id>.output.*` path is checked against the output
+    model of step `<id>` when it is known (a tool's result model, an llm step's schema); a miss
+    also carries `reference`, `field` and, when a known field is close, `suggestion`."""
     limits = limits or PlanLimits()
     problems: list[dict[str, str]] = []
     if not plan.steps:
