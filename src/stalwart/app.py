@@ -22,7 +22,7 @@ from stalwart.llm.types import Model
 from stalwart.planning.costs import CostEstimator
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.templates import load_template, template_from_data
-from stalwart.planning.validation import PlanLimits
+from stalwart.planning.validation import PlanLimits, template_problems
 from stalwart.planning.workflows import (
     DEFAULT_MAX_REPLANS,
     ApprovalPolicy,
@@ -32,7 +32,14 @@ from stalwart.planning.workflows import (
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.tools.builtin import MEMORY_SEARCH, memory_search
-from stalwart.tools.registry import ReconcileFunction, RiskLevel, ToolFunction, ToolRegistry
+from stalwart.tools.registry import (
+    ReconcileFunction,
+    RiskLevel,
+    ToolFunction,
+    ToolRegistry,
+    caller_namespace,
+    complete_model,
+)
 
 if TYPE_CHECKING:
     from stalwart.client import Client
@@ -96,6 +103,7 @@ class App:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise WorkflowDefinitionError("app.schema() takes a pydantic model class")
         key = name or model.__name__
+        complete_model(model, caller_namespace(), f"output schema {key!r}", WorkflowDefinitionError)
         if key in self.schemas and self.schemas[key] is not model:
             raise WorkflowDefinitionError(f"two output schemas are named {key!r}")
         self.schemas[key] = model
@@ -280,6 +288,7 @@ class App:
             raise WorkflowDefinitionError(f"workflow {name!r} is registered twice")
         if not (isinstance(input, type) and issubclass(input, BaseModel)):
             raise WorkflowDefinitionError(f"workflow {name!r}: input= must be a pydantic model")
+        complete_model(input, caller_namespace(), f"workflow {name!r}", WorkflowDefinitionError)
         if not templates and planner != "llm":
             raise WorkflowDefinitionError(f"workflow {name!r} needs at least one template")
         if review_confidence is not None and not 0 <= review_confidence <= 1:
@@ -293,6 +302,20 @@ class App:
         names = [t.name for t in loaded]
         if len(set(names)) != len(names):
             raise WorkflowDefinitionError(f"workflow {name!r} has two templates of the same name")
+        # The input model is known here: a reference to an input field it does not have would
+        # fail every submission, so it fails now. Output references are checked when plans are
+        # validated (the tools may be registered after the workflow).
+        problems = [{**p, "template": t.name} for t in loaded for p in template_problems(t, input)]
+        if problems:
+            lines = "; ".join(
+                f"template {p['template']}, "
+                + (f"step {p['step']}" if p["step"] else "when")
+                + f": {p['problem']}"
+                for p in problems
+            )
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: {lines}", problems=problems, field="templates"
+            )
         workflow = Workflow(
             name=name,
             input_model=input,

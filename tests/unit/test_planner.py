@@ -313,3 +313,37 @@ def test_an_uncertain_output_gates_only_its_first_consumers_and_llm_steps_retry(
     extract = plan.step("extract")
     assert extract.llm is not None and extract.llm.output == "InvoiceExtraction"
     assert extract.retry.max_attempts > 1  # a model outage is retried like a tool's
+
+
+# -- references checked when a plan is made and when a workflow is registered -----------------
+
+
+def test_a_plan_with_a_misspelt_output_reference_is_refused(planner: TemplatePlanner) -> None:
+    typo = {**GREET, "args": {"to": "${steps.fetch.output.emali}", "body": "hi"}}
+    with pytest.raises(PlanValidationError) as info:
+        planner.plan(workflow(tpl("t", [FETCH, typo])), INPUT)
+    (problem,) = info.value.problems
+    assert (problem["step"], problem["reference"], problem["suggestion"]) == (
+        "greet",
+        "steps.fetch.output.emali",
+        "email",
+    )
+    assert "greet: reference ${steps.fetch.output.emali}" in info.value.message
+
+
+def test_a_workflow_whose_templates_misspell_an_input_field_is_refused() -> None:
+    from stalwart import App, Settings
+    from stalwart.errors import WorkflowDefinitionError
+
+    app = App(Settings(database_url="sqlite:///:memory:", embedder="none"))
+    typo = {**FETCH, "args": {"user_id": "${input.usr_id}"}}
+    with pytest.raises(WorkflowDefinitionError) as info:
+        app.workflow("orders", input=OrderInput, templates=[tpl("t", [typo])])
+    message = info.value.message
+    assert message.startswith(
+        "workflow 'orders': template t, step fetch: reference ${input.usr_id}"
+    )
+    assert "did you mean `user_id`?" in message
+    assert info.value.problems[0]["suggestion"] == "user_id"
+    assert "orders" not in app.workflows
+    app.workflow("orders", input=OrderInput, templates=[tpl("t", [FETCH, GREET])])  # valid: fine

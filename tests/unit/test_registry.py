@@ -149,7 +149,7 @@ def test_describe_is_json_ready() -> None:
         (returns_dict, {}, "annotate its return type with a pydantic model"),
         (one_param, {}, "must take exactly (args: SomeModel, ctx: ToolContext); it takes ['args']"),
         (three_params, {}, "it takes ['args', 'ctx', 'extra']"),
-        (forward_ref, {}, "type annotations cannot be resolved"),
+        (forward_ref, {}, "annotation 'DoesNotExist' of its parameter 'args' cannot be"),
         (search, {"idempotent": None}, "must declare its idempotency contract"),
         (search, {"reconcile": find_search}, "reconcile= is only for idempotent=False tools"),
         (search, {"idempotent": False, "reconcile": sync_search}, "reconcile must be an async"),

@@ -68,9 +68,63 @@ def test_unknown_field_is_named_by_step_id() -> None:
     text = GOOD.replace("timeout_seconds: 5", "timout_seconds: 5")
     with pytest.raises(TemplateError) as info:
         parse_template(text, source="onboarding.yaml")
-    assert info.value.problems == ["steps[fetch].timout_seconds: Extra inputs are not permitted"]
+    assert info.value.problems == [
+        "steps[fetch].timout_seconds: step fetch has no field `timout_seconds`; "
+        "did you mean `timeout_seconds`?"
+    ]
     assert "steps[fetch].timout_seconds" in info.value.message
     assert "onboarding.yaml" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        (
+            {"id": "fetch", "tool": "x", "timeout": 5},
+            "steps[fetch].timeout: step fetch has no field `timeout`; "
+            "did you mean `timeout_seconds`?",
+        ),
+        (
+            {"id": "fetch", "tool": "x", "dependson": ["a"]},
+            "steps[fetch].dependson: step fetch has no field `dependson`; "
+            "did you mean `depends_on`?",
+        ),
+        (
+            {"id": "ask", "kind": "llm", "prompt": "hi", "max_token": 9},
+            "steps[ask].max_token: step ask has no field `max_token`; did you mean `max_tokens`?",
+        ),
+        (
+            {"id": "fetch", "tool": "x", "retry": {"max_attempt": 3}},
+            "steps[fetch].retry.max_attempt: retry of step fetch has no field `max_attempt`; "
+            "did you mean `max_attempts`?",
+        ),
+        (
+            {"id": "ok", "kind": "human", "review": {"options": [{"name": "a", "impakt": "x"}]}},
+            "steps[ok].review.options[0].impakt: review.options of step ok has no field "
+            "`impakt`; did you mean `impact`?",
+        ),
+        (
+            {"tool": "x", "id_": "fetch"},
+            "steps[0].id_: step at index 0 has no field `id_`; did you mean `id`?",
+        ),
+    ],
+    ids=["timeout", "dependson", "llm-field", "retry", "review-option", "no-id"],
+)
+def test_an_unknown_field_names_its_step_and_the_field_meant(
+    step: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(TemplateError) as info:
+        template_from_data({"name": "t", "steps": [step]}, source="t.yaml")
+    assert problem in info.value.problems
+
+
+def test_an_unknown_field_nothing_is_close_to_lists_the_fields() -> None:
+    with pytest.raises(TemplateError) as info:
+        template_from_data({"name": "t", "colour": "red", "steps": [{"id": "a"}]})
+    assert info.value.problems == [
+        "colour: the template has no field `colour` "
+        "(fields: description, name, steps, version, when)"
+    ]
 
 
 def test_every_bad_field_is_named() -> None:

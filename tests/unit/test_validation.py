@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from stalwart.domain.plans import Plan, PlanStep
+from stalwart.domain.plans import Check, LlmSpec, Plan, PlanStep, Template
 from stalwart.domain.retry import RetryPolicy
 from stalwart.errors import PlanValidationError
-from stalwart.planning.validation import PlanLimits, plan_problems, validate_plan
+from stalwart.planning.validation import (
+    PlanLimits,
+    plan_problems,
+    template_problems,
+    validate_plan,
+)
+from stalwart.tools.context import ToolContext
 from stalwart.tools.registry import ToolRegistry
 
 
@@ -223,7 +230,8 @@ def test_static_argument_of_the_wrong_type(tools: ToolRegistry, value: Any) -> N
 
 def test_referenced_arguments_are_checked_at_run_time_not_statically(tools: ToolRegistry) -> None:
     p = plan(
-        st("a"), st("b", args={"user_id": "u", "limit": "${steps.a.output.n}"}, depends_on=["a"])
+        st("a"),
+        st("b", args={"user_id": "u", "limit": "${steps.a.output.email}"}, depends_on=["a"]),
     )
     assert plan_problems(p, tools) == []
 
@@ -254,8 +262,8 @@ def test_three_step_cycle(tools: ToolRegistry) -> None:
 def test_cycle_through_references(tools: ToolRegistry) -> None:
     """A bound plan's depends_on includes the steps its refs name; a ref loop is a cycle."""
     p = plan(
-        st("a", args={"user_id": "${steps.b.output.id}"}, depends_on=["b"]),
-        st("b", args={"user_id": "${steps.a.output.id}"}, depends_on=["a"]),
+        st("a", args={"user_id": "${steps.b.output.user_id}"}, depends_on=["b"]),
+        st("b", args={"user_id": "${steps.a.output.user_id}"}, depends_on=["a"]),
     )
     problem = only_problem(plan_problems(p, tools))
     assert "dependency cycle" in problem["problem"]
@@ -289,7 +297,7 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
         st("d"),
         st("e", depends_on=["f"]),
         st("f", depends_on=["e"], args={"user_id": "${input.who}"}),
-        st("g", success={"output.x": {"like": "y"}}),
+        st("g", success={"output.email": {"like": "y"}}),
     )
     expected = [
         ("d", "more than once"),
@@ -301,7 +309,7 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
         ("c", "argument 'user_id' of tool 'fetch_profile' is not valid"),
         ("d", "needs a prompt"),
         ("f", "${input.who} was not bound"),
-        ("g", "success: condition on 'output.x'"),
+        ("g", "success: condition on 'output.email'"),
         ("", "dependency cycle: e -> f -> e"),
     ]
     problems = plan_problems(bad, tools)
@@ -317,3 +325,191 @@ def test_every_problem_is_reported_at_once(tools: ToolRegistry) -> None:
     assert all(set(p) == {"step", "problem"} for p in problems)
     assert info.value.message.startswith(f"plan has {len(problems)} problem(s): ")
     assert "a: unknown tool 'nope'" in info.value.message
+
+
+# -- references checked against the known output models --------------------------------------
+
+
+class Extraction(BaseModel):
+    vendor: str
+    amount: float
+    lines: list[dict[str, Any]] = []
+
+
+def test_a_reference_to_a_missing_output_field_names_the_field_meant(tools: ToolRegistry) -> None:
+    p = plan(st("a"), st("b", args={"user_id": "${steps.a.output.emial}"}, depends_on=["a"]))
+
+    problem = only_problem(plan_problems(p, tools))
+
+    assert problem == {
+        "step": "b",
+        "problem": "reference ${steps.a.output.emial}: the output of step a (tool "
+        "'fetch_profile' returns Profile) has no field 'emial'; did you mean `email`? "
+        "(fields: user_id, email)",
+        "reference": "steps.a.output.emial",
+        "field": "emial",
+        "suggestion": "email",
+    }
+
+
+def test_output_references_in_text_and_below_a_scalar_are_checked(tools: ToolRegistry) -> None:
+    p = plan(
+        st("a"),
+        st(
+            "b",
+            tool="send_email",
+            args={"to": "${steps.a.output.email.domain}", "body": "hi ${steps.a.output.nme}"},
+            depends_on=["a"],
+        ),
+    )
+
+    problems = plan_problems(p, tools)
+
+    assert [(p["step"], p["reference"], p["field"]) for p in problems] == [
+        ("b", "steps.a.output.email.domain", "domain"),
+        ("b", "steps.a.output.nme", "nme"),
+    ]
+    assert "email of the output of step a" in problems[0]["problem"]
+    assert "is a string: it has no field 'domain'" in problems[0]["problem"]
+
+
+def llm(step_id: str, prompt: str, output: str | None = None) -> PlanStep:
+    spec = LlmSpec(prompt=prompt, output=output)
+    return st(step_id, kind="llm", tool=None, args={}, llm=spec, timeout_seconds=None)
+
+
+def test_an_llm_steps_output_schema_is_known(tools: ToolRegistry) -> None:
+    schemas = {"Extraction": Extraction}
+    good = plan(
+        llm("x", "read it", "Extraction"),
+        st("b", args={"user_id": "${steps.x.output.vendor}"}, depends_on=["x"]),
+        llm("y", "look at ${steps.x.output.lines.0.anything} and ${steps.x.output.amount}"),
+    )
+    assert plan_problems(good, tools, schemas=schemas) == []
+
+    bad = plan(
+        llm("x", "read it", "Extraction"),
+        st("b", args={"user_id": "${steps.x.output.vendr}"}, depends_on=["x"]),
+    )
+    problem = only_problem(plan_problems(bad, tools, schemas=schemas))
+    assert problem["step"] == "b" and problem["suggestion"] == "vendor"
+    assert "the output of step x (schema 'Extraction') has no field 'vendr'" in problem["problem"]
+
+
+def test_an_llm_step_without_a_schema_answers_text(tools: ToolRegistry) -> None:
+    p = plan(llm("x", "say hi"), llm("y", "${steps.x.output.text} / ${steps.x.output.answer}"))
+
+    problem = only_problem(plan_problems(p, tools))
+
+    assert problem["step"] == "y" and problem["field"] == "answer"
+    assert 'without an output schema answers {"text": ...}' in problem["problem"]
+
+
+def test_an_output_that_is_not_known_is_not_checked(tools: ToolRegistry) -> None:
+    # An unregistered schema is one problem (its registration), not one per reference.
+    p = plan(
+        llm("x", "read it", "Unknown"),
+        st("b", args={"user_id": "${steps.x.output.whatever}"}, depends_on=["x"]),
+    )
+    problem = only_problem(plan_problems(p, tools))
+    assert "output schema 'Unknown' is not registered" in problem["problem"]
+    # An unknown tool likewise: its output is not known.
+    p = plan(st("a", tool="nope"), st("b", args={"user_id": "${steps.a.output.x}"}))
+    problem = only_problem(plan_problems(p, tools))
+    assert problem["problem"].startswith("unknown tool 'nope'") and "reference" not in problem
+
+
+def test_a_human_steps_sign_off_is_known(tools: ToolRegistry) -> None:
+    ok = st("ok", kind="human", tool=None, args={}, timeout_seconds=None)
+    p = plan(
+        ok,
+        st("b", args={"user_id": "${steps.ok.output.reviewer}"}, depends_on=["ok"]),
+        st("c", args={"user_id": "${steps.ok.output.reviwer}"}, depends_on=["ok"]),
+    )
+    problem = only_problem(plan_problems(p, tools))
+    assert (problem["step"], problem["suggestion"]) == ("c", "reviewer")
+
+
+def test_condition_paths_are_checked_against_the_outputs(tools: ToolRegistry) -> None:
+    p = plan(
+        st("a"),
+        st(
+            "b",
+            tool="send_email",
+            args={"to": "x", "body": "y"},
+            depends_on=["a"],
+            requires_approval={"steps.a.output.emails": {"exists": True}},
+            success={"output.message": {"ne": ""}},
+            checks=[Check(expect="message_idd != ''"), Check(expect={"output.message_id": "m"})],
+        ),
+    )
+
+    problems = plan_problems(p, tools)
+
+    assert [(p["step"], p["reference"], p.get("suggestion")) for p in problems] == [
+        ("b", "steps.a.output.emails", "email"),
+        ("b", "output.message", "message_id"),
+        ("b", "output.message_idd", "message_id"),
+    ]
+    assert problems[0]["problem"].startswith("condition on 'steps.a.output.emails': the output")
+
+
+# -- input references checked against the workflow's input model, without an input ------------
+
+
+class OrderInput(BaseModel):
+    invoice_id: str
+    amount: float
+    customer: dict[str, Any] = {}
+
+
+def test_input_references_are_checked_against_the_input_model() -> None:
+    template = Template.model_validate(
+        {
+            "name": "t",
+            "when": {"input.amout": {"gt": 10}},
+            "steps": [
+                {"id": "a", "tool": "x", "args": {"id": "${input.invoce_id}"}},
+                {
+                    "id": "b",
+                    "kind": "llm",
+                    "prompt": "Pay ${input.invoice_id} for ${input.customer.name}",
+                    "system": "${input.amount.cents}",
+                    "requires_approval": {"input.amount": {"gt": 1000}},
+                },
+            ],
+        }
+    )
+
+    problems = template_problems(template, OrderInput)
+
+    assert [(p["step"], p["reference"], p.get("suggestion")) for p in problems] == [
+        ("", "input.amout", "amount"),
+        ("a", "input.invoce_id", "invoice_id"),
+        ("b", "input.amount.cents", None),
+    ]
+    assert problems[1]["problem"] == (
+        "reference ${input.invoce_id}: the input (OrderInput) has no field 'invoce_id'; "
+        "did you mean `invoice_id`? (fields: invoice_id, amount, customer)"
+    )
+    assert template_problems(template, None) == []
+    assert template_problems(template, BaseModel) == []
+
+
+def test_a_tool_output_model_with_subclasses_is_not_checked() -> None:
+    class Base(BaseModel):
+        id: str
+
+    class Special(Base):
+        extra: str
+
+    async def fetch(args: Base, ctx: ToolContext) -> Base:
+        return Special(id="a", extra="b")  # dumped with `extra`: valid to reference
+
+    tools = ToolRegistry()
+    tools.register(fetch, timeout=5, idempotent=True)
+    p = plan(
+        st("a", tool="fetch", args={"id": "x"}),
+        st("b", tool="fetch", args={"id": "${steps.a.output.extra}"}, depends_on=["a"]),
+    )
+    assert plan_problems(p, tools) == []

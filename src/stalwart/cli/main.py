@@ -1037,6 +1037,7 @@ def plan_validate(
 ) -> None:
     """Validate templates against your app's tools; every problem listed with its step id."""
     from stalwart.planning.templates import load_template
+    from stalwart.planning.validation import template_problems
     from stalwart.planning.workflows import Workflow
 
     state = _state(ctx)
@@ -1051,18 +1052,31 @@ def plan_validate(
             if workflow and flow is None:
                 raise UsageError(f"no workflow named {workflow!r}", field="workflow")
             base = flow or Workflow(name="<template>", input_model=BaseModel, templates=(template,))
-            problems: list[dict[str, str]] = []
+            # Input references are checked against the input model even without an input: the
+            # given workflow's, or that of the workflows that register this very template.
+            digest = template.template_hash()
+            owners = [flow] if flow else app.workflows.values()
+            models = {
+                w.input_model
+                for w in owners
+                if w is flow or any(t.template_hash() == digest for t in w.templates)
+            }
+            problems = template_problems(template, models.pop() if len(models) == 1 else None)
+            flagged = {(p["step"], "${" + p["reference"] + "}") for p in problems}
             try:
                 app.planner().bind(base, template, data)
             except PlanValidationError as exc:
-                problems = [
+                problems += [
                     p
                     for p in exc.problems
-                    if input is not None
-                    or (
-                        "the input has no" not in p["problem"]
-                        and "was not bound" not in p["problem"]
+                    if (
+                        input is not None
+                        or (
+                            "the input has no" not in p["problem"]
+                            and "was not bound" not in p["problem"]
+                        )
                     )
+                    and not any(s == p["step"] and r in p["problem"] for s, r in flagged)
                 ]
             results.append({"file": str(file), "template": template.name, "problems": problems})
         return results
@@ -1081,7 +1095,7 @@ def plan_validate(
                     f"[red]✗[/] {r['file']} ({r['template']}): {len(r['problems'])} problem(s)"
                 )
                 for p in r["problems"]:
-                    ui.out.print(f"    {p['step'] or '<plan>'}: {p['problem']}")
+                    ui.out.print(f"    {p['step'] or '<plan>'}: {p['problem']}", markup=False)
             else:
                 ui.out.print(f"[green]✓[/] {r['file']} ({r['template']})")
     if bad:

@@ -2,7 +2,12 @@
 
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.templates import load_template, parse_template
-from stalwart.planning.validation import PlanLimits, plan_problems, validate_plan
+from stalwart.planning.validation import (
+    PlanLimits,
+    plan_problems,
+    template_problems,
+    validate_plan,
+)
 from stalwart.planning.workflows import ApprovalPolicy, Budget, Workflow
 
 __all__ = [
@@ -14,5 +19,6 @@ __all__ = [
     "load_template",
     "parse_template",
     "plan_problems",
+    "template_problems",
     "validate_plan",
 ]

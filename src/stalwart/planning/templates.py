@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from stalwart.domain.plans import Template
+from stalwart.domain.plans import LLM_FIELDS, StepSpec, Template
 from stalwart.errors import TemplateError
 
 
@@ -48,7 +50,10 @@ def template_from_data(data: Any, *, source: str = "<data>") -> Template:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
             field = _field_path(data, err["loc"])
-            problems.append(f"{field}: {err['msg']}")
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{field}: {_unknown_field(data, err['loc'])}")
+            else:
+                problems.append(f"{field}: {err['msg']}")
         raise TemplateError(
             f"template {source} is not valid: " + "; ".join(problems),
             path=source,
@@ -75,3 +80,61 @@ def _field_path(data: Any, loc: tuple[Any, ...]) -> str:
             parts.append(str(item))
             current = current.get(item) if isinstance(current, dict) else None
     return ".".join(parts) or "<root>"
+
+
+def _unknown_field(data: Any, loc: tuple[Any, ...]) -> str:
+    """ "step fetch has no field `timeout`; did you mean `timeout_seconds`?" for an unknown key:
+    the step named by its id (in words: brackets do not survive every terminal's markup) and
+    the closest field the model at that place has (difflib)."""
+    name = str(loc[-1])
+    owner = "the template"
+    step = _step_of(data, loc)
+    inside = [str(part) for part in loc[2:-1] if not isinstance(part, int)] if step else []
+    if step is not None:
+        owner = f"step {step}" if not inside else f"{'.'.join(inside)} of step {step}"
+    elif len(loc) > 1:
+        owner = ".".join(str(part) for part in loc[:-1] if not isinstance(part, int))
+    text = f"{owner} has no field `{name}`"
+    known = _known_fields(loc[:-1])
+    found = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if known else []
+    if not found:  # `timeout` for `timeout_seconds`: a prefix is as good a hint
+        found = [k for k in known if k.startswith(f"{name}_")][:1]
+    if found:
+        text += f"; did you mean `{found[0]}`?"
+    elif known:
+        text += f" (fields: {', '.join(sorted(known))})"
+    return text
+
+
+def _step_of(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """The id (or index) of the step a location is inside, or None."""
+    if len(loc) < 3 or loc[0] != "steps" or not isinstance(loc[1], int):
+        return None
+    steps = data.get("steps") if isinstance(data, dict) else None
+    item = steps[loc[1]] if isinstance(steps, list) and len(steps) > loc[1] else None
+    step_id = item.get("id") if isinstance(item, dict) else None
+    return str(step_id) if step_id else f"at index {loc[1]}"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The fields the model at a location accepts ([] when it cannot be told)."""
+    model: type[BaseModel] | None = Template
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue  # a list item: the same model as the list's
+        info = model.model_fields.get(str(part))
+        model = _model_in(info.annotation) if info is not None else None
+    if model is None:
+        return []
+    names = list(model.model_fields)
+    if model is StepSpec:  # llm fields are written on the step
+        names += sorted(LLM_FIELDS)
+    return names
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside `X`, `X | None` or `list[X]`, if there is exactly one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    found = {m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None}
+    return found.pop() if len(found) == 1 else None

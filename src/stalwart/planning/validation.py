@@ -6,17 +6,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from stalwart.domain.conditions import condition_problems, parse_expression
-from stalwart.domain.plans import Plan, PlanStep
+from stalwart.domain.conditions import Condition, condition_problems, parse_expression
+from stalwart.domain.plans import Plan, PlanStep, StepSpec, Template
 from stalwart.domain.refs import find_refs
 from stalwart.errors import PlanValidationError
 from stalwart.llm.routing import Router
+from stalwart.planning.paths import path_miss
 from stalwart.tools.registry import ToolRegistry
 
 
@@ -33,6 +35,81 @@ def _problem(step: str | None, text: str) -> dict[str, str]:
     return {"step": step or "", "problem": text}
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`; did you mean `x`?` when a known name is close to `name` (difflib), else ""."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean `{found[0]}`?" if found else ""
+
+
+class _TextAnswer(BaseModel):
+    """The output of an llm step without an output schema."""
+
+    text: str
+
+
+class _SignOff(BaseModel):
+    """The output of an approved human step."""
+
+    approved: bool
+    reviewer: str | None
+    comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a step's output (or the job input) is known to be, and how to name it."""
+
+    label: str
+    model: type[BaseModel]
+
+
+def _output_shapes(
+    plan: Plan, tools: ToolRegistry, schemas: Mapping[str, type[BaseModel]]
+) -> dict[str, _Shape]:
+    """The known output model of each step; a step whose output is not known is absent."""
+    shapes: dict[str, _Shape] = {}
+    for step in plan.steps:
+        where = f"the output of step {step.id}"
+        if step.kind == "human":
+            shapes[step.id] = _Shape(f"{where} (a human step's sign-off)", _SignOff)
+        elif step.kind == "llm" and step.llm is not None:
+            name = step.llm.output
+            if name is None:
+                label = f'{where} (an llm step without an output schema answers {{"text": ...}})'
+                shapes[step.id] = _Shape(label, _TextAnswer)
+            elif name in schemas:
+                shapes[step.id] = _Shape(f"{where} (schema {name!r})", schemas[name])
+        elif (
+            step.kind == "tool"
+            and step.tool
+            and (spec := tools.get(step.tool)) is not None
+            # A tool may return an instance of a subclass of its declared model, whose dump
+            # has the subclass's fields too: then its output is not known here.
+            and not spec.result_model.__subclasses__()
+        ):
+            label = f"{where} (tool {step.tool!r} returns {spec.result_model.__name__})"
+            shapes[step.id] = _Shape(label, spec.result_model)
+    return shapes
+
+
+def _path_problems(
+    sid: str, reference: str, shape: _Shape | None, rest: list[str], *, condition: bool = False
+) -> list[dict[str, str]]:
+    """A problem when `rest` (the path below the output or input) cannot exist in `shape`."""
+    if shape is None:
+        return []
+    miss = path_miss(shape.model, rest)
+    if miss is None:
+        return []
+    what = f"condition on {reference!r}" if condition else f"reference ${{{reference}}}"
+    problem = _problem(sid, f"{what}: {miss.describe(shape.label)}")
+    problem.update(reference=reference, field=miss.segment)
+    best = miss.suggestion()
+    if best is not None:
+        problem["suggestion"] = best
+    return [problem]
+
+
 def plan_problems(
     plan: Plan,
     tools: ToolRegistry,
@@ -45,7 +122,9 @@ def plan_problems(
     """Every problem of `plan`, each with its step id (empty for plan-wide problems).
 
     `schemas` are the output schemas llm steps may name; `tiers` the tiers that have a model
-    (None: not checked here)."""
+    (None: not checked here). Every `steps.<id>.output.*` path is checked against the output
+    model of step `<id>` when it is known (a tool's result model, an llm step's schema); a miss
+    also carries `reference`, `field` and, when a known field is close, `suggestion`."""
     limits = limits or PlanLimits()
     problems: list[dict[str, str]] = []
     if not plan.steps:
@@ -60,10 +139,12 @@ def plan_problems(
         if step_id in seen:
             problems.append(_problem(step_id, "step id is used more than once"))
         seen.add(step_id)
+    shapes = _output_shapes(plan, tools, schemas or {})
     for step in plan.steps:
-        problems.extend(_step_problems(step, seen, tools, allowed_tools, limits))
-        problems.extend(_llm_problems(step, seen, schemas or {}, tiers))
+        problems.extend(_step_problems(step, seen, tools, allowed_tools, limits, shapes))
+        problems.extend(_llm_problems(step, seen, schemas or {}, tiers, shapes))
         problems.extend(_check_problems(step, tiers))
+        problems.extend(_condition_path_problems(step, seen, shapes))
     problems.extend(_cycle_problems(plan))
     return problems
 
@@ -91,6 +172,7 @@ def _step_problems(
     tools: ToolRegistry,
     allowed: frozenset[str] | None,
     limits: PlanLimits,
+    shapes: Mapping[str, _Shape],
 ) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     sid = step.id
@@ -106,9 +188,11 @@ def _step_problems(
         if dep == sid:
             out.append(_problem(sid, "the step depends on itself"))
         elif dep not in ids:
-            out.append(_problem(sid, f"depends_on names unknown step {dep!r}"))
+            out.append(
+                _problem(sid, f"depends_on names unknown step {dep!r}" + _did_you_mean(dep, ids))
+            )
     for path in find_refs(step.args):
-        out.extend(_ref_problems(sid, path, ids))
+        out.extend(_ref_problems(sid, path, ids, shapes))
     # An unknown tool is one problem, not two: its missing timeout follows from it.
     if step.kind == "tool" and step.timeout_seconds is None and step.tool in tools:
         out.append(
@@ -144,6 +228,7 @@ def _llm_problems(
     ids: set[str],
     schemas: Mapping[str, type[BaseModel]],
     tiers: frozenset[str] | None,
+    shapes: Mapping[str, _Shape],
 ) -> list[dict[str, str]]:
     llm, sid = step.llm, step.id
     if llm is None:
@@ -155,7 +240,7 @@ def _llm_problems(
             _problem(
                 sid,
                 f"output schema {llm.output!r} is not registered (known: {known}); "
-                "register it with app.schema(Model)",
+                "register it with app.schema(Model)" + _did_you_mean(llm.output, schemas),
             )
         )
     if llm.cacheable and llm.temperature != 0:
@@ -178,7 +263,7 @@ def _llm_problems(
             )
         )
     for path in find_refs(llm.prompt) + find_refs(llm.system):
-        out.extend(_ref_problems(sid, path, ids))
+        out.extend(_ref_problems(sid, path, ids, shapes))
     return out
 
 
@@ -197,7 +282,88 @@ def _check_problems(step: PlanStep, tiers: frozenset[str] | None) -> list[dict[s
     return out
 
 
-def _ref_problems(sid: str, path: str, ids: set[str]) -> list[dict[str, str]]:
+def template_problems(
+    template: Template, input_model: type[BaseModel] | None
+) -> list[dict[str, str]]:
+    """Every `input.*` path of `template` that cannot exist in the workflow's input model: the
+    references in arguments and prompts, and the paths of its conditions (`when`,
+    `requires_approval`, `success`, checks). Found without any input, so at registration and by
+    `stalwart plan validate`. Nothing is checked when the input model is not known (None, or
+    `BaseModel` itself)."""
+    if input_model is None or input_model is BaseModel:
+        return []
+    shape = _Shape(f"the input ({input_model.__name__})", input_model)
+    out: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def check(sid: str, path: str, *, condition: bool) -> None:
+        parts = path.split(".")
+        if parts[0] != "input" or (sid, path) in seen:
+            return
+        seen.add((sid, path))
+        out.extend(_path_problems(sid, path, shape, parts[1:], condition=condition))
+
+    for path in template.when or {}:
+        check("", path, condition=True)
+    for step in template.steps:
+        refs = find_refs(step.args)
+        if step.llm is not None:
+            refs += find_refs(step.llm.prompt) + find_refs(step.llm.system)
+        for path in refs:
+            check(step.id, path, condition=False)
+        for condition in _conditions(step):
+            for path in condition:
+                check(step.id, path, condition=True)
+    return out
+
+
+def _conditions(step: StepSpec | PlanStep) -> list[Condition]:
+    """The step's conditions: `requires_approval` (when one), `success`, and its checks."""
+    found: list[Condition] = []
+    if isinstance(step.requires_approval, dict):
+        found.append(step.requires_approval)
+    if step.success:
+        found.append(step.success)
+    for check in step.checks:
+        if isinstance(check.expect, dict):
+            found.append(check.expect)
+        else:
+            try:
+                found.append(parse_expression(check.expect, prefix="output."))
+            except ValueError:
+                continue  # reported as a problem of its own
+    return found
+
+
+def _condition_path_problems(
+    step: PlanStep, ids: set[str], shapes: Mapping[str, _Shape]
+) -> list[dict[str, str]]:
+    """Paths of the step's conditions that cannot exist in the known output models: a typo there
+    would make a condition quietly never hold (no approval asked, a check never passing)."""
+    out: list[dict[str, str]] = []
+    # `output.*` is the step's own output in `success` and checks; `requires_approval` is
+    # decided before the step runs, so there it reads nothing (and is left alone here).
+    for condition in _conditions(step):
+        for path in condition:
+            parts = path.split(".")
+            if parts[0] == "output" and condition is not step.requires_approval:
+                shape = shapes.get(step.id)
+                out.extend(_path_problems(step.id, path, shape, parts[1:], condition=True))
+            elif (
+                len(parts) >= 3
+                and parts[0] == "steps"
+                and parts[2] == "output"
+                and parts[1] in ids
+                and parts[1] != step.id
+            ):
+                shape = shapes.get(parts[1])
+                out.extend(_path_problems(step.id, path, shape, parts[3:], condition=True))
+    return out
+
+
+def _ref_problems(
+    sid: str, path: str, ids: set[str], shapes: Mapping[str, _Shape]
+) -> list[dict[str, str]]:
     parts = path.split(".")
     if parts[0] == "input":
         return [_problem(sid, f"reference ${{{path}}} was not bound: the input has no such field")]
@@ -208,10 +374,11 @@ def _ref_problems(sid: str, path: str, ids: set[str]) -> list[dict[str, str]]:
     if len(parts) < 3 or parts[2] != "output":
         return [_problem(sid, f"reference ${{{path}}}: write steps.<id>.output[.field]")]
     if parts[1] not in ids:
-        return [_problem(sid, f"reference ${{{path}}} names unknown step {parts[1]!r}")]
+        hint = _did_you_mean(parts[1], ids - {sid})
+        return [_problem(sid, f"reference ${{{path}}} names unknown step {parts[1]!r}{hint}")]
     if parts[1] == sid:
         return [_problem(sid, f"reference ${{{path}}} refers to the step's own output")]
-    return []
+    return _path_problems(sid, path, shapes.get(parts[1]), parts[3:])
 
 
 def _tool_problems(
@@ -234,7 +401,7 @@ def _tool_problems(
                 _problem(
                     sid,
                     f"unknown argument {name!r} for tool {step.tool!r} "
-                    f"(accepts: {', '.join(fields) or 'nothing'})",
+                    f"(accepts: {', '.join(fields) or 'nothing'})" + _did_you_mean(name, fields),
                 )
             )
     for name, info in fields.items():
