@@ -221,6 +221,7 @@ class DeadLetter(BaseModel):
     id: str
     job_id: str
     workflow: str
+    step_id: int | None
     step_key: str | None
     reason: str
     error: dict[str, Any] | None

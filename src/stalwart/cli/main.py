@@ -987,7 +987,7 @@ def dlq_show(ctx: typer.Context, dead_letter_id: str) -> None:
         return
     ui.out.print(
         f"[bold]{letter.id}[/]  {ui.status(letter.status)}  job {letter.job_id} "
-        f"({letter.workflow})  step {letter.step_key}"
+        f"({letter.workflow})" + (f"  step {letter.step_key}" if letter.step_key else "")
     )
     ui.out.print(f"reason: {letter.reason}")
     if letter.error:

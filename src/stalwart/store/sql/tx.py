@@ -417,11 +417,21 @@ def park_job(
     *,
     step: StepHead | None = None,
     error: StepError | dict[str, Any] | None = None,
+    escalation: dict[str, Any] | None = None,
 ) -> None:
-    """Dead-letter or escalate a job and open a dead-letter record for operators."""
+    """Dead-letter or escalate a job and open a dead-letter record for operators. `error` is
+    the cause (the job's error); `escalation`, when given, is the later failure that parked the
+    job instead of letting it recover (a replan that could not happen), kept in the context."""
     if job.status not in JOB_TERMINAL and job.status not in JOB_PARKED:
         err = error.to_dict() if isinstance(error, StepError) else error
         move_job(tx, job, target, reason, sets=", error = ?", params=(dumps(err),))
+    context: dict[str, Any] = {
+        "step": step.spec if step else None,
+        "attempt": step.attempt if step else None,
+        "plan_version": job.plan_version,
+    }
+    if escalation is not None:
+        context["escalation"] = escalation
     tx.con.execute(
         "INSERT INTO dead_letters (id, tenant_id, job_id, workflow, step_id, step_key, reason, "
         "error, context, status, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -434,17 +444,50 @@ def park_job(
             step.key if step else None,
             f"{target.value}: {reason}",
             dumps(error.to_dict() if isinstance(error, StepError) else error),
-            dumps(
-                {
-                    "step": step.spec if step else None,
-                    "attempt": step.attempt if step else None,
-                    "plan_version": job.plan_version,
-                }
-            ),
+            dumps(context),
             "open",
             tx.now,
         ),
     )
+
+
+def escalate_replanning(
+    tx: Tx, job: JobHead, reason: str, feedback: dict[str, Any] | None, symptom: StepError
+) -> None:
+    """Escalate a job whose (re)planning could not go on. When a failed or rejected step sent
+    it to replanning (its replan `feedback`), that step and its error stay the job's cause, with
+    `symptom` (why the replan could not happen) beside them; else `symptom` is the cause."""
+    step, cause = replan_cause(tx, job, feedback)
+    if cause is None:
+        park_job(tx, job, J.ESCALATED, reason, step=step, error=symptom)
+        return
+    why = f"{reason}; cause: {cause.get('message')}"
+    park_job(tx, job, J.ESCALATED, why, step=step, error=cause, escalation=symptom.to_dict())
+
+
+def replan_cause(
+    tx: Tx, job: JobHead, feedback: dict[str, Any] | None
+) -> tuple[StepHead | None, dict[str, Any] | None]:
+    """The step of the current plan that sent the job to replanning, and its error (a
+    reviewer's rejection reads as one), from the job's replan feedback."""
+    if not feedback or not feedback.get("step"):
+        return None, None
+    key = str(feedback["step"])
+    row = tx.con.execute(
+        f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND plan_version = ? AND key = ?",
+        (job.id, job.plan_version, key),
+    ).fetchone()
+    step = step_head(row) if row else None
+    error = feedback.get("error")
+    if isinstance(error, dict):
+        return step, error
+    if feedback.get("rejected_by"):
+        comment = feedback.get("comment")
+        message = f"step {key} rejected by {feedback['rejected_by']}" + (
+            f": {comment}" if comment else ""
+        )
+        return step, StepError("rejected", message, "rejected").to_dict()
+    return step, None
 
 
 def resolve_dead_letters(tx: Tx, job: JobHead, status: str, by: str) -> None:
