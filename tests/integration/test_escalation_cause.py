@@ -341,3 +341,17 @@ def test_a_review_past_its_sla_escalates_naming_the_review(db_url: str) -> None:
     assert job.error is not None and job.error["code"] == "review_overdue"
     assert "pay" in job.error["message"] and "SLA" in job.error["message"]
     assert letter.step_key == "pay" and letter.error == job.error
+
+    async def approve_late() -> JobRecord:
+        store = open_store(db_url, Settings(database_url=db_url))
+        try:
+            client = Client(store)
+            [review] = [r for r in await client.reviews() if r.job_id == job.id]
+            await client.approve(review.id, reviewer="alice")
+            return await client.get(job.id)
+        finally:
+            await store.close()
+
+    # A late approval resumes the job: the SLA was its only trouble, so its error goes.
+    resumed = asyncio.run(approve_late())
+    assert resumed.status == "executing" and resumed.error is None

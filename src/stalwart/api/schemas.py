@@ -84,6 +84,11 @@ class Step(BaseModel):
     critical: bool
     approved: bool
     spec: dict[str, Any]
+    args: Any = Field(
+        None,
+        description="What the latest attempt ran with (or, waiting for approval, will run "
+        "with): the spec's args with every reference resolved; null before the first attempt.",
+    )
     output: Any = None
     error: dict[str, Any] | None
     started_at: str | None

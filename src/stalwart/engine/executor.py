@@ -305,7 +305,10 @@ class Executor:
                 code="schema_changed",
             )
         try:
-            args = resolve(claim.spec.get("args") or {}, context)
+            # The arguments the claim resolved and stored are the ones the tool gets.
+            args = claim.args
+            if args is None:
+                args = resolve(claim.spec.get("args") or {}, context)
         except UnresolvedReferenceError as exc:
             return ToolOutcome(
                 error=StepError(ErrorClass.INVALID_ARGUMENTS, exc.message, "unresolved_reference")

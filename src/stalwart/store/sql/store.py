@@ -94,6 +94,7 @@ from stalwart.store.sql.tx import (
     note_job_move,
     open_review,
     park_job,
+    ran_with,
     release_dependents,
     resolve_dead_letters,
     reusable_outputs,
@@ -961,7 +962,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 ],
                 context={
                     "tool": step.tool,
-                    "args": step.spec.get("args"),
+                    "args": ran_with(tx, step),
                     "attempt": step.attempt,
                     "workflow": job.workflow,
                     "step": step.key,

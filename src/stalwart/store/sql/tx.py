@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stalwart.domain.arguments import reference_context, step_arguments
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.events import Event, note
 from stalwart.domain.plans import Plan, PlanStep
 from stalwart.domain.progress import job_target
 from stalwart.domain.records import Claim, StepError
-from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step, resolve
+from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step
 from stalwart.domain.states import (
     JOB_PARKED,
     JOB_TERMINAL,
@@ -613,6 +614,7 @@ def claim_candidate(
         _park_for_approval(tx, job, step, inputs, outputs, why)
         return None
     limit_keys = admit(job, step) if admit is not None else ()
+    args = _arguments(step, inputs, outputs)
     lease_expires = tx.now + lease_seconds
     move_step(
         tx,
@@ -621,8 +623,8 @@ def claim_candidate(
         f"attempt {step.attempt + 1}",
         data={"worker": worker_id, "attempt": step.attempt + 1},
         sets=", attempt = attempt + 1, lease_token = lease_token + 1, lease_owner = ?, "
-        "lease_expires = ?, started = ?",
-        params=(worker_id, lease_expires, tx.now),
+        "lease_expires = ?, started = ?, args = ?",
+        params=(worker_id, lease_expires, tx.now, None if args is None else dumps(args)),
     )
     tx.con.execute("UPDATE jobs SET steps_executed = steps_executed + 1 WHERE id = ?", (job.id,))
     if job.status == J.WAITING_APPROVAL.value:
@@ -665,7 +667,25 @@ def claim_candidate(
         limit_keys=limit_keys,
         trace_context=row[32],
         job_created=row[33],
+        args=args,
     )
+
+
+def _arguments(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> Any:
+    """The arguments this attempt runs with (decision 0037), or None when a reference points
+    at nothing: the executor then fails the attempt as `invalid_arguments`, naming it."""
+    try:
+        return step_arguments(step.spec, inputs, outputs)
+    except UnresolvedReferenceError:
+        return None
+
+
+def ran_with(tx: Tx, step: StepHead) -> Any:
+    """The arguments the step's latest attempt ran with; its template when none were stored."""
+    row = tx.con.execute("SELECT args FROM steps WHERE id = ?", (step.id,)).fetchone()
+    if row is None or row[0] is None:
+        return step.spec.get("args")
+    return loads(row[0], f"arguments of step {step.id}")
 
 
 def _budget(message: str) -> dict[str, Any]:
@@ -683,16 +703,12 @@ def _outputs(tx: Tx, step: StepHead, needs: list[str]) -> dict[str, Any]:
     return {key: loads(out, f"output of step {key}") for key, out in rows}
 
 
-def _context(inputs: Any, outputs: dict[str, Any]) -> dict[str, Any]:
-    return {"input": inputs, "steps": {k: {"output": v} for k, v in outputs.items()}}
-
-
 def _approval_reason(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> str | None:
     """Why the step must wait for a reviewer before it runs, or None."""
     rule = step.spec.get("requires_approval")
     if step.kind == "human" or rule is True:
         return ""
-    context = _context(inputs, outputs)
+    context = reference_context(inputs, outputs)
     if isinstance(rule, dict) and evaluate(rule, context):
         return ""
     reasons = [
@@ -705,12 +721,18 @@ def _park_for_approval(
     tx: Tx, job: JobHead, step: StepHead, inputs: Any, outputs: dict[str, Any], why: str = ""
 ) -> None:
     review = step.spec.get("review") or {}
-    try:
-        preview = resolve(step.spec.get("args") or {}, _context(inputs, outputs))
-    except UnresolvedReferenceError:
-        preview = step.spec.get("args") or {}
+    # The reviewer sees (and the step records) what it will run with, not the template.
+    resolved = _arguments(step, inputs, outputs)
+    preview = resolved if resolved is not None else step.spec.get("args")
     what = step.spec.get("description") or (f"run tool {step.tool}" if step.tool else step.key)
-    move_step(tx, step, S.AWAITING_APPROVAL, "requires approval")
+    move_step(
+        tx,
+        step,
+        S.AWAITING_APPROVAL,
+        "requires approval",
+        sets=", args = ?",
+        params=(None if resolved is None else dumps(resolved),),
+    )
     open_review(
         tx,
         job,
