@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 from tests.browser.conftest import csrf_of
@@ -28,6 +29,8 @@ from tests.browser.conftest import csrf_of
 from stalwart import App, ApprovalPolicy, Client, Settings, ToolContext
 from stalwart.api import create_api
 from stalwart.domain.records import DeadLetterRecord, JobRecord, StepRecord
+from stalwart.errors import BudgetExceeded
+from stalwart.planning.planner import TemplatePlanner
 from stalwart.store import open_store
 from stalwart.worker.worker import Worker
 
@@ -250,6 +253,26 @@ def test_no_replans_left_escalates_with_the_check(db_url: str) -> None:
     names_the_cause(job.error["message"])
     assert letter.step_key == "extract" and letter.error == job.error
     names_the_cause(letter.reason)
+
+
+def test_a_replan_refused_by_the_budget_escalates_with_the_check(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_plan = TemplatePlanner.plan
+
+    def plan(self: TemplatePlanner, workflow: Any, job_input: Any, **kwargs: Any) -> Any:
+        if kwargs.get("version", 1) > 1:
+            raise BudgetExceeded("planning would pass the job's budget", budget="job:j:usd")
+        return first_plan(self, workflow, job_input, **kwargs)
+
+    monkeypatch.setattr(TemplatePlanner, "plan", plan)
+    job, letter, _ = asyncio.run(escalate(invoice_app(db_url, max_replans=1)))
+    assert job.status == "escalated"
+    assert job.error is not None and job.error["code"] == "check_failed"
+    names_the_cause(job.error["message"])
+    assert letter.step_key == "extract" and letter.error == job.error
+    assert "refused by the budget" in letter.reason
+    assert letter.context["escalation"]["error_class"] == "budget"
 
 
 def review_app(db_url: str, **review: Any) -> App:
