@@ -779,7 +779,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             exhaust_step(tx, job, step, decision.reason, error)
         elif outcome is Outcome.ESCALATE:
             # The reason names the error too: `dlq list` shows only the reason.
-            why = f"step {step.key}: {decision.reason}: {error.message}"
+            why = f"step {step.key}: {decision.reason}; {error.message}"
             park_job(tx, job, J.ESCALATED, why, step=step, error=error)
         elif outcome is Outcome.REPLAN:
             feedback = {"step": step.key, "error": error.to_dict(), "reason": decision.reason}
@@ -916,8 +916,13 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             move_step(tx, step, S.CANCELLED, f"{why}; job is {job.status}", sets=clear)
             return
         exhausted = not refund and step.attempt >= step.max_attempts
-        lost = StepError(
-            "transient", f"step {step.key}: {why} on all {step.attempt} attempts", "worker_lost"
+        # Out of attempts, the lost leases are the cause the job and its dead letter show.
+        lost = (
+            StepError(
+                "transient", f"step {step.key}: {why} on all {step.attempt} attempts", "worker_lost"
+            )
+            if exhausted
+            else None
         )
         if step.idempotent:
             if exhausted:
