@@ -222,11 +222,19 @@ async def test_escalate_from_a_replan_claim_parks_the_job(store: Store) -> None:
     [replan] = await store.job_claim_replanning("planner-1", lease_seconds=30)
 
     parked = await store.job_escalate(
-        replan, actor="planner-1", reason="plan repeated", error=failure("semantic", "loop")
+        replan, actor="planner-1", reason="plan repeated", error=failure("critical", "loop")
     )
 
+    # The step failure that sent the job to replanning stays its cause; the replan's own
+    # failure is kept beside it.
     assert parked.status == "escalated"
-    assert parked.error is not None and parked.error["message"] == "loop"
-    assert (await store.dead_letter_get(job.id)).status == "open"
+    assert parked.error == failure("semantic").to_dict()
+    letter = await store.dead_letter_get(job.id)
+    assert letter.status == "open"
+    assert (letter.step_id, letter.step_key) == (claim.step_id, "a")
+    assert letter.error == parked.error
+    assert letter.reason == "escalated: plan repeated; cause: boom"
+    assert letter.context["step"]["id"] == "a" and letter.context["attempt"] == 1
+    assert letter.context["escalation"] == failure("critical", "loop").to_dict()
     assert await store.job_claim_replanning("planner-2", lease_seconds=30) == []
     assert await claim_all(store) == []

@@ -91,6 +91,11 @@ class Step(BaseModel):
     critical: bool
     approved: bool
     spec: dict[str, Any]
+    args: Any = Field(
+        None,
+        description="What the latest attempt ran with (or, waiting for approval, will run "
+        "with): the spec's args with every reference resolved; null before the first attempt.",
+    )
     output: Any = None
     error: dict[str, Any] | None
     started_at: str | None
@@ -228,6 +233,7 @@ class DeadLetter(BaseModel):
     id: str
     job_id: str
     workflow: str
+    step_id: int | None
     step_key: str | None
     reason: str
     error: dict[str, Any] | None

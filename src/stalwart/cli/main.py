@@ -655,13 +655,14 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
     ui.out.print(
         ui.table(
             "steps",
-            ["step", "kind/tool", "status", "attempts", "output / error"],
+            ["step", "kind/tool", "status", "attempts", "arguments", "output / error"],
             [
                 (
                     s.key,
                     s.tool or s.kind,
                     ui.status(s.status),
                     f"{s.attempt}/{s.max_attempts}",
+                    "-" if s.args is None else ui.short(s.args, 60),
                     ui.short(
                         s.error.get("message") if s.error and s.status != "succeeded" else s.output
                     ),
@@ -891,6 +892,9 @@ def review_show(ctx: typer.Context, review_id: str) -> None:
             f"decided {review.decision} by {review.decided_by} "
             f"{ui.when(review.decided)}: {review.comment or ''}"
         )
+    if review.arguments is not None:
+        ui.out.print("arguments:")
+        ui.out.print_json(json.dumps(review.arguments, default=str))
     ui.out.print("context:")
     ui.out.print_json(json.dumps(review.context, default=str))
 
@@ -990,7 +994,7 @@ def dlq_show(ctx: typer.Context, dead_letter_id: str) -> None:
         return
     ui.out.print(
         f"[bold]{letter.id}[/]  {ui.status(letter.status)}  job {letter.job_id} "
-        f"({letter.workflow})  step {letter.step_key}"
+        f"({letter.workflow})" + (f"  step {letter.step_key}" if letter.step_key else "")
     )
     ui.out.print(f"reason: {letter.reason}")
     if letter.error:

@@ -96,6 +96,9 @@ class StepRecord:
     error: dict[str, Any] | None
     started: float | None
     finished: float | None
+    # What its latest attempt ran with (or, waiting for approval, will run with): `spec.args`
+    # with every reference resolved. None before it is first claimed (decision 0037).
+    args: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""
@@ -132,6 +135,8 @@ class Claim:
     trace_context: str | None = None
     # When the job was submitted (the start of its root span).
     job_created: float | None = None
+    # The step's arguments resolved at claim (decision 0037): what the tool is called with.
+    args: Any = None
 
     @property
     def idempotency_key(self) -> str:
@@ -162,6 +167,13 @@ class ReviewRecord:
     decision: str | None = None
     decided_by: str | None = None
     comment: str | None = None
+
+    @property
+    def arguments(self) -> Any:
+        """What the step runs with if approved (an interrupted step: what it ran with), every
+        reference resolved when the review opened; what `review show` and the review page
+        show."""
+        return self.context.get("args")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with ISO times."""

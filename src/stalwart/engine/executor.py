@@ -314,7 +314,10 @@ class Executor:
                 code="schema_changed",
             )
         try:
-            args = resolve(claim.spec.get("args") or {}, context)
+            # The arguments the claim resolved and stored are the ones the tool gets.
+            args = claim.args
+            if args is None:
+                args = resolve(claim.spec.get("args") or {}, context)
         except UnresolvedReferenceError as exc:
             return ToolOutcome(
                 error=StepError(ErrorClass.INVALID_ARGUMENTS, exc.message, "unresolved_reference")
@@ -501,16 +504,16 @@ class Executor:
         job = claim.job
         workflow = self.workflows.get(job.workflow)
         if workflow is None:
+            why = f"workflow {job.workflow!r} is not registered here"
             await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"workflow {job.workflow!r} is not registered here"
+                claim, actor=worker_id, reason=why, error=_symptom(why, "workflow_unknown")
             )
             return
         first = job.status == "planning"
         if not first and job.replans >= job.max_replans:
+            why = f"no replans left (max_replans={job.max_replans})"
             await self.store.job_escalate(
-                claim,
-                actor=worker_id,
-                reason=f"no replans left (max_replans={job.max_replans})",
+                claim, actor=worker_id, reason=why, error=_symptom(why, "replans_exhausted")
             )
             return
         doing = "planning" if first else "replanning"
@@ -521,18 +524,24 @@ class Executor:
             with tracing.span(f"plan {job.workflow}", job.trace_context, attributes):
                 plan = await self._new_plan(workflow, claim, first)
         except PlanValidationError as exc:
+            why = f"{doing} produced an invalid plan: {exc.message}"
             await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"{doing} produced an invalid plan: {exc.message}"
+                claim, actor=worker_id, reason=why, error=_symptom(why, "plan_invalid")
             )
             return
         except BudgetExceeded as exc:
+            why = f"{doing} was refused by the budget: {exc.message}"
             await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"{doing} was refused by the budget: {exc.message}"
+                claim,
+                actor=worker_id,
+                reason=why,
+                error=StepError(ErrorClass.BUDGET, why, "budget_exceeded"),
             )
             return
         except ConfigurationError as exc:
+            why = f"{doing} is not configured: {exc.message}"
             await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"{doing} is not configured: {exc.message}"
+                claim, actor=worker_id, reason=why, error=_symptom(why, "not_configured")
             )
             return
         except ToolError as exc:
@@ -546,16 +555,21 @@ class Executor:
                     extra={"action": "plan_deferred", "job": job.id},
                 )
                 return
-            await self.store.job_escalate(
-                claim, actor=worker_id, reason=f"{doing} failed: {exc.message}"
-            )
-            return
-        if plan.plan_hash() in claim.tried_hashes:
+            why = f"{doing} failed: {exc.message}"
             await self.store.job_escalate(
                 claim,
                 actor=worker_id,
-                reason=f"the planner produced a plan already tried (hash {plan.plan_hash()[:12]}); "
-                "escalating instead of looping",
+                reason=why,
+                error=StepError(exc.error_class, why, exc.code or "planning_failed"),
+            )
+            return
+        if plan.plan_hash() in claim.tried_hashes:
+            why = (
+                f"the planner produced a plan already tried (hash {plan.plan_hash()[:12]}); "
+                "escalating instead of looping"
+            )
+            await self.store.job_escalate(
+                claim, actor=worker_id, reason=why, error=_symptom(why, "plan_repeated")
             )
             return
         hashes = {
@@ -569,6 +583,12 @@ class Executor:
 
 def _critical(message: str, code: str = "critical") -> ToolOutcome:
     return ToolOutcome(error=StepError(ErrorClass.CRITICAL, message, code))
+
+
+def _symptom(message: str, code: str) -> StepError:
+    """Why a (re)plan could not go on: the job's error when nothing failed before it, else kept
+    beside the step error that sent the job to replanning."""
+    return StepError(ErrorClass.CRITICAL, message, code)
 
 
 __all__ = ["Executor", "Outcome"]

@@ -60,7 +60,7 @@ async def review_page(
         workflow=context.get("workflow") or job.workflow,
         description=spec.get("description") or context.get("description") or "",
         tool=spec.get("tool") or context.get("tool") or "",
-        args=spec.get("args", context.get("args")),
+        args=review.arguments,
         upstream=context.get("upstream") or {},
         options=[o if isinstance(o, dict) else {"name": str(o)} for o in review.options],
         waiting=review.status in WAITING,

@@ -126,7 +126,7 @@ def _job(row: Sequence[Any], problems: list[str] | None) -> JobRecord:
 STEP_COLUMNS = (
     "id, job_id, tenant_id, plan_version, key, kind, tool, status, priority, attempt, "
     "max_attempts, critical, idempotent, approved, reconcile_pending, lease_owner, lease_token, "
-    "due, lease_expires, spec, output, error, started, finished"
+    "due, lease_expires, spec, output, error, started, finished, args"
 )
 
 
@@ -158,6 +158,7 @@ def step_from_row(row: tuple[Any, ...]) -> StepRecord:
         error=loads(r[21], f"error of step {r[4]!r} of job {r[1]}", dict),
         started=r[22],
         finished=r[23],
+        args=loads(r[24], f"arguments of step {r[0]}"),
     )
 
 

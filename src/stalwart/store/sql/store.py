@@ -86,6 +86,7 @@ from stalwart.store.sql.tx import (
     advance_job,
     claim_candidate,
     close_open_steps,
+    escalate_replanning,
     exhaust_step,
     fail_job,
     insert_plan,
@@ -95,6 +96,7 @@ from stalwart.store.sql.tx import (
     open_review,
     park_job,
     quarantine_job,
+    ran_with,
     release_dependents,
     resolve_dead_letters,
     reusable_outputs,
@@ -464,7 +466,9 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
     async def job_escalate(
         self, claim: ReplanClaim, *, actor: str, reason: str, error: StepError | None = None
     ) -> JobRecord:
-        """Park a claimed replanning job for a human."""
+        """Park a claimed replanning job for a human; the failure that sent it to replanning
+        stays its cause (see `escalate_replanning`)."""
+        symptom = error or StepError("critical", reason, "escalated")
 
         def run(tx: Tx) -> None:
             job = self._replan_job(tx, claim)
@@ -473,7 +477,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             tx.con.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = ?", (job.id,)
             )
-            park_job(tx, job, J.ESCALATED, reason, error=error)
+            escalate_replanning(tx, job, reason, claim.feedback, symptom)
 
         await self._write(actor, run)
         return await self.job_get(claim.job.id)
@@ -793,9 +797,9 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         if outcome in (Outcome.SKIP, Outcome.DEAD_LETTER):
             exhaust_step(tx, job, step, decision.reason, error)
         elif outcome is Outcome.ESCALATE:
-            park_job(
-                tx, job, J.ESCALATED, f"step {step.key}: {decision.reason}", step=step, error=error
-            )
+            # The reason names the error too: `dlq list` shows only the reason.
+            why = f"step {step.key}: {decision.reason}; {error.message}"
+            park_job(tx, job, J.ESCALATED, why, step=step, error=error)
         elif outcome is Outcome.REPLAN:
             feedback = {"step": step.key, "error": error.to_dict(), "reason": decision.reason}
             move_job(
@@ -953,10 +957,18 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             move_step(tx, step, S.CANCELLED, f"{why}; job is {job.status}", sets=clear)
             return
         exhausted = not refund and step.attempt >= step.max_attempts
+        # Out of attempts, the lost leases are the cause the job and its dead letter show.
+        lost = (
+            StepError(
+                "transient", f"step {step.key}: {why} on all {step.attempt} attempts", "worker_lost"
+            )
+            if exhausted
+            else None
+        )
         if step.idempotent:
             if exhausted:
                 move_step(tx, step, S.FAILED, f"{why} on every attempt", sets=clear)
-                exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", None)
+                exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", lost)
             else:
                 move_step(
                     tx,
@@ -970,7 +982,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         move_step(tx, step, S.INTERRUPTED, f"{why} while a non-idempotent tool ran", sets=clear)
         if exhausted:
             move_step(tx, step, S.FAILED, f"{why} on every attempt")
-            exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", None)
+            exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", lost)
         elif step.spec.get("has_reconcile"):
             move_step(
                 tx,
@@ -996,7 +1008,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 ],
                 context={
                     "tool": step.tool,
-                    "args": step.spec.get("args"),
+                    "args": ran_with(tx, step),
                     "attempt": step.attempt,
                     "workflow": job.workflow,
                     "step": step.key,
@@ -1199,7 +1211,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         if job.status == J.ESCALATED.value and not _has_failed_steps(tx, job):
             # Escalated only because this review passed its SLA: the decision resolves it. A
             # job escalated by a failed step stays parked until an operator redrives it.
-            move_job(tx, job, J.EXECUTING, f"approved by {reviewer}")
+            move_job(tx, job, J.EXECUTING, f"approved by {reviewer}", sets=", error = NULL")
             resolve_dead_letters(tx, job, "resolved", reviewer)
         if step.status in (S.AWAITING_APPROVAL.value, S.INTERRUPTED.value):
             move_step(
@@ -1217,8 +1229,9 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         if step.status == S.INTERRUPTED.value:
             move_step(tx, step, S.FAILED, why)
             if job.status == J.ESCALATED.value:
-                move_job(tx, job, J.EXECUTING, why)
-            exhaust_step(tx, job, step, why, None)
+                move_job(tx, job, J.EXECUTING, why, sets=", error = NULL")
+            rejected = StepError("rejected", f"step {step.key}: {why}", "rejected")
+            exhaust_step(tx, job, step, why, rejected)
             return
         if step.status != S.AWAITING_APPROVAL.value:
             return
@@ -1234,7 +1247,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 job,
                 J.REPLANNING,
                 why,
-                sets=", replan_feedback = ?, lease_expires = NULL",
+                sets=", replan_feedback = ?, lease_expires = NULL, error = NULL",
                 params=(dumps(feedback),),
             )
             return
@@ -1273,7 +1286,14 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                     "review_escalated", job, "approval SLA passed", step=step, review_id=review_id
                 )
                 if job.status in LIVE_JOB:
-                    park_job(tx, job, J.ESCALATED, f"review {review_id} passed its SLA", step=step)
+                    why = f"review {review_id} passed its SLA"
+                    overdue = StepError(
+                        "review_overdue",
+                        f"step {review.step_key}: {why} with no decision",
+                        "review_overdue",
+                        details={"review_id": review_id, "sla_deadline": review.sla_deadline},
+                    )
+                    park_job(tx, job, J.ESCALATED, why, step=step, error=overdue)
             return ids
 
         if not await self._any(REVIEW_OVERDUE):

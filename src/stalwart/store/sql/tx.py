@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from stalwart.domain.arguments import reference_context, step_arguments
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.events import Event, note
 from stalwart.domain.plans import Plan, PlanStep
 from stalwart.domain.progress import job_target
 from stalwart.domain.records import Claim, StepError
-from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step, resolve
+from stalwart.domain.refs import UnresolvedReferenceError, find_refs, ref_step
 from stalwart.domain.states import (
     JOB_PARKED,
     JOB_TERMINAL,
@@ -423,11 +424,21 @@ def park_job(
     *,
     step: StepHead | None = None,
     error: StepError | dict[str, Any] | None = None,
+    escalation: dict[str, Any] | None = None,
 ) -> None:
-    """Dead-letter or escalate a job and open a dead-letter record for operators."""
+    """Dead-letter or escalate a job and open a dead-letter record for operators. `error` is
+    the cause (the job's error); `escalation`, when given, is the later failure that parked the
+    job instead of letting it recover (a replan that could not happen), kept in the context."""
     if job.status not in JOB_TERMINAL and job.status not in JOB_PARKED:
         err = error.to_dict() if isinstance(error, StepError) else error
         move_job(tx, job, target, reason, sets=", error = ?", params=(dumps(err),))
+    context: dict[str, Any] = {
+        "step": step.spec if step else None,
+        "attempt": step.attempt if step else None,
+        "plan_version": job.plan_version,
+    }
+    if escalation is not None:
+        context["escalation"] = escalation
     tx.con.execute(
         "INSERT INTO dead_letters (id, tenant_id, job_id, workflow, step_id, step_key, reason, "
         "error, context, status, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -440,17 +451,50 @@ def park_job(
             step.key if step else None,
             f"{target.value}: {reason}",
             dumps(error.to_dict() if isinstance(error, StepError) else error),
-            dumps(
-                {
-                    "step": step.spec if step else None,
-                    "attempt": step.attempt if step else None,
-                    "plan_version": job.plan_version,
-                }
-            ),
+            dumps(context),
             "open",
             tx.now,
         ),
     )
+
+
+def escalate_replanning(
+    tx: Tx, job: JobHead, reason: str, feedback: dict[str, Any] | None, symptom: StepError
+) -> None:
+    """Escalate a job whose (re)planning could not go on. When a failed or rejected step sent
+    it to replanning (its replan `feedback`), that step and its error stay the job's cause, with
+    `symptom` (why the replan could not happen) beside them; else `symptom` is the cause."""
+    step, cause = replan_cause(tx, job, feedback)
+    if cause is None:
+        park_job(tx, job, J.ESCALATED, reason, step=step, error=symptom)
+        return
+    why = f"{reason}; cause: {cause.get('message')}"
+    park_job(tx, job, J.ESCALATED, why, step=step, error=cause, escalation=symptom.to_dict())
+
+
+def replan_cause(
+    tx: Tx, job: JobHead, feedback: dict[str, Any] | None
+) -> tuple[StepHead | None, dict[str, Any] | None]:
+    """The step of the current plan that sent the job to replanning, and its error (a
+    reviewer's rejection reads as one), from the job's replan feedback."""
+    if not feedback or not feedback.get("step"):
+        return None, None
+    key = str(feedback["step"])
+    row = tx.con.execute(
+        f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE job_id = ? AND plan_version = ? AND key = ?",
+        (job.id, job.plan_version, key),
+    ).fetchone()
+    step = step_head(row) if row else None
+    error = feedback.get("error")
+    if isinstance(error, dict):
+        return step, error
+    if feedback.get("rejected_by"):
+        comment = feedback.get("comment")
+        message = f"step {key} rejected by {feedback['rejected_by']}" + (
+            f": {comment}" if comment else ""
+        )
+        return step, StepError("rejected", message, "rejected").to_dict()
+    return step, None
 
 
 def resolve_dead_letters(tx: Tx, job: JobHead, status: str, by: str) -> None:
@@ -606,6 +650,7 @@ def claim_candidate(
         _park_for_approval(tx, job, step, inputs, outputs, why)
         return None
     limit_keys = admit(job, step) if admit is not None else ()
+    args = _arguments(step, inputs, outputs)
     lease_expires = tx.now + lease_seconds
     move_step(
         tx,
@@ -614,8 +659,8 @@ def claim_candidate(
         f"attempt {step.attempt + 1}",
         data={"worker": worker_id, "attempt": step.attempt + 1},
         sets=", attempt = attempt + 1, lease_token = lease_token + 1, lease_owner = ?, "
-        "lease_expires = ?, started = ?",
-        params=(worker_id, lease_expires, tx.now),
+        "lease_expires = ?, started = ?, args = ?",
+        params=(worker_id, lease_expires, tx.now, None if args is None else dumps(args)),
     )
     tx.con.execute("UPDATE jobs SET steps_executed = steps_executed + 1 WHERE id = ?", (job.id,))
     if job.status == J.WAITING_APPROVAL.value:
@@ -658,6 +703,7 @@ def claim_candidate(
         limit_keys=limit_keys,
         trace_context=row[32],
         job_created=row[33],
+        args=args,
     )
 
 
@@ -674,6 +720,21 @@ def plan_step(spec: Any, key: str, job_id: str) -> PlanStep:
             f"spec of step {key!r} of job {job_id}",
             f"no longer validates ({where}: {first['msg']})",
         ) from exc
+def _arguments(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> Any:
+    """The arguments this attempt runs with (decision 0037), or None when a reference points
+    at nothing: the executor then fails the attempt as `invalid_arguments`, naming it."""
+    try:
+        return step_arguments(step.spec, inputs, outputs)
+    except UnresolvedReferenceError:
+        return None
+
+
+def ran_with(tx: Tx, step: StepHead) -> Any:
+    """The arguments the step's latest attempt ran with; its template when none were stored."""
+    row = tx.con.execute("SELECT args FROM steps WHERE id = ?", (step.id,)).fetchone()
+    if row is None or row[0] is None:
+        return step.spec.get("args")
+    return loads(row[0], f"arguments of step {step.id}")
 
 
 def _budget(message: str) -> dict[str, Any]:
@@ -691,16 +752,12 @@ def _outputs(tx: Tx, step: StepHead, needs: list[str]) -> dict[str, Any]:
     return {key: loads(out, f"output of step {key!r} of job {step.job_id}") for key, out in rows}
 
 
-def _context(inputs: Any, outputs: dict[str, Any]) -> dict[str, Any]:
-    return {"input": inputs, "steps": {k: {"output": v} for k, v in outputs.items()}}
-
-
 def _approval_reason(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> str | None:
     """Why the step must wait for a reviewer before it runs, or None."""
     rule = step.spec.get("requires_approval")
     if step.kind == "human" or rule is True:
         return ""
-    context = _context(inputs, outputs)
+    context = reference_context(inputs, outputs)
     if isinstance(rule, dict) and evaluate(rule, context):
         return ""
     reasons = [
@@ -713,12 +770,18 @@ def _park_for_approval(
     tx: Tx, job: JobHead, step: StepHead, inputs: Any, outputs: dict[str, Any], why: str = ""
 ) -> None:
     review = step.spec.get("review") or {}
-    try:
-        preview = resolve(step.spec.get("args") or {}, _context(inputs, outputs))
-    except UnresolvedReferenceError:
-        preview = step.spec.get("args") or {}
+    # The reviewer sees (and the step records) what it will run with, not the template.
+    resolved = _arguments(step, inputs, outputs)
+    preview = resolved if resolved is not None else step.spec.get("args")
     what = step.spec.get("description") or (f"run tool {step.tool}" if step.tool else step.key)
-    move_step(tx, step, S.AWAITING_APPROVAL, "requires approval")
+    move_step(
+        tx,
+        step,
+        S.AWAITING_APPROVAL,
+        "requires approval",
+        sets=", args = ?",
+        params=(None if resolved is None else dumps(resolved),),
+    )
     open_review(
         tx,
         job,
