@@ -58,7 +58,7 @@ from stalwart.store.base import (
 )
 from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.access import AccessStore
-from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger
+from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger, charge_reserved
 from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.rows import (
@@ -902,6 +902,8 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         job = tx.job(step.job_id)
         assert job is not None
         limits_sql.release_abandoned(tx, step.id)
+        # Its model calls in flight will never be settled by their worker (decision 0020).
+        charge_reserved(tx, step.job_id, step.key, step.attempt)
         clear = ", lease_owner = NULL, lease_expires = NULL"
         if refund:
             clear += REFUND_ATTEMPT
