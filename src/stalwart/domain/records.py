@@ -129,6 +129,10 @@ class Claim:
     trace_context: str | None = None
     # When the job was submitted (the start of its root span).
     job_created: float | None = None
+    # When the request that took this lease was sent, on the claiming process's monotonic
+    # clock (set by the store): the worker trusts the lease from then on, never from when the
+    # answer came back (decision 0032).
+    lease_sent_at: float | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -537,7 +538,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
 
         if not await self._due_steps():
             return []
-        return await self._write(worker_id, run)
+        sent = time.monotonic()  # the leases start after this, by any clock (decision 0032)
+        claims = await self._write(worker_id, run)
+        for claim in claims:
+            claim.lease_sent_at = sent
+        return claims
 
     def _claim_batch(
         self,
@@ -721,7 +726,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                     next_claim = claim_candidate(tx, candidate, worker_id, lease_seconds)
             return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
 
-        return await self._write(worker_id, run)
+        sent = time.monotonic()  # the next claim's lease starts after this (decision 0032)
+        completion = await self._write(worker_id, run)
+        if completion.next_claim is not None:
+            completion.next_claim.lease_sent_at = sent
+        return completion
 
     async def step_fail(
         self, claim: Claim, error: StepError, decision: Decision, *, worker_id: str
