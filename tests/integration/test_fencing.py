@@ -3,7 +3,9 @@
 Worker A runs the first attempt of `hold` (apps/fence_app.py), which waits for a release file
 while A keeps heartbeating. Right after one of A's heartbeats the test SIGSTOPs A. Worker B
 reaps the expired lease, runs attempt 2 and completes the job. Then the test releases the tool
-and SIGCONTs A: A's tool returns its (stale) result, and the store must refuse it.
+and SIGCONTs A. Resumed, A finds by its own clock that the lease is gone and cancels the tool
+(decision 0032), but this tool ignores cancellation: it returns its (stale) result, and the
+store must refuse it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
 ) -> None:
     fence = tmp_path / "fence"
     fence.mkdir()
-    env = {"FENCE_DIR": str(fence), "STALWART_LEASE_SECONDS": LEASE}
+    env = {"FENCE_DIR": str(fence), "STALWART_LEASE_SECONDS": LEASE, "FENCE_IGNORE_CANCEL": "1"}
     job_id = asyncio.run(_submit(db_url))
 
     a = workers.start(db_url, "fence_app", env=env, name="a")
@@ -83,10 +85,14 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
     # Resume A with its tool released: it finishes attempt 1 and tries to record it.
     (fence / "release").write_text("go")
     a.signal(signal.SIGCONT)
-    # A learns it lost the lease either from its next heartbeat (and abandons the step) or
-    # from the store refusing its completion (on PostgreSQL the two race); either way its
-    # late result must not land.
-    assert a.wait_for_output("lease lost;", 15), a.output()
+    # A learns it lost the lease from its own clock (it gives the step up), from its next
+    # heartbeat (and abandons the step) or from the store refusing its completion (they race);
+    # either way its late result must not land.
+    wait_until(
+        lambda: "lease lost;" in a.output() or "step_lease_given_up" in a.output(),
+        15,
+        what=f"worker A to learn it lost the lease\n{a.output()}",
+    )
     assert (fence / "returned").read_text() == str(a.pid)
 
     status, attempt, token, _, output = _hold(db_url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conformance import expire, make_job, make_plan, make_step, submit
+from conformance import claim_one, expire, make_job, make_plan, make_step, submit
 
 from stalwart.domain.budgets import (
     BudgetLine,
@@ -140,6 +140,44 @@ async def test_a_dead_workers_reservation_is_released(store: Store) -> None:
     # The call comes back late after all: its spend is added, the reservation not freed twice.
     await store.llm_settle(call_id, CallResult("ok", cost_nanos=USD // 100), actor="t")
     assert (await budgets(store))["job:j1"][:2] == (USD // 100, 0)
+
+
+async def _reserve_for(store: Store, job: str, key: str, attempt: int, nanos: int) -> int:
+    """Reserve a call of step `key`, attempt `attempt`, of `job` (expiring in ten minutes)."""
+    s = scope(job)
+    step_scope = CallScope(s.tenant_id, job, key, attempt, "extraction", s.budgets)
+    return await store.llm_reserve(new_call(step_scope, nanos, 300, expires_in=600), actor="t")
+
+
+@pytest.mark.parametrize("taken_back_by", ["reaper", "restart"])
+async def test_a_reaped_or_reclaimed_step_charges_its_open_calls_their_worst_case(
+    store: Store, taken_back_by: str
+) -> None:
+    job = await submit(store, make_step("a"), make_step("b"))
+    lost = await claim_one(store, "w-dead", lease_seconds=0.05)
+    kept = await claim_one(store, "w-alive", lease_seconds=30)
+    in_flight = await _reserve_for(store, job.id, lost.key, lost.attempt, USD // 10)
+    other = await _reserve_for(store, job.id, kept.key, kept.attempt, USD // 20)
+
+    if taken_back_by == "reaper":
+        await expire()
+        assert await store.leases_reap(actor="reaper") == 1
+    else:
+        assert await store.leases_reclaim(["w-dead"], actor="w-dead") == 1
+
+    # At once, not after the row's expiry: the worst case moves from reserved to spent (the
+    # request may have reached the provider), and only the lost attempt's call is settled.
+    after = await budgets(store)
+    assert after[f"job:{job.id}"][:4] == (USD // 10, USD // 20, 300, 300)
+    rows = {r.id: r for r in await store.llm_call_list(job.id)}
+    assert (rows[in_flight].outcome, rows[in_flight].cost_nanos) == ("charged", USD // 10)
+    assert "worst case" in (rows[in_flight].error or "")
+    assert rows[other].outcome == "reserved"
+    # Its worker comes back late with the real figures: nothing changes (the worst case bounds
+    # them), and nothing is released twice.
+    await store.llm_settle(in_flight, CallResult("ok", cost_nanos=USD // 100), actor="t")
+    assert await budgets(store) == after
+    assert await store.llm_reservations_release(actor="reaper") == 0
 
 
 async def test_refused_and_cached_calls_are_recorded_without_reserving(store: Store) -> None:

@@ -137,6 +137,10 @@ class Claim:
     job_created: float | None = None
     # The step's arguments resolved at claim (decision 0037): what the tool is called with.
     args: Any = None
+    # When the request that took this lease was sent, on the claiming process's monotonic
+    # clock (set by the store): the worker trusts the lease from then on, never from when the
+    # answer came back (decision 0032).
+    lease_sent_at: float | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -9,6 +9,9 @@
   also wakes on LISTEN/NOTIFY; the listener is a hint, the poll the floor;
 - the heartbeat extends leases every third of the lease time, tells tools their job was
   cancelled, and abandons steps whose lease was lost;
+- the lease watch gives up, by this process's own clock, a step whose lease it could not renew
+  in time (`LEASE_TRUST`), before any other worker can take it: it cancels the step's task and
+  takes no new work until the database answers again (decision 0032);
 - the reaper recovers expired leases, fails jobs past their wall time and escalates reviews past
   their SLA (calling the escalation hook);
 - the alert loop evaluates the alert rules every `alert_interval_seconds` (one worker per interval
@@ -44,6 +47,12 @@ from stalwart.tools.context import ToolContext
 
 log = logging.getLogger("stalwart.worker")
 
+LEASE_TRUST = 0.8
+"""The share of `lease_seconds`, counted on this process's monotonic clock from the moment the
+request that last took or renewed a lease was sent, for which the worker trusts the lease. Past
+it the worker gives the step up itself: the rest of the lease (a fifth) is the margin in which
+its tool must stop before the database can let another worker take the step."""
+
 EscalationHook = Callable[..., Awaitable[None] | None]
 
 
@@ -68,6 +77,13 @@ class _Running:
     claim: Claim
     ctx: ToolContext
     task: asyncio.Task[None]
+    # When the request that last took or renewed the lease was sent (time.monotonic()).
+    renewed_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.renewed_at:
+            # A store that does not say when it sent the claim: trust it from now.
+            self.renewed_at = self.claim.lease_sent_at or time.monotonic()
 
 
 class Worker:
@@ -107,6 +123,9 @@ class Worker:
         self._due: WorkDue | None = None
         self._due_read = 0.0
         self._started = False
+        # Set (monotonic time) when a lease was given up unrenewed: no new work until the
+        # database answers a request sent after it.
+        self._cut_off_at: float | None = None
         # Set when a side task died: the process should exit non-zero so it is restarted.
         self.failed = False
         poll = settings.poll_interval_seconds
@@ -175,6 +194,7 @@ class Worker:
         )
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="stalwart-heartbeat"),
+            asyncio.create_task(self._lease_watch_loop(), name="stalwart-lease-watch"),
             asyncio.create_task(self._reaper_loop(), name="stalwart-reaper"),
             asyncio.create_task(self._alert_loop(), name="stalwart-alerts"),
             asyncio.create_task(self._memory_loop(), name="stalwart-memory"),
@@ -216,6 +236,8 @@ class Worker:
     async def _claim_loop(self) -> None:
         more = False  # the last pass filled slots and may find more at once
         while not self._stopping.is_set():
+            if self._cut_off_at is not None and not await self._reach_database():
+                continue
             woken = more or self._wake.is_set()
             self._wake.clear()
             try:
@@ -282,10 +304,10 @@ class Worker:
                     current,
                     ctx,
                     worker_id=self.worker_id,
-                    claim_next=not self._stopping.is_set(),
+                    claim_next=not self._stopping.is_set() and self._cut_off_at is None,
                 )
                 self.steps_run += 1
-                self._running.pop(current.step_id, None)
+                self._forget(current.step_id)
                 current = next_claim
                 if current is not None:
                     ctx = self.executor.context_for(current)
@@ -303,8 +325,15 @@ class Worker:
             )
         finally:
             if current is not None:
-                self._running.pop(current.step_id, None)
+                self._forget(current.step_id)
             self._wake.set()
+
+    def _forget(self, step_id: int) -> None:
+        """Drop this task's entry for `step_id`; a task given up late must not drop the entry
+        of a newer claim of the same step."""
+        running = self._running.get(step_id)
+        if running is not None and running.task is asyncio.current_task():
+            del self._running[step_id]
 
     # -- heartbeat --------------------------------------------------------------------------------
 
@@ -324,9 +353,16 @@ class Worker:
         held = [(r.claim.step_id, r.claim.lease_token) for r in list(self._running.values())]
         if not held:
             return False
+        sent = time.monotonic()
         beat = await self.store.step_heartbeat(
             self.worker_id, held, lease_seconds=self.settings.lease_seconds
         )
+        self._reached(sent)
+        for step_id, token in held:
+            renewed = self._running.get(step_id)
+            if step_id in beat.lost or renewed is None or renewed.claim.lease_token != token:
+                continue
+            renewed.renewed_at = max(renewed.renewed_at, sent)
         for step_id in beat.cancelled:
             running = self._running.get(step_id)
             if running is not None:
@@ -343,6 +379,73 @@ class Worker:
                     },
                 )
                 running.task.cancel()
+        return True
+
+    # -- lease watch ------------------------------------------------------------------------------
+
+    async def _lease_watch_loop(self) -> None:
+        """Give up the steps whose lease this worker could not renew in time, by its own clock:
+        no database is needed to decide it, so it holds when the database cannot be reached."""
+        trust = self.settings.lease_seconds * LEASE_TRUST
+        while True:
+            now = time.monotonic()
+            late = [r for r in self._running.values() if now >= r.renewed_at + trust]
+            if late:
+                self._give_up(late, now)
+            # Wake at the next expiry; a step claimed meanwhile expires `trust` after its
+            # claim was sent, so a quarter of that is soon enough to look again.
+            nearest = min(
+                (r.renewed_at + trust for r in self._running.values()), default=now + trust
+            )
+            await asyncio.sleep(min(max(nearest - now, 0.01), trust / 4))
+
+    def _give_up(self, late: list[_Running], now: float) -> None:
+        """Cancel the steps whose lease may be gone (their result would be refused anyway) and
+        take no new work until the database answers again."""
+        for running in late:
+            if self._running.get(running.claim.step_id) is not running:
+                continue
+            self._running.pop(running.claim.step_id)
+            log.warning(
+                "lease not renewed for %.1fs of its %.1fs; cancelling step %s before another "
+                "worker can take it",
+                now - running.renewed_at,
+                self.settings.lease_seconds,
+                running.claim.key,
+                extra={
+                    "action": "step_lease_given_up",
+                    "worker": self.worker_id,
+                    "step": running.claim.key,
+                    "job": running.claim.job_id,
+                },
+            )
+            running.task.cancel()
+        if self._cut_off_at is None:
+            self._cut_off_at = now
+            log.warning(
+                "cut off from the database: taking no new work until it answers",
+                extra={"action": "worker_cut_off", "worker": self.worker_id},
+            )
+
+    def _reached(self, sent: float) -> None:
+        """A request sent at `sent` got its answer: if it was sent after this worker gave up a
+        lease, the database can be reached again and new work may be taken."""
+        if self._cut_off_at is not None and sent >= self._cut_off_at:
+            self._cut_off_at = None
+            log.info(
+                "the database answers again: taking new work",
+                extra={"action": "worker_reconnected", "worker": self.worker_id},
+            )
+
+    async def _reach_database(self) -> bool:
+        """One round trip to the database after a cut-off; True when it answered."""
+        sent = time.monotonic()
+        try:
+            await self.store.worker_beat(self.worker_id)
+        except StoreError as exc:
+            await self._store_trouble("claim", exc)
+            return False
+        self._reached(sent)
         return True
 
     # -- reaper -----------------------------------------------------------------------------------

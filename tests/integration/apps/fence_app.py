@@ -1,8 +1,9 @@
 """The fencing app: a step whose first attempt holds on until the test releases it.
 
 `hold` writes `$FENCE_DIR/started` on its first attempt, then polls for `$FENCE_DIR/release`
-(asynchronously: the worker keeps heartbeating while it waits) and returns a result that names
-its attempt; later attempts return at once. `echo` passes that result on.
+(asynchronously: the worker keeps heartbeating while it waits; with `$FENCE_IGNORE_CANCEL` set
+it ignores cancellation while it waits) and returns a result that names its attempt; later
+attempts return at once. `echo` passes that result on.
 """
 
 from __future__ import annotations
@@ -53,8 +54,14 @@ async def hold(args: HoldArgs, ctx: ToolContext) -> Held:
     """First attempt: wait for the release file; later attempts: return at once."""
     if ctx.attempt == 1:
         _mark("started", str(os.getpid()))
-        while not _released():  # noqa: ASYNC110 - another process creates the file
-            await asyncio.sleep(0.005)
+        while not _released():  # another process creates the file
+            try:
+                await asyncio.sleep(0.005)
+            except asyncio.CancelledError:
+                # With FENCE_IGNORE_CANCEL set it behaves as a tool that ignores cancellation,
+                # which a worker giving up its lease cannot stop: fencing must keep its result out.
+                if not os.environ.get("FENCE_IGNORE_CANCEL"):
+                    raise
         _mark("returned", str(os.getpid()))
     return Held(by=f"attempt-{ctx.attempt}", pid=os.getpid(), attempt=ctx.attempt)
 

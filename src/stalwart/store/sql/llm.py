@@ -5,8 +5,11 @@ to every budget it is charged to, in one transaction, one conditional UPDATE per
 (taken in key order, so concurrent reservations cannot deadlock); a budget that would pass its
 limit refuses and nothing is written. `llm_settle` records the outcome and moves the budgets
 from reserved to spent by the actual figures, and marks (once) the budgets that crossed their
-warning ratio. A reservation whose worker died is released by `llm_reservations_release` after
-the row's `expires`.
+warning ratio. A reservation whose worker died is settled by `charge_reserved` in the
+transaction that takes its step's lease back (the reaper, or a restart under the same worker
+id): the call's request may have left, so it is charged its reserved worst case (`charged`).
+`llm_reservations_release` releases what is left after the row's `expires` (calls outside a
+step lease, such as planning).
 """
 
 from __future__ import annotations
@@ -221,6 +224,40 @@ def _warnings(
         )
         out.append(warning)
     return out
+
+
+def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
+    """Settle the calls of one step attempt that are still `reserved`, in the transaction that
+    takes the attempt's lease back from a worker that died or went silent. Its request may have
+    left (the gateway sends it as soon as the reservation commits) and the provider may bill it,
+    so each is charged its reserved worst case: the budgets move it from reserved to spent, and
+    the row becomes `charged` with that cost (a settlement that arrives later changes nothing:
+    the worst case is an upper bound of the real cost). Returns the number of rows charged."""
+    rows = tx.con.execute(
+        "SELECT id, budget_keys, reserved_nanos, reserved_tokens FROM llm_calls "
+        "WHERE job_id = ? AND step_key = ? AND attempt = ? AND outcome = 'reserved' "
+        f"ORDER BY id{tx.lock}",
+        (job_id, step_key, attempt),
+    ).fetchall()
+    for call_id, raw_keys, held_nanos, held_tokens in rows:
+        for key in sorted(loads(raw_keys, "budget keys of an LLM call")):
+            tx.con.execute(
+                "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
+                "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
+                "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
+                (held_nanos, held_tokens, held_nanos, held_tokens, tx.now, key),
+            )
+        tx.con.execute(
+            "UPDATE llm_calls SET outcome = 'charged', cost_nanos = reserved_nanos, "
+            "error = ?, settled = ? WHERE id = ?",
+            (
+                "its worker lost the step's lease with the call in flight; the request may "
+                "have reached the provider, so it is charged its reserved worst case",
+                tx.now,
+                call_id,
+            ),
+        )
+    return len(rows)
 
 
 class LlmLedger(SqlBase):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -58,7 +59,7 @@ from stalwart.store.base import (
 )
 from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.access import AccessStore
-from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger
+from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger, charge_reserved
 from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.rows import (
@@ -566,7 +567,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
 
         if not await self._due_steps():
             return []
-        return await self._write(worker_id, run)
+        sent = time.monotonic()  # the leases start after this, by any clock (decision 0032)
+        claims = await self._write(worker_id, run)
+        for claim in claims:
+            claim.lease_sent_at = sent
+        return claims
 
     def _claim_batch(
         self,
@@ -744,7 +749,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                         quarantine_job(tx, job, exc, step=step_head(candidate[:14], bare=True))
             return Completion(recorded=True, next_claim=next_claim, job_status=job.status)
 
-        return await self._write(worker_id, run)
+        sent = time.monotonic()  # the next claim's lease starts after this (decision 0032)
+        completion = await self._write(worker_id, run)
+        if completion.next_claim is not None:
+            completion.next_claim.lease_sent_at = sent
+        return completion
 
     async def step_fail(
         self, claim: Claim, error: StepError, decision: Decision, *, worker_id: str
@@ -947,6 +956,8 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
         job = tx.job(step.job_id)
         assert job is not None
         limits_sql.release_abandoned(tx, step.id)
+        # Its model calls in flight will never be settled by their worker (decision 0020).
+        charge_reserved(tx, step.job_id, step.key, step.attempt)
         clear = ", lease_owner = NULL, lease_expires = NULL"
         if refund:
             clear += REFUND_ATTEMPT
