@@ -33,7 +33,7 @@ from stalwart.cli.loading import load_app, open_existing
 from stalwart.client import Client
 from stalwart.domain.budgets import ledger_totals, to_usd
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
-from stalwart.errors import PlanValidationError, StalwartError, UsageError
+from stalwart.errors import PlanValidationError, StalwartError, UsageError, error_body
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.types import redact_url
@@ -116,15 +116,20 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def _fail(exc: StalwartError) -> NoReturn:
+    _report(exc)
+    raise typer.Exit(1)
+
+
+def _report(exc: StalwartError) -> None:
+    """One error on stderr: a line for people, or with --json the API's error body."""
     state = _CURRENT.get()
     if state is not None and state.json:
-        print(json.dumps(exc.to_dict(), default=str), file=sys.stderr)
+        print(json.dumps(error_body(exc), default=str), file=sys.stderr)
     else:
         ui.err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
         if isinstance(exc, PlanValidationError) and len(exc.problems) > 1:
             for problem in exc.problems:
                 ui.err.print(f"  - {problem['step'] or '<plan>'}: {problem['problem']}")
-    raise typer.Exit(1)
 
 
 @cli.callback()
@@ -515,18 +520,20 @@ def _read_input(text: str | None) -> dict[str, Any]:
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as exc:
-            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}") from exc
+            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}", "input") from exc
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _usage(f"--input is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+        raise _usage(
+            f"--input is not valid JSON: {exc.msg} at column {exc.colno}", "input"
+        ) from exc
     if not isinstance(value, dict):
-        raise _usage("--input must be a JSON object")
+        raise _usage("--input must be a JSON object", "input")
     return value
 
 
-def _usage(message: str) -> typer.Exit:
-    ui.err.print(f"[red]error:[/] {message}")
+def _usage(message: str, field: str | None = None) -> typer.Exit:
+    _report(UsageError(message, field=field))
     return typer.Exit(2)
 
 
