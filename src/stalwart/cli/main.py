@@ -200,7 +200,11 @@ def demo(
             "the repository root"
         )
         raise typer.Exit(1) from None
-    raise typer.Exit(demo_module.run(database_url=url, resume=resume, serve=serve, port=port))
+    try:
+        code = demo_module.run(database_url=url, resume=resume, serve=serve, port=port)
+    except StalwartError as exc:  # e.g. a database a newer Stalwart migrated
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 LogFormatOption = Annotated[
