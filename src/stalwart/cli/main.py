@@ -488,12 +488,21 @@ def submit(
         bool, typer.Option(help="Wait until the job finishes or waits for a human.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
+    exit_code: Annotated[
+        bool,
+        typer.Option(
+            "--exit-code",
+            help="Wait (implies --wait), then exit with a status that says how the job ended: "
+            "0 completed, 3 failed, 4 dead_lettered, 5 rejected, 6 escalated, 7 cancelled, "
+            "8 waiting for a reviewer, 9 still running when --timeout ran out.",
+        ),
+    ] = False,
 ) -> None:
     """Submit a job (validated and planned now; a worker runs it)."""
     state = _state(ctx)
     data = _read_input(input)
 
-    async def go() -> None:
+    async def go() -> str:
         app = state.app()
         store = app.store()
         await store.migrate()
@@ -505,7 +514,7 @@ def submit(
             priority=priority,
         )
         job = result.job
-        if wait:
+        if wait or exit_code:
             job = await _wait(Client(store), job.id, timeout, quiet=state.json)
         if state.json:
             ui.dump_json({"created": result.created, "job": job.to_dict()})
@@ -513,8 +522,25 @@ def submit(
             verb = "submitted" if result.created else "duplicate of"
             ui.out.print(f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}")
         await store.close()
+        return str(job.status)
 
-    _run(go)
+    ended = _run(go)
+    if exit_code:
+        raise typer.Exit(JOB_EXIT_CODES.get(ended, EXIT_STILL_RUNNING))
+
+
+# `submit --exit-code`: how the job ended, as the exit status (1 and 2 stay Stalwart's own errors
+# and usage mistakes). Documented in docs/reference/cli.md#submit; never renumber.
+JOB_EXIT_CODES = {
+    "completed": 0,
+    "failed": 3,
+    "dead_lettered": 4,
+    "rejected": 5,
+    "escalated": 6,
+    "cancelled": 7,
+    "waiting_approval": 8,
+}
+EXIT_STILL_RUNNING = 9
 
 
 def _read_input(text: str | None) -> dict[str, Any]:
