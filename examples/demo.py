@@ -114,6 +114,8 @@ def run(
         console.print(f"[red]error:[/] {exc}")
         return 2
     effects = effects_path_for(database_url)
+    if not resume and db.exists():
+        _refuse_newer(database_url)
     if not resume:
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), effects):
             path.unlink(missing_ok=True)
@@ -147,6 +149,12 @@ def run(
             os.environ.pop(SERVICE_URL_ENV, None)
         else:
             os.environ[SERVICE_URL_ENV] = previous_url
+
+
+def _refuse_newer(database_url: str) -> None:
+    """Opening a store refuses a database a newer Stalwart migrated (`SchemaTooNewError`): the
+    demo starts afresh, but never by deleting a database it cannot read."""
+    asyncio.run(open_store(database_url).close())
 
 
 def effects_path_for(database_url: str) -> Path:

@@ -33,7 +33,7 @@ from stalwart.domain.records import (
     ReviewRecord,
     StepRecord,
 )
-from stalwart.domain.states import JOB_TERMINAL
+from stalwart.domain.states import JOB_TERMINAL, job_statuses
 from stalwart.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -225,9 +225,13 @@ class Client:
         limit: int = 50,
         before: str | None = None,
     ) -> builtins.list[JobRecord]:
-        """Jobs, newest first."""
+        """Jobs, newest first. An unknown status is a `UsageError` listing the statuses."""
         return await self.store.job_list(
-            tenant_id=tenant, statuses=statuses, workflow=workflow, limit=limit, before=before
+            tenant_id=tenant,
+            statuses=job_statuses(statuses),
+            workflow=workflow,
+            limit=limit,
+            before=before,
         )
 
     async def steps(

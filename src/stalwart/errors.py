@@ -20,7 +20,8 @@ StalwartError                      base: `message` plus typed fields; the docstr
 ├── StoreError                     the database failed or holds something it should not
 │   ├── StoreUnavailableError      the database cannot be reached right now; workers wait and retry
 │   ├── EffectFailedError          a tool's on_commit write failed; its completion rolled back
-│   ├── MigrationError             migrations could not be applied, or the schema is newer than us
+│   ├── MigrationError             migrations could not be applied
+│   │   └── SchemaTooNewError      a newer Stalwart wrote the database; refused before any write
 │   └── CorruptStateError          malformed or tampered stored state; we fail closed
 └── ToolError                      raised by tools (or by Stalwart on their behalf); has an
     │                              `error_class` that decides what the engine does next
@@ -35,6 +36,9 @@ StalwartError                      base: `message` plus typed fields; the docstr
 
 Driver errors are kept as `__cause__`. Error classes are the lowercase strings of
 `ErrorClass`, the same word in the database, the API and the log line.
+
+`error_body(exc)` is the one shape the CLI (`--json`) and the HTTP API report an error in:
+`{"code", "message", "field", "fix", "details"}`, its `code` and `fix` read from `ERROR_CODES`.
 """
 
 from __future__ import annotations
@@ -180,6 +184,18 @@ class MigrationError(StoreError):
     """The database schema could not be migrated."""
 
 
+class SchemaTooNewError(MigrationError):
+    """The database was migrated by a newer Stalwart than this one; refusing to use it.
+
+    Raised when a store is opened, before anything is written: this code does not know what the
+    newer migrations changed, so neither reading nor writing is safe. Fields `database_version`
+    (the newest migration the database has) and `code_version` (the newest this Stalwart ships).
+    """
+
+    database_version: int
+    code_version: int
+
+
 class CorruptStateError(StoreError):
     """Stored state is malformed; refusing to use it."""
 
@@ -299,6 +315,127 @@ def error_for_status(
     return NonRetriableError(text, code=code)
 
 
+# -- one shape for every reported error -----------------------------------------------------------
+
+# The stable `code` and the default `fix` of each error, most specific class first: the first
+# class an error is an instance of decides. The CLI's `--json` and the HTTP API both read this
+# table (through `error_body`), so they never disagree; the HTTP status lives in the API.
+ERROR_CODES: tuple[tuple[type[StalwartError], str, str], ...] = (
+    (
+        AuthenticationError,
+        "unauthenticated",
+        "send a valid API key as `Authorization: Bearer <key>` (create one with "
+        "`stalwart keys create`)",
+    ),
+    (
+        SignatureError,
+        "bad_signature",
+        "sign the exact request body with the webhook's secret and send that signature",
+    ),
+    (PermissionDeniedError, "forbidden", "use a key whose role has this permission"),
+    (UnknownWorkflowError, "unknown_workflow", "use one of the workflows the message lists"),
+    (NotFoundError, "not_found", "check the id, and that it belongs to your tenant"),
+    (
+        ReviewAlreadyDecidedError,
+        "already_decided",
+        "nothing to do: the review was decided already (`details.status` says how)",
+    ),
+    (NotRedrivableError, "not_redrivable", "redrive only a dead-lettered or escalated job"),
+    (
+        InvalidTransitionError,
+        "invalid_transition",
+        "read the current status first: the state machine does not allow this change from it",
+    ),
+    (
+        PayloadTooLargeError,
+        "payload_too_large",
+        "send less (the limit is `details.limit` bytes), or raise max_payload_bytes",
+    ),
+    (
+        InputValidationError,
+        "invalid_input",
+        "correct the input where `field` says, to match the workflow's input schema",
+    ),
+    (PlanValidationError, "invalid_plan", "fix each problem in `details.problems`, at its step"),
+    (
+        QueueFull,
+        "queue_full",
+        "retry after `details.retry_after` seconds, or raise max_queue_depth",
+    ),
+    (UsageError, "bad_request", "correct the request as the message says"),
+    (
+        SchemaTooNewError,
+        "schema_too_new",
+        "upgrade Stalwart to a release that knows the database's schema, or use another database",
+    ),
+    (
+        StoreUnavailableError,
+        "unavailable",
+        "check that the database is running and reachable from here, then try again",
+    ),
+    (
+        MigrationError,
+        "migration_failed",
+        "fix what the message names, then run `stalwart db migrate` again",
+    ),
+    (
+        CorruptStateError,
+        "corrupt_state",
+        "restore the row from a backup, and find out what wrote it",
+    ),
+    (
+        EffectFailedError,
+        "effect_failed",
+        "fix the failing on_commit statement or its table, then redrive the job",
+    ),
+    (StoreError, "store_error", "try again; if it persists, read the database's own log"),
+    (AppImportError, "app_import_error", "pass --app as module:attribute naming your App"),
+    (
+        ConfigurationError,
+        "configuration_error",
+        "correct the setting or definition the message names",
+    ),
+)
+INTERNAL_CODE = "internal"
+INTERNAL_FIX = "report it as a bug, with the log's traceback"
+
+
+def error_code(exc: StalwartError) -> tuple[str, str]:
+    """The stable `code` of `exc` and the default fix for its class."""
+    for cls, code, fix in ERROR_CODES:
+        if isinstance(exc, cls):
+            return code, fix
+    return INTERNAL_CODE, INTERNAL_FIX
+
+
+def error_body(exc: StalwartError) -> dict[str, Any]:
+    """`exc` in the one shape the CLI and the HTTP API report errors in: `code` (stable: branch
+    on it), `message` (for people), `field` (the input at fault, or None), `fix` (what to do:
+    the error's own `fix` field if it has one, else its class's) and `details` (every other
+    field, as plain JSON values)."""
+    code, default_fix = error_code(exc)
+    details = dict(exc.fields)
+    field = details.pop("field", None)
+    fix = details.pop("fix", None) or default_fix
+    return {
+        "code": code,
+        "message": exc.message,
+        "field": None if field is None else str(field),
+        "fix": str(fix),
+        "details": _plain(details),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
 __all__ = [
     "AppImportError",
     "AuthenticationError",
@@ -322,6 +459,7 @@ __all__ = [
     "QueueFull",
     "RetryStep",
     "ReviewAlreadyDecidedError",
+    "SchemaTooNewError",
     "SemanticError",
     "SignatureError",
     "StalwartError",
@@ -334,5 +472,7 @@ __all__ = [
     "UnknownWorkflowError",
     "UsageError",
     "WorkflowDefinitionError",
+    "error_body",
+    "error_code",
     "error_for_status",
 ]

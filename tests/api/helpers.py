@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from tests.api.conftest import Live
 
-ERROR_KEYS = {"code", "message", "field", "details"}
+ERROR_KEYS = {"code", "message", "field", "fix", "details"}
 FINISHED = ("completed", "failed", "rejected", "cancelled", "dead_lettered", "escalated")
 
 

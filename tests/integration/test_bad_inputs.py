@@ -222,7 +222,8 @@ async def test_cli_json_errors_are_one_json_line(client: Client, db_url: str) ->
     assert done.returncode != 0
     [line] = done.stderr.splitlines()
     error = json.loads(line)
-    assert error["error"] == "InputValidationError"
+    assert set(error) == {"code", "message", "field", "fix", "details"}, error
+    assert error["code"] == "invalid_input"
     assert error["field"] == "input.amount"
     assert done.stdout == ""
     assert counts(db_url) == before

@@ -134,4 +134,4 @@ def test_an_unknown_or_other_tenants_job_is_one_line_and_exit_1(
     scoped = stalwart(db, "--tenant", "acme", "jobs", "trace", info["jobs"]["retried"])
     assert scoped.returncode == 0, scoped.stderr
     as_json = stalwart(db, "--json", "jobs", "trace", "job_nope")
-    assert as_json.returncode == 1 and json.loads(as_json.stderr)["error"]
+    assert as_json.returncode == 1 and json.loads(as_json.stderr)["code"] == "not_found"

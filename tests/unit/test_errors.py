@@ -255,3 +255,48 @@ def test_error_classes_of_the_llm_errors() -> None:
     assert class_for_status(429) is ErrorClass.TRANSIENT
     assert class_for_status(529) is ErrorClass.TRANSIENT
     assert class_for_status(400) is ErrorClass.NON_RETRIABLE
+
+
+# -- the one error shape --------------------------------------------------------------------------
+
+
+def test_error_body_is_the_one_shape_with_code_and_fix() -> None:
+    error = QueueFull("full", retry_after=4.0, depth=100, tenant_id="acme")
+    assert errors_module.error_body(error) == {
+        "code": "queue_full",
+        "message": "full",
+        "field": None,
+        "fix": "retry after `details.retry_after` seconds, or raise max_queue_depth",
+        "details": {"retry_after": 4.0, "depth": 100, "tenant_id": "acme"},
+    }
+
+
+def test_error_body_takes_field_and_fix_out_of_the_details() -> None:
+    error = UsageError("bad key", field="idempotency_key", fix="send a shorter key", size=(1, 2))
+    body = errors_module.error_body(error)
+    assert (body["code"], body["field"], body["fix"]) == (
+        "bad_request",
+        "idempotency_key",
+        "send a shorter key",
+    )
+    assert body["details"] == {"size": [1, 2]}
+
+
+def test_error_codes_pick_the_most_specific_class() -> None:
+    assert errors_module.error_code(errors_module.SchemaTooNewError("x"))[0] == "schema_too_new"
+    assert errors_module.error_code(errors_module.MigrationError("x"))[0] == "migration_failed"
+    assert errors_module.error_code(errors_module.StoreUnavailableError())[0] == "unavailable"
+    assert errors_module.error_code(StoreError())[0] == "store_error"
+    assert errors_module.error_code(errors_module.UnknownWorkflowError())[0] == "unknown_workflow"
+    assert errors_module.error_code(TemplateError())[0] == "configuration_error"
+    assert errors_module.error_code(StalwartError())[0] == "internal"
+    for cls, code, fix in errors_module.ERROR_CODES:
+        assert errors_module.error_code(cls.__new__(cls))[0] == code, cls
+        assert fix and code == code.lower()
+
+
+def test_every_http_status_row_has_a_code_of_its_own() -> None:
+    from stalwart.api.errors import ERROR_TABLE
+
+    for cls, _status in ERROR_TABLE:
+        assert errors_module.error_code(cls.__new__(cls))[0] != "internal", cls

@@ -1,7 +1,8 @@
 """One JSON shape for every error, and the table from Stalwart's errors to HTTP statuses.
 
-Every error answers `{"code": ..., "message": ..., "field": ..., "details": {...}}`. `code` is
-stable (clients branch on it); `message` is for people and may change.
+Every error answers `{"code": ..., "message": ..., "field": ..., "fix": ..., "details": {...}}`.
+`code` is stable (clients branch on it); `message` and `fix` are for people and may change. A
+Stalwart error's body is `stalwart.errors.error_body`, the same the CLI prints with `--json`.
 """
 
 from __future__ import annotations
@@ -34,28 +35,30 @@ from stalwart.errors import (
     StoreUnavailableError,
     UnknownWorkflowError,
     UsageError,
+    error_body,
 )
 
 log = logging.getLogger("stalwart.api")
 
-# Most specific first: the first class an error is an instance of decides.
-ERROR_TABLE: list[tuple[type[StalwartError], int, str]] = [
-    (AuthenticationError, 401, "unauthenticated"),
-    (SignatureError, 401, "bad_signature"),
-    (PermissionDeniedError, 403, "forbidden"),
-    (UnknownWorkflowError, 404, "unknown_workflow"),
-    (NotFoundError, 404, "not_found"),
-    (ReviewAlreadyDecidedError, 409, "already_decided"),
-    (NotRedrivableError, 409, "not_redrivable"),
-    (InvalidTransitionError, 409, "invalid_transition"),
-    (PayloadTooLargeError, 413, "payload_too_large"),
-    (InputValidationError, 422, "invalid_input"),
-    (PlanValidationError, 422, "invalid_plan"),
-    (QueueFull, 429, "queue_full"),
-    (UsageError, 400, "bad_request"),
-    (StoreUnavailableError, 503, "unavailable"),
-    (CorruptStateError, 500, "corrupt_state"),
-    (ConfigurationError, 500, "configuration_error"),
+# Most specific first: the first class an error is an instance of decides. Any other is a 500.
+# The code (and fix) of each error is not here but in `stalwart.errors.ERROR_CODES`.
+ERROR_TABLE: list[tuple[type[StalwartError], int]] = [
+    (AuthenticationError, 401),
+    (SignatureError, 401),
+    (PermissionDeniedError, 403),
+    (UnknownWorkflowError, 404),
+    (NotFoundError, 404),
+    (ReviewAlreadyDecidedError, 409),
+    (NotRedrivableError, 409),
+    (InvalidTransitionError, 409),
+    (PayloadTooLargeError, 413),
+    (InputValidationError, 422),
+    (PlanValidationError, 422),
+    (QueueFull, 429),
+    (UsageError, 400),
+    (StoreUnavailableError, 503),
+    (CorruptStateError, 500),
+    (ConfigurationError, 500),
 ]
 HTTP_CODES = {
     400: "bad_request",
@@ -69,6 +72,15 @@ HTTP_CODES = {
     422: "invalid_request",
     429: "too_many_requests",
 }
+# What to do about the errors FastAPI and Starlette raise before a route runs.
+HTTP_FIXES = {
+    404: "check the path against the API reference (/docs)",
+    405: "use a method the route answers (see /docs)",
+    406: "accept application/json",
+    413: "send a smaller body",
+    415: "send the body as JSON with Content-Type: application/json",
+    422: "correct the fields listed in `details.errors`",
+}
 # Validation error types that mean the body as a whole is not a JSON object.
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "json_invalid", "missing"})
 
@@ -79,6 +91,7 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. not_found, queue_full.")
     message: str = Field(description="What went wrong and how to fix it, for people.")
     field: str | None = Field(None, description="The request field at fault, if one is.")
+    fix: str | None = Field(None, description="What to do about it, for people.")
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -88,55 +101,38 @@ def error_response(
     message: str,
     *,
     field: str | None = None,
+    fix: str | None = None,
     details: dict[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A JSON error in the one shape."""
-    body = ErrorBody(code=code, message=message, field=field, details=details or {})
+    body = ErrorBody(code=code, message=message, field=field, fix=fix, details=details or {})
     return JSONResponse(
         body.model_dump(mode="json"), status_code=status, headers=dict(headers or {})
     )
 
 
-def status_of(exc: StalwartError) -> tuple[int, str]:
-    """The HTTP status and code of a Stalwart error."""
-    for cls, status, code in ERROR_TABLE:
+def status_of(exc: StalwartError) -> int:
+    """The HTTP status of a Stalwart error."""
+    for cls, status in ERROR_TABLE:
         if isinstance(exc, cls):
-            return status, code
-    return 500, "internal"
+            return status
+    return 500
 
 
 def from_stalwart(exc: StalwartError) -> JSONResponse:
-    """The response for a Stalwart error."""
-    status, code = status_of(exc)
-    fields = dict(exc.fields)
-    field = fields.pop("field", None)
+    """The response for a Stalwart error: its `error_body`, the CLI's `--json` error too."""
+    status = status_of(exc)
     headers: dict[str, str] = {}
-    retry_after = fields.get("retry_after")
+    retry_after = exc.fields.get("retry_after")
     if status in (429, 503):
         headers["Retry-After"] = str(max(1, round(float(retry_after or 1))))
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="stalwart"'
     if status >= 500:
         log.error("request failed: %s", exc.message, exc_info=exc)
-    return error_response(
-        status,
-        code,
-        exc.message,
-        field=str(field) if field is not None else None,
-        details=_plain(fields),
-        headers=headers,
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
+    body = ErrorBody.model_validate(error_body(exc))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def install(api: FastAPI) -> None:
@@ -164,6 +160,7 @@ def install(api: FastAPI) -> None:
             "invalid_request",
             f"the request is not valid: {text}",
             field=first["field"] or None,
+            fix=HTTP_FIXES[422],
             details={"errors": problems},
         )
 
@@ -171,12 +168,23 @@ def install(api: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+        return error_response(
+            exc.status_code,
+            code,
+            message,
+            fix=HTTP_FIXES.get(exc.status_code),
+            headers=exc.headers,
+        )
 
     @api.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the server log has the details")
+        return error_response(
+            500,
+            "internal",
+            "internal error; the server log has the details",
+            fix="report it as a bug, with the server log's traceback",
+        )
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -29,7 +29,7 @@ Submit jobs, follow them, decide reviews and redrive dead letters.
 
 Authenticate with an API key (`stalwart keys create --tenant T --role R`) in
 `Authorization: Bearer <key>`. Every request acts within the key's tenant: another tenant's
-resources answer 404. Errors share one shape, `{code, message, field, details}`, with a stable
+resources answer 404. Errors share one shape, `{code, message, field, fix, details}`, with a stable
 `code`.
 """
 

@@ -32,15 +32,50 @@ def load_app(spec: str, database_url: str | None = None) -> App:
         raise AppImportError(
             f"cannot import {module_name!r} for --app: {exc}", field="app"
         ) from exc
-    app = getattr(module, attr, None)
+    apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+    if not hasattr(module, attr):
+        raise AppImportError(
+            f"--app {spec}: module {module_name!r} has no attribute {attr!r}; "
+            + _what_it_has(module, apps),
+            field="app",
+            module=module_name,
+            attribute=attr,
+            apps=apps,
+            fix=_fix(module_name, apps),
+        )
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise AppImportError(
-            f"{spec} is not a stalwart App (found {type(app).__name__})", field="app"
+            f"--app {spec} is not a stalwart App (found {type(app).__name__}); "
+            + _what_it_has(module, apps),
+            field="app",
+            module=module_name,
+            attribute=attr,
+            apps=apps,
+            fix=_fix(module_name, apps),
         )
     if database_url is not None and database_url != app.settings.database_url:
         app.settings = app.settings.model_copy(update={"database_url": database_url})
         app._store = None
     return app
+
+
+def _what_it_has(module: object, apps: list[str]) -> str:
+    """The Apps a module holds, or else its public names: what `--app` could have said."""
+    name = getattr(module, "__name__", "the module")
+    if apps:
+        return f"its App(s): {', '.join(f'{name}:{a}' for a in apps)}"
+    public = sorted(n for n in vars(module) if not n.startswith("_"))
+    shown = ", ".join(public[:20]) + (", …" if len(public) > 20 else "")
+    return f"it holds no App; its names: {shown or '(none)'}"
+
+
+def _fix(module_name: str, apps: list[str]) -> str:
+    if len(apps) == 1:
+        return f"pass --app {module_name}:{apps[0]}"
+    if apps:
+        return "pass --app naming one of the Apps listed"
+    return f"name the App object of {module_name!r} (app = App(...)) in --app module:attribute"
 
 
 def _exists(url: str) -> bool:

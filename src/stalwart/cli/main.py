@@ -33,7 +33,7 @@ from stalwart.cli.loading import load_app, open_existing
 from stalwart.client import Client
 from stalwart.domain.budgets import ledger_totals, to_usd
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
-from stalwart.errors import PlanValidationError, StalwartError, UsageError
+from stalwart.errors import PlanValidationError, StalwartError, UsageError, error_body
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.types import redact_url
@@ -116,15 +116,20 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def _fail(exc: StalwartError) -> NoReturn:
+    _report(exc)
+    raise typer.Exit(1)
+
+
+def _report(exc: StalwartError) -> None:
+    """One error on stderr: a line for people, or with --json the API's error body."""
     state = _CURRENT.get()
     if state is not None and state.json:
-        print(json.dumps(exc.to_dict(), default=str), file=sys.stderr)
+        print(json.dumps(error_body(exc), default=str), file=sys.stderr)
     else:
         ui.err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
         if isinstance(exc, PlanValidationError) and len(exc.problems) > 1:
             for problem in exc.problems:
                 ui.err.print(f"  - {problem['step'] or '<plan>'}: {problem['problem']}")
-    raise typer.Exit(1)
 
 
 @cli.callback()
@@ -195,7 +200,11 @@ def demo(
             "the repository root"
         )
         raise typer.Exit(1) from None
-    raise typer.Exit(demo_module.run(database_url=url, resume=resume, serve=serve, port=port))
+    try:
+        code = demo_module.run(database_url=url, resume=resume, serve=serve, port=port)
+    except StalwartError as exc:  # e.g. a database a newer Stalwart migrated
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 LogFormatOption = Annotated[
@@ -479,12 +488,21 @@ def submit(
         bool, typer.Option(help="Wait until the job finishes or waits for a human.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
+    exit_code: Annotated[
+        bool,
+        typer.Option(
+            "--exit-code",
+            help="Wait (implies --wait), then exit with a status that says how the job ended: "
+            "0 completed, 3 failed, 4 dead_lettered, 5 rejected, 6 escalated, 7 cancelled, "
+            "8 waiting for a reviewer, 9 still running when --timeout ran out.",
+        ),
+    ] = False,
 ) -> None:
     """Submit a job (validated and planned now; a worker runs it)."""
     state = _state(ctx)
     data = _read_input(input)
 
-    async def go() -> None:
+    async def go() -> str:
         app = state.app()
         store = app.store()
         await store.migrate()
@@ -496,7 +514,7 @@ def submit(
             priority=priority,
         )
         job = result.job
-        if wait:
+        if wait or exit_code:
             job = await _wait(Client(store), job.id, timeout, quiet=state.json)
         if state.json:
             ui.dump_json({"created": result.created, "job": job.to_dict()})
@@ -504,8 +522,25 @@ def submit(
             verb = "submitted" if result.created else "duplicate of"
             ui.out.print(f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}")
         await store.close()
+        return str(job.status)
 
-    _run(go)
+    ended = _run(go)
+    if exit_code:
+        raise typer.Exit(JOB_EXIT_CODES.get(ended, EXIT_STILL_RUNNING))
+
+
+# `submit --exit-code`: how the job ended, as the exit status (1 and 2 stay Stalwart's own errors
+# and usage mistakes). Documented in docs/reference/cli.md#submit; never renumber.
+JOB_EXIT_CODES = {
+    "completed": 0,
+    "failed": 3,
+    "dead_lettered": 4,
+    "rejected": 5,
+    "escalated": 6,
+    "cancelled": 7,
+    "waiting_approval": 8,
+}
+EXIT_STILL_RUNNING = 9
 
 
 def _read_input(text: str | None) -> dict[str, Any]:
@@ -515,18 +550,20 @@ def _read_input(text: str | None) -> dict[str, Any]:
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as exc:
-            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}") from exc
+            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}", "input") from exc
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _usage(f"--input is not valid JSON: {exc.msg} at column {exc.colno}") from exc
+        raise _usage(
+            f"--input is not valid JSON: {exc.msg} at column {exc.colno}", "input"
+        ) from exc
     if not isinstance(value, dict):
-        raise _usage("--input must be a JSON object")
+        raise _usage("--input must be a JSON object", "input")
     return value
 
 
-def _usage(message: str) -> typer.Exit:
-    ui.err.print(f"[red]error:[/] {message}")
+def _usage(message: str, field: str | None = None) -> typer.Exit:
+    _report(UsageError(message, field=field))
     return typer.Exit(2)
 
 

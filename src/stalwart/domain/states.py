@@ -8,11 +8,12 @@ The diagrams are in docs/concepts/state-machines.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
 from stalwart.domain.events import Event
-from stalwart.errors import InvalidTransitionError
+from stalwart.errors import InvalidTransitionError, UsageError
 from stalwart.types import epoch_now
 
 
@@ -32,6 +33,23 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
     DEAD_LETTERED = "dead_lettered"
     ESCALATED = "escalated"
+
+
+def job_statuses(values: Iterable[str]) -> list[str]:
+    """`values` as job statuses, or a `UsageError` listing every status: the rule the HTTP API's
+    `status` query parameter follows (it is typed `JobStatus`), for the CLI and the client."""
+    known = [s.value for s in JobStatus]
+    out = [str(v) for v in values]
+    bad = [v for v in out if v not in known]
+    if bad:
+        raise UsageError(
+            f"unknown job status {', '.join(map(repr, bad))}; the statuses are: "
+            + ", ".join(known),
+            field="status",
+            allowed=known,
+            fix="pass --status (or `status`) as one of the statuses listed",
+        )
+    return out
 
 
 class StepStatus(StrEnum):

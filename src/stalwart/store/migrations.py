@@ -3,10 +3,12 @@ statements, and comparing what a database has applied with what this Stalwart sh
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 
-from stalwart.errors import MigrationError
+from stalwart.errors import SchemaTooNewError
 from stalwart.store.base import MigrationStatus
+from stalwart.types import redact_url
 
 
 def available(package: str) -> list[tuple[int, str, str]]:
@@ -21,18 +23,38 @@ def available(package: str) -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def status(applied: list[tuple[int, str, float]], package: str) -> MigrationStatus:
+@lru_cache(maxsize=8)
+def newest(package: str) -> int:
+    """The newest migration version this Stalwart ships in `package` (0 if none)."""
+    return max((v for v, _, _ in available(package)), default=0)
+
+
+def refuse_newer(database_version: int | None, package: str, url: str) -> None:
+    """Raise `SchemaTooNewError` when the database at `url` has a migration newer than any this
+    Stalwart ships: a newer Stalwart wrote it, and this code does not know what its migrations
+    changed, so it must neither read nor write it."""
+    code_version = newest(package)
+    if database_version is None or database_version <= code_version:
+        return
+    raise SchemaTooNewError(
+        f"the database at {redact_url(url)} is at schema version {database_version}, newer "
+        f"than this Stalwart knows (schema version {code_version}): a newer Stalwart migrated "
+        f"it, and this one must neither read nor write it. Upgrade Stalwart to a release that "
+        f"knows schema version {database_version}, or point --database-url "
+        "(STALWART_DATABASE_URL) at another database. Nothing was written",
+        database_version=database_version,
+        code_version=code_version,
+        field="database_url",
+        fix=f"upgrade Stalwart to a release that knows schema version {database_version}, "
+        "or use another database",
+    )
+
+
+def status(applied: list[tuple[int, str, float]], package: str, url: str) -> MigrationStatus:
     """Applied and pending versions; a database newer than this Stalwart is refused."""
     done = {v for v, _, _ in applied}
-    known = available(package)
-    newest = max((v for v, _, _ in known), default=0)
-    if done and max(done) > newest:
-        raise MigrationError(
-            f"the database schema is at version {max(done)}, newer than this Stalwart knows "
-            f"({newest}); upgrade Stalwart",
-            database_version=max(done),
-        )
-    pending = [(v, n) for v, n, _ in known if v not in done]
+    refuse_newer(max(done, default=None), package, url)
+    pending = [(v, n) for v, n, _ in available(package) if v not in done]
     return MigrationStatus(applied=applied, pending=pending)
 
 

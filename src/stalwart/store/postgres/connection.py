@@ -3,14 +3,17 @@ advisory lock."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from stalwart.errors import ConfigurationError, MigrationError
+from stalwart.errors import ConfigurationError, MigrationError, StoreUnavailableError
 from stalwart.store import migrations
 from stalwart.store.base import MigrationStatus
 
@@ -55,6 +58,70 @@ class PgConnection:
             cur.executemany(pg_sql(sql), list(rows))
 
 
+def first_connect(url: str, timeout_seconds: float) -> None:
+    """Connect once before any pool does: an unreachable server fails here, at once, with one
+    `StoreUnavailableError` naming its host and port (never the password), instead of a pool's
+    retries logging for `timeout_seconds`; and a database a newer Stalwart migrated is refused
+    (`SchemaTooNewError`) before anything reads or writes it."""
+    try:
+        con = psycopg.connect(
+            url, autocommit=True, connect_timeout=max(1, math.ceil(timeout_seconds))
+        )
+    except psycopg.Error as exc:
+        # Not kept as the cause: the driver's text may quote the URL, password and all.
+        raise unreachable(url, exc) from None
+    with con:
+        try:
+            refuse_newer(con, url)
+        except psycopg.Error as exc:
+            raise unreachable(url, exc) from None
+
+
+def unreachable(url: str, exc: BaseException) -> StoreUnavailableError:
+    """The error for a connection to `url` that failed with `exc`: host, port and database
+    named, the driver's reason kept, the password never shown."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        info = {}
+    host = str(info.get("host") or "localhost")
+    port = str(info.get("port") or "5432")
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    # libpq: 'connection failed: connection to server at "h", port p failed: <the reason>'
+    reason = lines[0].rpartition(" failed: ")[2].strip() or lines[0]
+    for secret in {str(info.get("password") or ""), *_url_passwords(url)} - {""}:
+        reason = reason.replace(secret, "***")
+    where = f"{host}:{port}"
+    return StoreUnavailableError(
+        f"PostgreSQL is unavailable: cannot connect to {where} "
+        f"(database {info.get('dbname') or '(default)'}): {reason}",
+        host=host,
+        port=port,
+        field="database_url",
+        fix=f"check that PostgreSQL is running at {where} and accepts connections from here, "
+        "and that --database-url (STALWART_DATABASE_URL) names the right server and database",
+    )
+
+
+def _url_passwords(url: str) -> set[str]:
+    """The URL's password as written and decoded (either may be quoted in an error)."""
+    try:
+        raw = urlsplit(url).password or ""
+    except ValueError:
+        return set()
+    return {raw, unquote(raw)}
+
+
+def refuse_newer(con: psycopg.Connection[Any], url: str) -> None:
+    """Raise `SchemaTooNewError` if a newer Stalwart migrated this database (reads only)."""
+    exists = con.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    newest = None
+    if exists and exists[0]:
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        newest = None if row is None or row[0] is None else int(row[0])
+    migrations.refuse_newer(newest, MIGRATIONS_PACKAGE, url)
+
+
 def available_migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped, in order."""
     return migrations.available(MIGRATIONS_PACKAGE)
@@ -67,7 +134,7 @@ def _ensure_table(con: psycopg.Connection[Any]) -> None:
     )
 
 
-def migration_status(con: psycopg.Connection[Any]) -> MigrationStatus:
+def migration_status(con: psycopg.Connection[Any], url: str) -> MigrationStatus:
     """What is applied and what is pending."""
     exists = con.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     applied: list[tuple[int, str, float]] = []
@@ -78,16 +145,18 @@ def migration_status(con: psycopg.Connection[Any]) -> MigrationStatus:
                 "SELECT version, name, applied FROM schema_migrations ORDER BY version"
             ).fetchall()
         ]
-    return migrations.status(applied, MIGRATIONS_PACKAGE)
+    return migrations.status(applied, MIGRATIONS_PACKAGE, url)
 
 
-def migrate(con: psycopg.Connection[Any]) -> list[int]:
+def migrate(con: psycopg.Connection[Any], url: str) -> list[int]:
     """Apply pending migrations, each in its own transaction, while holding a session advisory
     lock: many workers starting at once queue on the lock, and all but the first find nothing
-    left to do. `con` must be in autocommit mode."""
+    left to do. A database a newer Stalwart migrated is refused before anything is written.
+    `con` must be in autocommit mode."""
     applied_now: list[int] = []
     con.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
     try:
+        refuse_newer(con, url)
         _ensure_table(con)
         for version, name, sql in available_migrations():
             with con.transaction():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -61,6 +62,9 @@ class PostgresStore(PgVectorStore, SqlStore):
         settings = settings or Settings()
         self.url = connection.check_url(url)
         self._settings = settings
+        # Every entry point opens a store: one connection first, so an unreachable server or a
+        # database a newer Stalwart migrated fails here, once, before the pool starts retrying.
+        connection.first_connect(self.url, settings.pg_connect_timeout_seconds)
         size = settings.pg_pool_size
         self._pool = ConnectionPool(
             self.url,
@@ -169,12 +173,14 @@ class PostgresStore(PgVectorStore, SqlStore):
     async def migrate(self) -> list[int]:
         """Apply pending migrations under an advisory lock; return the versions applied now."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._admin, connection.migrate)
+        migrate = functools.partial(connection.migrate, url=self.url)
+        return await loop.run_in_executor(self._threads, self._admin, migrate)
 
     async def migration_status(self) -> MigrationStatus:
         """Applied and pending migrations."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._admin, connection.migration_status)
+        status = functools.partial(connection.migration_status, url=self.url)
+        return await loop.run_in_executor(self._threads, self._admin, status)
 
     async def close(self) -> None:
         """Close the pool and its threads."""

@@ -89,8 +89,25 @@ def _ensure_table(con: sqlite3.Connection) -> None:
     )
 
 
-def migration_status(con: sqlite3.Connection) -> MigrationStatus:
+def refuse_newer(con: sqlite3.Connection, url: str) -> None:
+    """Raise `SchemaTooNewError` if a newer Stalwart migrated this database. Only reads: a
+    database without the migrations table is left as it is."""
+    try:
+        table = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        row = None
+        if table:
+            row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the schema version of {url}: {exc}") from exc
+    newest = None if row is None or row[0] is None else int(row[0])
+    migrations.refuse_newer(newest, MIGRATIONS_PACKAGE, url)
+
+
+def migration_status(con: sqlite3.Connection, url: str) -> MigrationStatus:
     """What is applied and what is pending."""
+    refuse_newer(con, url)
     _ensure_table(con)
     applied = [
         (int(v), str(n), float(a))
@@ -98,13 +115,15 @@ def migration_status(con: sqlite3.Connection) -> MigrationStatus:
             "SELECT version, name, applied FROM schema_migrations ORDER BY version"
         )
     ]
-    return migrations.status(applied, MIGRATIONS_PACKAGE)
+    return migrations.status(applied, MIGRATIONS_PACKAGE, url)
 
 
-def migrate(con: sqlite3.Connection) -> list[int]:
+def migrate(con: sqlite3.Connection, url: str) -> list[int]:
     """Apply pending migrations, each in its own write transaction; safe to run from several
-    processes at once (the write lock serialises them and the version table is re-read)."""
+    processes at once (the write lock serialises them and the version table is re-read). A
+    database a newer Stalwart migrated is refused before anything is written."""
     applied_now: list[int] = []
+    refuse_newer(con, url)
     _ensure_table(con)
     for version, name, sql in available_migrations():
         with immediate(con):

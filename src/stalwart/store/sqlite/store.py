@@ -42,6 +42,13 @@ class SqliteStore(SqlStore):
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         )
+        try:
+            # Every entry point opens a store: a database a newer Stalwart migrated is refused
+            # here, once, before anything reads or writes it.
+            connection.refuse_newer(self._con, url)
+        except BaseException:
+            self._con.close()
+            raise
 
     async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
         try:
@@ -61,11 +68,11 @@ class SqliteStore(SqlStore):
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations; return the versions applied now."""
-        return connection.migrate(self._con)
+        return connection.migrate(self._con, self.url)
 
     async def migration_status(self) -> MigrationStatus:
         """Applied and pending migrations."""
-        return connection.migration_status(self._con)
+        return connection.migration_status(self._con, self.url)
 
     async def close(self) -> None:
         """Close the connection."""
