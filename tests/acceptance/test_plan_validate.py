@@ -136,6 +136,8 @@ def test_an_unknown_step_field_names_the_step_and_the_field_meant(tmp_path: Path
 
     assert done.returncode == 1
     assert "step fetch has no field `timeout`; did you mean `timeout_seconds`?" in done.stderr
+    # The step's place in the file is printed as written, not eaten as rich markup.
+    assert "steps[fetch].timeout" in done.stderr
 
 
 def test_the_examples_templates_are_valid(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 
 from stalwart.app import App
 from stalwart.cli import memory as memory_commands
@@ -126,10 +127,12 @@ def _report(exc: StalwartError) -> None:
     if state is not None and state.json:
         print(json.dumps(error_body(exc), default=str), file=sys.stderr)
     else:
-        ui.err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        # The message is the user's text (step ids like `steps[fetch]`), never rich markup.
+        ui.err.print(f"[red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         if isinstance(exc, PlanValidationError) and len(exc.problems) > 1:
             for problem in exc.problems:
-                ui.err.print(f"  - {problem['step'] or '<plan>'}: {problem['problem']}")
+                line = f"  - {problem['step'] or '<plan>'}: {problem['problem']}"
+                ui.err.print(line, markup=False, highlight=False)
 
 
 @cli.callback()
