@@ -198,3 +198,19 @@ async def test_a_refusal_warns_for_the_refusing_budget_once(store: Store) -> Non
     assert heard[0][0].key == f"job:{job.id}" and heard[0][0].ratio == pytest.approx(0.7)
     events = [e for e in await store.event_list(job.id) if e.kind == "budget_warning"]
     assert len(events) == 1 and "refused" in events[0].reason
+
+
+async def test_a_cancelled_call_is_charged_its_reservation_and_an_abandoned_one_nothing(
+    store: Store,
+) -> None:
+    s = scope()
+    sent = await store.llm_reserve(new_call(s, USD // 10, 500), actor="t")
+    unsent = await store.llm_reserve(new_call(s, USD // 20, 300), actor="t")
+    # The request may have reached the provider: the worst case held is spent, whatever the
+    # figures say (the provider reported none).
+    await store.llm_settle(sent, CallResult("cancelled", error_class="cancelled"), actor="t")
+    await store.llm_settle(unsent, CallResult("abandoned", error_class="cancelled"), actor="t")
+    assert (await budgets(store))["job:j1"] == (USD // 10, 0, 500, 0, False)
+    rows = {c.id: c for c in await store.llm_call_list("j1")}
+    assert (rows[sent].outcome, rows[sent].cost_nanos) == ("cancelled", USD // 10)
+    assert (rows[unsent].outcome, rows[unsent].cost_nanos) == ("abandoned", 0)

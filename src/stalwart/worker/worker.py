@@ -1,6 +1,7 @@
 """The worker process: claims ready steps and runs them, with named side tasks.
 
 - on start it registers itself (id, host, pid) in the workers table, writes the app's limits,
+  makes its routed models (on a thread: the first step must not pay for it on the loop),
   and recovers at once the leases it left behind in an earlier life (same `--worker-id`, or a
   dead process with the same host and pid) instead of waiting for them to expire;
 - the claim loop fills free slots (priority, then due time), chaining a job's next step in the
@@ -141,6 +142,9 @@ class Worker:
             WorkerInfo(self.worker_id, self.host, self.pid, self.concurrency, tools, _version())
         )
         await self.store.limits_configure(self.limits)
+        if self.executor.gateway is not None:
+            # Made now, on a thread, not under the first claimed step's lease.
+            await self.executor.gateway.warm()
         owners = [self.worker_id]
         for other in await self.store.worker_list(
             live_seconds=self.settings.lease_seconds, include_stopped=False

@@ -5,13 +5,15 @@ to every budget it is charged to, in one transaction, one conditional UPDATE per
 (taken in key order, so concurrent reservations cannot deadlock); a budget that would pass its
 limit refuses and nothing is written. `llm_settle` records the outcome and moves the budgets
 from reserved to spent by the actual figures, and marks (once) the budgets that crossed their
-warning ratio. A reservation whose worker died is released by `llm_reservations_release` after
-the row's `expires`.
+warning ratio. A call settled `cancelled` (its request may have been sent) is charged the worst
+case it reserved; one settled `abandoned` (never sent) is charged nothing. A reservation whose
+worker died is released by `llm_reservations_release` after the row's `expires`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from stalwart.domain.budgets import (
@@ -253,17 +255,23 @@ class LlmLedger(SqlBase):
             ).fetchone()
             if row is None or row[0] not in ("reserved", "abandoned"):
                 return []  # settled already: settling is idempotent
-            outcome, raw_keys, held_nanos, held_tokens, job_id, step_key = row
+            outcome, raw_keys, reserved_nanos, reserved_tokens, job_id, step_key = row
+            held_nanos, held_tokens = reserved_nanos, reserved_tokens
             if outcome == "abandoned":  # released already; only the spend is left to add
                 held_nanos = held_tokens = 0
+            spent, tokens = result.cost_nanos, result.tokens
+            if result.outcome == "cancelled":
+                # Its request may have reached the provider, which may bill it: charged the
+                # worst case it reserved (decision 0034); its token counts stay unknown (0).
+                spent, tokens = reserved_nanos, reserved_tokens
             keys = sorted(loads(raw_keys, "budget keys of an LLM call"))
-            _write_result(tx, call_id, result)
+            _write_result(tx, call_id, replace(result, cost_nanos=spent))
             for key in keys:
                 tx.con.execute(
                     "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
                     "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
                     "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
-                    (result.cost_nanos, result.tokens, held_nanos, held_tokens, tx.now, key),
+                    (spent, tokens, held_nanos, held_tokens, tx.now, key),
                 )
             return _warnings(tx, keys, job_id, warn_ratio, step_key)
 
