@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conformance import expire, make_job, make_plan, make_step, submit
+from conformance import WINDOW, eventually, make_job, make_plan, make_step, submit
 
 from stalwart.domain.budgets import (
     BudgetLine,
@@ -129,10 +129,13 @@ async def test_a_budget_warns_once_with_an_event(store: Store) -> None:
 
 async def test_a_dead_workers_reservation_is_released(store: Store) -> None:
     s = scope()
-    call_id = await store.llm_reserve(new_call(s, USD // 10, expires_in=0.05), actor="t")
+    call_id = await store.llm_reserve(new_call(s, USD // 10, expires_in=WINDOW), actor="t")
     assert await store.llm_reservations_release(actor="reaper") == 0  # not expired yet
-    await expire(0.2)
-    assert (await store.work_due()).reservations_expired
+
+    async def expired() -> bool:
+        return (await store.work_due()).reservations_expired
+
+    await eventually(expired, "the reservation to expire")
     assert await store.llm_reservations_release(actor="reaper") == 1
     assert (await budgets(store))["job:j1"][1] == 0
     [row] = await store.llm_call_list("j1")
@@ -163,11 +166,14 @@ async def test_the_cache_is_per_tenant_and_expires(store: Store) -> None:
     assert await store.llm_cache_get("globex", "k1") is None
     assert await store.llm_cache_get("acme", "k2") is None
     await store.llm_cache_put(
-        "acme", "k3", provider="p", model="m", response=answer, ttl_seconds=0.05, actor="t"
+        "acme", "k3", provider="p", model="m", response=answer, ttl_seconds=WINDOW, actor="t"
     )
     assert await store.llm_cache_get("acme", "k3") == answer
-    await expire(0.2)
-    assert await store.llm_cache_get("acme", "k3") is None
+
+    async def gone() -> bool:
+        return await store.llm_cache_get("acme", "k3") is None
+
+    await eventually(gone, "the cached answer to expire")
 
 
 async def test_a_job_without_a_plan_waits_in_planning_for_a_worker(store: Store) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from conformance import (
+    WINDOW,
     claim_one,
     decision,
     expire,
@@ -62,17 +63,19 @@ async def test_a_registered_worker_is_live_and_lists_the_steps_it_holds(store: S
 
 
 async def test_a_worker_without_a_recent_heartbeat_is_dead(store: Store) -> None:
+    # Alive means a heartbeat within `live_seconds`: WINDOW, which no stall passes between two
+    # statements; "old" beat longer ago than that.
     await store.worker_register(info("old"))
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(WINDOW + 0.1)
     await store.worker_register(info("new", pid=7))
 
-    old, new = sorted(await store.worker_list(live_seconds=0.1), key=lambda w: w.id != "old")
+    old, new = sorted(await store.worker_list(live_seconds=WINDOW), key=lambda w: w.id != "old")
 
     assert (old.id, old.status, old.live) == ("old", "dead", False)
     assert (new.id, new.status, new.live) == ("new", "running", True)
     assert [w.id for w in await store.worker_list(live_seconds=30)] == ["new", "old"]
     await store.worker_beat("old")
-    assert {w.id: w.live for w in await store.worker_list(live_seconds=0.1)} == {
+    assert {w.id: w.live for w in await store.worker_list(live_seconds=WINDOW)} == {
         "old": True,
         "new": True,
     }
