@@ -49,7 +49,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
     job_id = asyncio.run(_submit(db_url))
 
     a = workers.start(db_url, "fence_app", env=env, name="a")
-    wait_until(lambda: (fence / "started").exists(), 20, 0.02, "worker A to start the tool")
+    wait_until(lambda: (fence / "started").exists(), 60, 0.02, "worker A to start the tool")
     assert (fence / "started").read_text() == str(a.pid)
     status, attempt, token, claimed_expiry, _ = _hold(db_url)
     assert (status, attempt, token) == ("running", 1, 1)
@@ -70,7 +70,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
         lambda: (
             query(db_url, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] == "completed"
         ),
-        30,
+        60,
         0.05,
         "worker B to reclaim the step and complete the job",
     )
@@ -86,7 +86,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
     # A learns it lost the lease either from its next heartbeat (and abandons the step) or
     # from the store refusing its completion (on PostgreSQL the two race); either way its
     # late result must not land.
-    assert a.wait_for_output("lease lost;", 15), a.output()
+    assert a.wait_for_output("lease lost;", 60), a.output()
     assert (fence / "returned").read_text() == str(a.pid)
 
     status, attempt, token, _, output = _hold(db_url)

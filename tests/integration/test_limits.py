@@ -57,7 +57,7 @@ def test_a_cap_of_two_is_never_exceeded_by_racing_workers(
     env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
     for _ in range(4):
         workers.start(db_url, "limits_app", env=env, concurrency=8)
-    wait_until(lambda: _completed(db_url, "capped") == jobs, 60, 0.1, "every capped job")
+    wait_until(lambda: _completed(db_url, "capped") == jobs, 180, 0.1, "every capped job")
 
     running = peak = 0
     for what, _at in _calls(log_dir):
@@ -94,7 +94,7 @@ def test_a_rate_limit_holds_across_three_workers(
     env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
     for _ in range(3):
         workers.start(db_url, "limits_app", env=env, concurrency=4)
-    wait_until(lambda: _completed(db_url, "metered") == jobs, 60, 0.1, "every metered job")
+    wait_until(lambda: _completed(db_url, "metered") == jobs, 180, 0.1, "every metered job")
 
     starts = [at for what, at in _calls(log_dir) if what == "start"]
     assert len(starts) == jobs, workers.logs()
