@@ -9,7 +9,7 @@ from conformance import (
     WINDOW,
     claim_one,
     decision,
-    expire,
+    eventually,
     failure,
     make_step,
     step_events,
@@ -20,7 +20,7 @@ from conformance import (
 
 from stalwart.domain.failures import Outcome
 from stalwart.store import Store
-from stalwart.store.base import WorkerInfo
+from stalwart.store.base import WorkDue, WorkerInfo
 
 
 def info(worker_id: str, **fields: object) -> WorkerInfo:
@@ -132,16 +132,20 @@ async def test_work_due_reports_ready_steps_and_expired_leases(store: Store) -> 
     assert ready.next_step_due is not None and ready.next_step_due <= ready.now
     assert not ready.leases_expired
 
-    await claim_one(store, lease_seconds=0.05)
+    await claim_one(store, lease_seconds=WINDOW)
     running = await store.work_due()
     assert (running.next_step_due, running.steps_due, running.leases_expired) == (
         None,
         False,
         False,
     )
-    await expire()
-    expired = await store.work_due()
-    assert expired.leases_expired and expired.reaping
+
+    async def lease_expired() -> WorkDue | None:
+        due = await store.work_due()
+        return due if due.leases_expired else None
+
+    expired = await eventually(lease_expired, "the lease to expire")
+    assert expired.reaping
     assert not expired.steps_due
 
 
