@@ -2,7 +2,8 @@
 
 `pg_url` is a freshly migrated database per test (cloned from a template migrated once per
 session); `pg_empty_url` is an empty one. Both are dropped after the test. A test run that
-requests neither never starts PostgreSQL.
+requests neither never starts PostgreSQL. `local_embedder` marks a test that needs the local
+embedding model. What a test needs and cannot have here skips it, unless CI=true: there it fails.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def pg_url(pg_server: PgServer, pg_template: str) -> Iterator[str]:
     url = pg_server.fresh_database(pg_template)
     yield url
     _drop_after_test(pg_server, url)
+
+
+@pytest.fixture
+def local_embedder() -> None:
+    """Requires the local embedder (the `local-embed` extra): skips the test where it is not
+    installed, unless CI=true, where that is a failure (as for PostgreSQL and Chromium)."""
+    from stalwart.llm.embeddings import LOCAL_EMBED_FIX, local_embedder_available
+
+    if not local_embedder_available():
+        reason = f"the local embedder is not installed: {LOCAL_EMBED_FIX}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true requires it)")
+        pytest.skip(reason)
 
 
 @pytest.fixture

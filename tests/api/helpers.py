@@ -44,7 +44,7 @@ def submit(live: Live, body: dict[str, Any], tenant: str = "acme", **headers: st
 
 
 def wait_job(
-    live: Live, job_id: str, statuses: tuple[str, ...], tenant: str = "acme", timeout: float = 20
+    live: Live, job_id: str, statuses: tuple[str, ...], tenant: str = "acme", timeout: float = 60
 ) -> dict[str, Any]:
     """Poll the job (as the tenant's admin) until its status is one of `statuses`."""
     deadline = time.monotonic() + timeout

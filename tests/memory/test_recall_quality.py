@@ -10,7 +10,6 @@ share of a query's relevant documents in its top 5, averaged over queries) and M
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from stalwart.domain.memory_text import Bm25Index
-from stalwart.llm.embeddings import LocalEmbedder, local_embedder_available
+from stalwart.llm.embeddings import LocalEmbedder
 
 DATA = Path(__file__).parent / "data" / "recall_set.json"
 REPORT = Path(__file__).resolve().parents[2] / ".artifacts" / "memory" / "recall_quality.json"
@@ -138,12 +137,8 @@ def test_bm25_recall() -> None:
     assert results["bm25"][f"recall@{K}"] >= 0.5
 
 
+@pytest.mark.usefixtures("local_embedder")
 async def test_the_local_embedder_recalls_more_than_bm25() -> None:
-    if not local_embedder_available():
-        reason = "the local embedder is not installed: pip install 'stalwart[local-embed]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true requires it)")
-        pytest.skip(reason)
     data = load_set()
     results = {
         "bm25": evaluate(data, bm25_rankings(data)),

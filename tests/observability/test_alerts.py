@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -254,14 +255,18 @@ async def test_cost_per_job_spike_fires_above_the_factor_of_the_baseline(store: 
 async def test_approvals_past_their_sla_fire_until_decided(store: Store) -> None:
     recorder = Recorder()
     rules = evaluator(store, recorder)
+    # An SLA no stall outlasts between submitting and the first evaluation.
     await submit(
-        store, make_step("pay", requires_approval=True), workflow="gated", review_sla_seconds=0.05
+        store, make_step("pay", requires_approval=True), workflow="gated", review_sla_seconds=2.0
     )
     assert await store.step_claim("w1", limit=1, lease_seconds=30) == []  # parked for review
     assert (await rules.evaluate()).opened == []  # within its SLA
-    await asyncio.sleep(0.1)
 
-    [incident] = (await rules.evaluate()).opened
+    deadline = time.monotonic() + 60
+    while not (opened := (await rules.evaluate()).opened):
+        assert time.monotonic() < deadline, "the review never went past its SLA"
+        await asyncio.sleep(0.05)
+    [incident] = opened
     assert (incident.rule, incident.details["count"]) == ("approvals_past_sla", 1)
     assert incident.details["by_workflow"] == {"gated": 1}
     [review] = await store.review_list(statuses=["pending"])

@@ -6,7 +6,9 @@ Prometheus rules file over the names it emits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from stalwart.domain.limits import Breaker, LimitSpec
 from stalwart.domain.observability import FeedEvent
 from stalwart.domain.records import StepError
 from stalwart.domain.retry import RetryPolicy
+from stalwart.errors import StoreUnavailableError
 from stalwart.observability.metrics import (
     COUNTERS,
     GAUGES,
@@ -472,3 +475,29 @@ def test_metric_names_follow_the_conventions() -> None:
 @pytest.mark.parametrize("name", sorted(COUNTERS))
 def test_no_counter_is_labelled_by_an_unbounded_id(name: str) -> None:
     assert not {"job_id", "job", "step_id", "review_id"} & set(COUNTERS[name][1])
+
+
+def test_a_database_outage_during_a_scrape_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unreachable:
+        async def refresh(self) -> None:
+            raise StoreUnavailableError("the database cannot be reached: connection refused")
+
+        def collect(self) -> list[Any]:
+            return []
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        registry = metrics_registry(Unreachable(), loop=loop, process=False)  # type: ignore[arg-type]
+        with caplog.at_level(logging.INFO, logger="stalwart"):
+            generate_latest(registry)  # serves the last figures (none here)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=60)
+        loop.close()
+    [record] = [r for r in caplog.records if getattr(r, "action", "") == "metrics_refresh_failed"]
+    assert (record.levelno, record.exc_info) == (logging.WARNING, None)
+    assert "connection refused" in record.getMessage()

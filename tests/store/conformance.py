@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -20,6 +21,8 @@ from stalwart.domain.records import Claim, EventRecord, JobRecord, StepError, St
 from stalwart.domain.retry import RetryPolicy
 from stalwart.store import NewJob, Store
 from stalwart.types import canonical_hash, new_id
+
+T = TypeVar("T")
 
 TENANT = "acme"
 OTHER_TENANT = "globex"
@@ -148,6 +151,21 @@ def decision(outcome: Outcome, delay_seconds: float = 0.0) -> Decision:
 async def expire(seconds: float = 0.08) -> None:
     """Let short leases, deadlines and SLAs pass (the backend's clock, not a fake one)."""
     await asyncio.sleep(seconds)
+
+
+# A span no stall of a loaded machine passes between two statements of a test: what a test
+# checks has not happened yet (a cool-down, a pause, a token's refill) lasts this long.
+WINDOW = 2.0
+
+
+async def eventually(check: Callable[[], Awaitable[T]], what: str, within: float = 60.0) -> T:
+    """Poll `check` until it returns something truthy, and return that: for what happens once
+    the backend's clock passes a time (the end of a `WINDOW`), instead of a fixed sleep."""
+    deadline = time.monotonic() + within
+    while not (result := await check()):
+        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        await asyncio.sleep(0.02)
+    return result
 
 
 async def limit_state(store: Store, key: str) -> LimitRecord:

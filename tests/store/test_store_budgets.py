@@ -7,7 +7,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conformance import claim_one, expire, make_job, make_plan, make_step, submit
+from conformance import (
+    WINDOW,
+    claim_one,
+    eventually,
+    expire,
+    make_job,
+    make_plan,
+    make_step,
+    submit,
+)
 
 from stalwart.domain.budgets import (
     BudgetLine,
@@ -129,10 +138,13 @@ async def test_a_budget_warns_once_with_an_event(store: Store) -> None:
 
 async def test_a_dead_workers_reservation_is_released(store: Store) -> None:
     s = scope()
-    call_id = await store.llm_reserve(new_call(s, USD // 10, expires_in=0.05), actor="t")
+    call_id = await store.llm_reserve(new_call(s, USD // 10, expires_in=WINDOW), actor="t")
     assert await store.llm_reservations_release(actor="reaper") == 0  # not expired yet
-    await expire(0.2)
-    assert (await store.work_due()).reservations_expired
+
+    async def expired() -> bool:
+        return (await store.work_due()).reservations_expired
+
+    await eventually(expired, "the reservation to expire")
     assert await store.llm_reservations_release(actor="reaper") == 1
     assert (await budgets(store))["job:j1"][1] == 0
     [row] = await store.llm_call_list("j1")
@@ -170,7 +182,7 @@ async def test_a_reaped_or_reclaimed_step_charges_its_open_calls_their_worst_cas
     after = await budgets(store)
     assert after[f"job:{job.id}"][:4] == (USD // 10, USD // 20, 300, 300)
     rows = {r.id: r for r in await store.llm_call_list(job.id)}
-    assert (rows[in_flight].outcome, rows[in_flight].cost_nanos) == ("charged", USD // 10)
+    assert (rows[in_flight].outcome, rows[in_flight].cost_nanos) == ("cancelled", USD // 10)
     assert "worst case" in (rows[in_flight].error or "")
     assert rows[other].outcome == "reserved"
     # Its worker comes back late with the real figures: nothing changes (the worst case bounds
@@ -201,11 +213,14 @@ async def test_the_cache_is_per_tenant_and_expires(store: Store) -> None:
     assert await store.llm_cache_get("globex", "k1") is None
     assert await store.llm_cache_get("acme", "k2") is None
     await store.llm_cache_put(
-        "acme", "k3", provider="p", model="m", response=answer, ttl_seconds=0.05, actor="t"
+        "acme", "k3", provider="p", model="m", response=answer, ttl_seconds=WINDOW, actor="t"
     )
     assert await store.llm_cache_get("acme", "k3") == answer
-    await expire(0.2)
-    assert await store.llm_cache_get("acme", "k3") is None
+
+    async def gone() -> bool:
+        return await store.llm_cache_get("acme", "k3") is None
+
+    await eventually(gone, "the cached answer to expire")
 
 
 async def test_a_job_without_a_plan_waits_in_planning_for_a_worker(store: Store) -> None:
@@ -236,3 +251,19 @@ async def test_a_refusal_warns_for_the_refusing_budget_once(store: Store) -> Non
     assert heard[0][0].key == f"job:{job.id}" and heard[0][0].ratio == pytest.approx(0.7)
     events = [e for e in await store.event_list(job.id) if e.kind == "budget_warning"]
     assert len(events) == 1 and "refused" in events[0].reason
+
+
+async def test_a_cancelled_call_is_charged_its_reservation_and_an_abandoned_one_nothing(
+    store: Store,
+) -> None:
+    s = scope()
+    sent = await store.llm_reserve(new_call(s, USD // 10, 500), actor="t")
+    unsent = await store.llm_reserve(new_call(s, USD // 20, 300), actor="t")
+    # The request may have reached the provider: the worst case held is spent, whatever the
+    # figures say (the provider reported none).
+    await store.llm_settle(sent, CallResult("cancelled", error_class="cancelled"), actor="t")
+    await store.llm_settle(unsent, CallResult("abandoned", error_class="cancelled"), actor="t")
+    assert (await budgets(store))["job:j1"] == (USD // 10, 0, 500, 0, False)
+    rows = {c.id: c for c in await store.llm_call_list("j1")}
+    assert (rows[sent].outcome, rows[sent].cost_nanos) == ("cancelled", USD // 10)
+    assert (rows[unsent].outcome, rows[unsent].cost_nanos) == ("abandoned", 0)

@@ -3,12 +3,12 @@ circuit breakers), enforced while claiming. A held-back step stays ready with no
 
 from __future__ import annotations
 
-import asyncio
-
 from conformance import (
     OTHER_TENANT,
+    WINDOW,
     claim_all,
     decision,
+    eventually,
     expire,
     failure,
     limit_state,
@@ -160,7 +160,8 @@ async def test_tenant_cap_holds_back_that_tenant_only(store: Store) -> None:
 
 
 async def test_rate_limit_admits_a_burst_then_refills(store: Store) -> None:
-    await store.limits_configure([LimitSpec(T, rate=2.0, burst=2)])
+    # A token every WINDOW seconds: none comes back between two claims, however slow the machine.
+    await store.limits_configure([LimitSpec(T, rate=1 / WINDOW, burst=2)])
     job = await submit(store, *tool_steps("a", "b", "c", "d", "e", "f"))
 
     burst = await store.step_claim("w1", limit=10, lease_seconds=30)
@@ -168,13 +169,14 @@ async def test_rate_limit_admits_a_burst_then_refills(store: Store) -> None:
     assert await store.step_claim("w1", limit=10, lease_seconds=30) == []
     await waiting_untouched(store, [job.id], burst)
     state = await limit_state(store, T)
-    assert (state.rate, state.burst) == (2.0, 2)
+    assert (state.rate, state.burst) == (1 / WINDOW, 2)
     assert state.tokens is not None and state.tokens < 1
 
-    await asyncio.sleep(0.6)
-    refilled = await store.step_claim("w1", limit=10, lease_seconds=30)
+    refilled = await eventually(
+        lambda: store.step_claim("w1", limit=10, lease_seconds=30), "a refilled token"
+    )
 
-    assert len(refilled) == 1
+    assert len(refilled) == 1  # one token came back, not the burst
     await waiting_untouched(store, [job.id], [*burst, *refilled])
 
 
@@ -183,7 +185,7 @@ async def test_a_429_retry_after_refunds_the_attempt_and_pauses_the_tool(store: 
     other = await submit(store, *tool_steps("x", tool="u"))
     [claim] = await store.step_claim("w1", limit=1, lease_seconds=30)
     assert (claim.job_id, claim.tool, claim.attempt) == (job.id, "t", 1)
-    error = StepError("transient", "slow down", code="http_429", retry_after=0.5)
+    error = StepError("transient", "slow down", code="http_429", retry_after=WINDOW)
     verdict = decide(
         error,
         attempt=claim.attempt,
@@ -208,8 +210,10 @@ async def test_a_429_retry_after_refunds_the_attempt_and_pauses_the_tool(store: 
         "ready"
     }
 
-    await asyncio.sleep(0.55)
-    assert (await limit_state(store, T)).paused_until is None
+    async def resumed() -> bool:
+        return (await limit_state(store, T)).paused_until is None
+
+    await eventually(resumed, "the pause to end")
     after = await store.step_claim("w2", limit=10, lease_seconds=30)
 
     assert sorted(c.key for c in after) == ["a", "b", "c"]
@@ -233,12 +237,13 @@ async def open_breaker(store: Store, cooldown: float) -> tuple[str, list[Claim]]
 
 
 async def test_breaker_opens_lets_one_probe_through_and_closes_on_success(store: Store) -> None:
-    job_id, _ = await open_breaker(store, cooldown=0.5)
+    job_id, _ = await open_breaker(store, cooldown=WINDOW)
     assert await store.step_claim("w2", limit=10, lease_seconds=30) == []
     assert {s.attempt for s in (await steps_by_key(store, job_id)).values()} == {0, 1}
 
-    await asyncio.sleep(0.55)
-    probes = await store.step_claim("w2", limit=10, lease_seconds=30)
+    probes = await eventually(
+        lambda: store.step_claim("w2", limit=10, lease_seconds=30), "the cool-down to end"
+    )
 
     assert len(probes) == 1
     assert (await limit_state(store, T)).breaker_state == "half_open"
@@ -253,9 +258,10 @@ async def test_breaker_opens_lets_one_probe_through_and_closes_on_success(store:
 
 
 async def test_a_failed_probe_opens_the_breaker_again(store: Store) -> None:
-    job_id, _ = await open_breaker(store, cooldown=0.3)
-    await asyncio.sleep(0.35)
-    [probe] = await store.step_claim("w2", limit=10, lease_seconds=30)
+    job_id, _ = await open_breaker(store, cooldown=WINDOW)
+    [probe] = await eventually(
+        lambda: store.step_claim("w2", limit=10, lease_seconds=30), "the cool-down to end"
+    )
     assert (await limit_state(store, T)).breaker_state == "half_open"
 
     assert await store.step_fail(probe, failure(), decision(Outcome.RETRY), worker_id="w2")
@@ -263,17 +269,20 @@ async def test_a_failed_probe_opens_the_breaker_again(store: Store) -> None:
     assert (await limit_state(store, T)).breaker_state == "open"
     assert [e.kind for e in await store.event_list(job_id)].count("breaker_open") == 2
     assert await store.step_claim("w3", limit=10, lease_seconds=30) == []
-    await asyncio.sleep(0.35)
-    assert len(await store.step_claim("w3", limit=10, lease_seconds=30)) == 1
+    again = await eventually(
+        lambda: store.step_claim("w3", limit=10, lease_seconds=30), "the second cool-down"
+    )
+    assert len(again) == 1
     assert (await limit_state(store, T)).breaker_state == "half_open"
 
 
 async def test_a_lost_probe_opens_the_breaker_again(store: Store) -> None:
     # A probe whose worker vanished told us nothing: the breaker must not stay half-open (which
     # would hold the tool back for good); it opens again and a later probe follows.
-    job_id, _ = await open_breaker(store, cooldown=0.3)
-    await asyncio.sleep(0.35)
-    [probe] = await store.step_claim("w2", limit=10, lease_seconds=0.05)
+    job_id, _ = await open_breaker(store, cooldown=WINDOW)
+    [probe] = await eventually(
+        lambda: store.step_claim("w2", limit=10, lease_seconds=0.05), "the cool-down to end"
+    )
     assert (await limit_state(store, T)).breaker_state == "half_open"
     await expire()
 
@@ -281,8 +290,11 @@ async def test_a_lost_probe_opens_the_breaker_again(store: Store) -> None:
 
     assert (await limit_state(store, T)).breaker_state == "open"
     assert (await steps_by_key(store, job_id))[probe.key].status == "ready"
-    await asyncio.sleep(0.35)
-    assert len(await store.step_claim("w3", limit=10, lease_seconds=30)) == 1
+    assert await store.step_claim("w3", limit=10, lease_seconds=30) == []  # open again
+    again = await eventually(
+        lambda: store.step_claim("w3", limit=10, lease_seconds=30), "the second cool-down"
+    )
+    assert len(again) == 1
     assert (await limit_state(store, T)).breaker_state == "half_open"
 
 

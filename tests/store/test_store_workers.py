@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from conformance import (
+    WINDOW,
     claim_one,
     decision,
-    expire,
+    eventually,
     failure,
     make_step,
     step_events,
@@ -19,7 +20,7 @@ from conformance import (
 
 from stalwart.domain.failures import Outcome
 from stalwart.store import Store
-from stalwart.store.base import WorkerInfo
+from stalwart.store.base import WorkDue, WorkerInfo
 
 
 def info(worker_id: str, **fields: object) -> WorkerInfo:
@@ -62,17 +63,19 @@ async def test_a_registered_worker_is_live_and_lists_the_steps_it_holds(store: S
 
 
 async def test_a_worker_without_a_recent_heartbeat_is_dead(store: Store) -> None:
+    # Alive means a heartbeat within `live_seconds`: WINDOW, which no stall passes between two
+    # statements; "old" beat longer ago than that.
     await store.worker_register(info("old"))
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(WINDOW + 0.1)
     await store.worker_register(info("new", pid=7))
 
-    old, new = sorted(await store.worker_list(live_seconds=0.1), key=lambda w: w.id != "old")
+    old, new = sorted(await store.worker_list(live_seconds=WINDOW), key=lambda w: w.id != "old")
 
     assert (old.id, old.status, old.live) == ("old", "dead", False)
     assert (new.id, new.status, new.live) == ("new", "running", True)
     assert [w.id for w in await store.worker_list(live_seconds=30)] == ["new", "old"]
     await store.worker_beat("old")
-    assert {w.id: w.live for w in await store.worker_list(live_seconds=0.1)} == {
+    assert {w.id: w.live for w in await store.worker_list(live_seconds=WINDOW)} == {
         "old": True,
         "new": True,
     }
@@ -129,16 +132,20 @@ async def test_work_due_reports_ready_steps_and_expired_leases(store: Store) -> 
     assert ready.next_step_due is not None and ready.next_step_due <= ready.now
     assert not ready.leases_expired
 
-    await claim_one(store, lease_seconds=0.05)
+    await claim_one(store, lease_seconds=WINDOW)
     running = await store.work_due()
     assert (running.next_step_due, running.steps_due, running.leases_expired) == (
         None,
         False,
         False,
     )
-    await expire()
-    expired = await store.work_due()
-    assert expired.leases_expired and expired.reaping
+
+    async def lease_expired() -> WorkDue | None:
+        due = await store.work_due()
+        return due if due.leases_expired else None
+
+    expired = await eventually(lease_expired, "the lease to expire")
+    assert expired.reaping
     assert not expired.steps_due
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
 from stalwart.domain.plans import Check, LlmSpec, Plan, PlanStep, Template
 from stalwart.domain.retry import RetryPolicy
@@ -513,3 +514,35 @@ def test_a_tool_output_model_with_subclasses_is_not_checked() -> None:
         st("b", tool="fetch", args={"id": "${steps.a.output.extra}"}, depends_on=["a"]),
     )
     assert plan_problems(p, tools) == []
+
+
+class Opaque:
+    """A type pydantic checks only with `arbitrary_types_allowed` (an isinstance check)."""
+
+
+class RegionArgs(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    region: Annotated[Opaque, WithJsonSchema({"type": "object"})]
+
+
+class Region(BaseModel):
+    name: str
+
+
+async def region(args: RegionArgs, ctx: ToolContext) -> Region:
+    return Region(name=str(args.region))
+
+
+def test_an_argument_that_cannot_be_checked_before_run_time_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = ToolRegistry()
+    registry.register(region, name="region", timeout=5, idempotent=True)
+    step = st("where", tool="region", args={"region": {"name": "mars"}})
+    with caplog.at_level(logging.WARNING, logger="stalwart.planning"):
+        # Left to run time, as before; but said, with what went wrong.
+        assert plan_problems(plan(step), registry) == []
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "'region'" in record.getMessage()
+    assert record.exc_info is not None and "Opaque" in str(record.exc_info[1])

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from stalwart.api import errors
+from stalwart.api.disconnects import ClientGone
 from stalwart.api.routes import dlq, health, jobs, memory, metrics, reviews, webhooks
 from stalwart.api.state import SESSION_SECRET, ServerState
 from stalwart.app import App
@@ -99,6 +100,7 @@ def create_api(
         redoc_url=None,
     )
     errors.install(api)
+    api.add_middleware(ClientGone)
     for module in (health, jobs, reviews, dlq, webhooks, metrics, memory):
         api.include_router(module.router)
     if ui:

@@ -109,9 +109,12 @@ class NewCall:
 
 @dataclass(slots=True)
 class CallResult:
-    """How a call ended: the figures the ledger row is settled with."""
+    """How a call ended: the figures the ledger row is settled with. `abandoned`: cancelled
+    before its request was sent, charged nothing; `cancelled`: cancelled (or its process
+    exiting) after its request may have been sent, charged the worst case it reserved whatever
+    the figures say (decision 0034)."""
 
-    outcome: Literal["ok", "invalid_output", "error", "cached", "refused"]
+    outcome: Literal["ok", "invalid_output", "error", "cached", "refused", "abandoned", "cancelled"]
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0

@@ -287,7 +287,7 @@ class Gateway:
     async def _with_model(
         self, ref: str, tier: str, call: LlmCall, scope: CallScope, seq: list[int]
     ) -> LlmResult:
-        model = self.models.get(ref)
+        model = await self.models.ready(ref)
         schema = schema_of(call.output) if call.output is not None else None
         messages = list(call.messages)
         reasks = self.settings.llm_max_reasks if call.max_reasks is None else call.max_reasks
@@ -384,7 +384,7 @@ class Gateway:
         no fallback (another model's vectors would not be comparable) and no cache. Raises
         `ProviderError` as chat calls do, `ConfigurationError` when the model cannot embed.
         """
-        model = self._embedding_model(model_ref)
+        model = await self._embedding_model(model_ref)
         if not texts:
             return EmbeddingResult([], model.provider, model.model)
         scope = replace(scope, purpose=EMBEDDING_PURPOSE)
@@ -407,7 +407,7 @@ class Gateway:
         cost = self.pricing.cost_nanos(
             model.provider, model.model, input_tokens=response.input_tokens, output_tokens=0
         )
-        warnings = await self.store.llm_settle(
+        warnings = await self._finish(
             call_id,
             CallResult(
                 "ok",
@@ -417,8 +417,6 @@ class Gateway:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 model=response.model or None,
             ),
-            actor=self.actor,
-            warn_ratio=self.settings.budget_warning_ratio,
         )
         await self._alert_all(warnings)
         return EmbeddingResult(
@@ -430,8 +428,8 @@ class Gateway:
             warnings,
         )
 
-    def _embedding_model(self, ref: str) -> EmbeddingModel:
-        model = self.models.get(ref)
+    async def _embedding_model(self, ref: str) -> EmbeddingModel:
+        model = await self.models.ready(ref)
         if not isinstance(model, EmbeddingModel):
             raise ConfigurationError(
                 f"model {ref!r} cannot embed: use an openai: model or one of an "
@@ -533,8 +531,17 @@ class Gateway:
     async def _reserve(self, new: NewCall) -> int:
         """Reserve `new`'s worst case; a refusal is recorded in the ledger, warns, and raises
         `BudgetExceeded`."""
+        # On its own task: a cancellation of the caller must not lose the id of a reservation
+        # that commits all the same (PostgreSQL's runs on a thread), or it holds its worst case
+        # until the reaper's expiry.
+        reserving = asyncio.ensure_future(self.store.llm_reserve(new, actor=self.actor))
         try:
-            return await self.store.llm_reserve(new, actor=self.actor)
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            # Cancelled before the request was sent: nothing is charged.
+            if not reserving.cancelled():
+                await _uncancellable(self._abandon(reserving))
+            raise
         except BudgetExceeded as exc:
             _, warnings = await self.store.llm_record(
                 new,
@@ -554,13 +561,16 @@ class Gateway:
         send: Callable[[], Awaitable[T]],
     ) -> T:
         """Await the provider, cut off `GUARD_SECONDS` after its own timeout. A failure settles
-        the reserved row as an error and raises `ProviderError` (a cancellation re-raises)."""
+        the reserved row as an error and raises `ProviderError`. A cancellation (or the process
+        exiting: `SystemExit`, `KeyboardInterrupt`) is no provider error and is re-raised as it
+        is, once the row is settled `cancelled`: the request may have reached the provider,
+        which may bill it, so the call is charged the worst case it reserved."""
         try:
             async with asyncio.timeout(timeout_seconds + GUARD_SECONDS):
                 return await send()
-        except BaseException as exc:
+        except Exception as exc:
             error = _as_provider_error(exc, model)
-            await self.store.llm_settle(
+            await self._finish(
                 call_id,
                 CallResult(
                     "error",
@@ -568,12 +578,46 @@ class Gateway:
                     error_class=error.error_class.value,
                     error=error.message,
                 ),
-                actor=self.actor,
-                warn_ratio=self.settings.budget_warning_ratio,
             )
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise error from exc
+        except GeneratorExit:
+            raise  # the coroutine is being closed: it may not await any more
+        except BaseException as exc:
+            await self._finish(
+                call_id,
+                CallResult(
+                    "cancelled",
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error_class=ErrorClass.CANCELLED.value,
+                    error=f"{type(exc).__name__} after the request may have been sent: "
+                    "charged the worst case it reserved",
+                ),
+            )
+            raise
+
+    async def _finish(self, call_id: int, result: CallResult) -> list[BudgetWarning]:
+        """Settle a reserved call to its end, even if the caller is cancelled meanwhile."""
+        return await _uncancellable(
+            self.store.llm_settle(
+                call_id, result, actor=self.actor, warn_ratio=self.settings.budget_warning_ratio
+            )
+        )
+
+    async def _abandon(self, reserving: Awaitable[int]) -> None:
+        """Give back a reservation whose caller was cancelled before the request was sent."""
+        try:
+            call_id = await reserving
+        except Exception:
+            return  # refused or failed: nothing is held
+        await self.store.llm_settle(
+            call_id,
+            CallResult(
+                "abandoned",
+                error_class=ErrorClass.CANCELLED.value,
+                error="cancelled before the request was sent",
+            ),
+            actor=self.actor,
+        )
 
     async def _settle(
         self,
@@ -592,7 +636,7 @@ class Gateway:
             output_tokens=response.output_tokens,
             cached_tokens=response.cached_tokens,
         )
-        warnings = await self.store.llm_settle(
+        warnings = await self._finish(
             call_id,
             CallResult(
                 "invalid_output" if problems else "ok",
@@ -606,8 +650,6 @@ class Gateway:
                 error=problems,
                 model=response.model or None,
             ),
-            actor=self.actor,
-            warn_ratio=self.settings.budget_warning_ratio,
         )
         result.cost_nanos += cost or 0
         result.warnings += warnings
@@ -633,12 +675,63 @@ class Gateway:
         except Exception:  # an alert hook must never fail the call that triggered it
             log.exception("the alert hook failed", extra={"action": "alert_hook_failed"})
 
+    async def warm(self) -> list[str]:
+        """Make every routed model now, off the event loop, so that no step pays for it (nor
+        stalls its worker's heartbeats) later; a worker calls this before it claims work.
+        A model that cannot be made is logged and left to fail its first call, as it would
+        have. Returns the references made."""
+        made = []
+        for ref in dict.fromkeys(r for tier in self.router.routes.values() for r in tier):
+            if self.models.made(ref):
+                continue
+            try:
+                await self.models.ready(ref)
+            except Exception as exc:
+                log.warning(
+                    "model %s cannot be made: %s",
+                    ref,
+                    getattr(exc, "message", None) or exc,
+                    extra={"action": "model_unavailable", "model": ref},
+                )
+                continue
+            made.append(ref)
+        return made
+
     async def close(self) -> None:
         """Close the models' connections."""
         await self.models.close()
 
 
-def _as_provider_error(exc: BaseException, model: Model | EmbeddingModel) -> ProviderError:
+async def _uncancellable(work: Awaitable[T]) -> T:
+    """Await `work` to its end even when the caller is cancelled meanwhile (once or more), then
+    raise the cancellation. For the ledger's writes: a reservation or settlement cut off halfway
+    leaves its row holding money until the reaper's expiry (decision 0034). A failure of `work`
+    after a cancellation is logged, and the cancellation raised."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # `work` itself was cancelled (its loop is closing)
+                raise
+            cancelled = True
+        except Exception:
+            if not cancelled:
+                raise
+            log.warning(
+                "a cancelled call could not be settled",
+                exc_info=True,
+                extra={"action": "llm_settle_failed"},
+            )
+            break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _as_provider_error(exc: Exception, model: Model | EmbeddingModel) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, TimeoutError):
@@ -647,10 +740,6 @@ def _as_provider_error(exc: BaseException, model: Model | EmbeddingModel) -> Pro
             provider=model.provider,
             model=model.model,
             code="timeout",
-        )
-    if isinstance(exc, asyncio.CancelledError):
-        return ProviderError(
-            "the call was cancelled", error_class=ErrorClass.CANCELLED, code="cancelled"
         )
     return ProviderError(
         f"{model.provider}:{model.model} failed with an unexpected {type(exc).__name__}: {exc}",

@@ -4,10 +4,14 @@ provider error that may pass (an outage, overload, a timeout) moves the call dow
 
 Models are made on first use from settings (`openai:*`, `anthropic:*`, and named OpenAI- or
 Anthropic-compatible endpoints) or registered by the app (`app.model("scripted:demo", model)`).
+Making one imports its SDK and builds its client: half a second idle, seconds on a loaded machine.
+That runs on a thread (`ready`), never on the event loop, where it would hold up every heartbeat
+of the worker; a worker also makes its routed models before it claims any work (`Gateway.warm`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +49,8 @@ class ModelRegistry:
     def __init__(self, settings: Settings, models: Mapping[str, Model] | None = None) -> None:
         self.settings = settings
         self._models: dict[str, Model] = dict(models or {})
+        # Concurrent first calls of one reference make it once.
+        self._making: dict[str, asyncio.Lock] = {}
 
     def register(self, ref: str, model: Model) -> None:
         """Answer `ref` with `model`."""
@@ -59,12 +65,30 @@ class ModelRegistry:
         return provider in ("openai", "anthropic") or provider in self.settings.llm_endpoints
 
     def get(self, ref: str) -> Model:
-        """The model for `ref`, made once."""
+        """The model for `ref`, made once, on the calling thread (from async code use `ready`:
+        making a model blocks for as long as its SDK takes to import)."""
         model = self._models.get(ref)
         if model is None:
             model = self._make(ref)
             self._models[ref] = model
         return model
+
+    async def ready(self, ref: str) -> Model:
+        """The model for `ref`, made once, on a worker thread so the event loop keeps running
+        (heartbeats, other steps) while the SDK is imported and the client built."""
+        model = self._models.get(ref)
+        if model is not None:
+            return model
+        async with self._making.setdefault(ref, asyncio.Lock()):
+            model = self._models.get(ref)
+            if model is None:
+                model = await asyncio.to_thread(self._make, ref)
+                self._models[ref] = model
+        return model
+
+    def made(self, ref: str) -> bool:
+        """Whether the model for `ref` exists already (registered, or made)."""
+        return ref in self._models
 
     def _make(self, ref: str) -> Model:
         provider, name = split_ref(ref)

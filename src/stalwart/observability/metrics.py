@@ -52,6 +52,7 @@ from stalwart.domain.observability import (
     LedgerEntry,
     MetricsSnapshot,
 )
+from stalwart.errors import StoreError
 from stalwart.store.base import Store
 
 log = logging.getLogger("stalwart.metrics")
@@ -659,6 +660,13 @@ class _StoreCollector(Collector):
                     future.result(timeout=self.timeout)
                 finally:
                     future.cancel()
+            except (StoreError, TimeoutError) as exc:
+                # An outage (or a database too slow for the scrape): one line, no traceback.
+                log.warning(
+                    "metrics: could not read the database (%s); serving the last figures",
+                    exc or "timed out",
+                    extra={"action": "metrics_refresh_failed"},
+                )
             except Exception:
                 log.exception(
                     "metrics: could not read the database; serving the last figures",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from stalwart.errors import PlanValidationError
 from stalwart.llm.routing import Router
 from stalwart.planning.paths import path_miss
 from stalwart.tools.registry import ToolRegistry
+
+log = logging.getLogger("stalwart.planning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +424,17 @@ def _static_arg_problems(
     except ValidationError as exc:
         messages = "; ".join(e["msg"] for e in exc.errors(include_url=False, include_input=False))
         return [_problem(sid, f"argument {name!r} of tool {tool!r} is not valid: {messages}")]
-    except Exception:  # an annotation TypeAdapter cannot build: leave it to run time
+    except Exception:
+        # An annotation TypeAdapter cannot build, or a validator that raised something other
+        # than a validation error: left to run time, but said (it may be a bug in the tool).
+        log.warning(
+            "argument %r of tool %r could not be checked before run time (step %s)",
+            name,
+            tool,
+            sid,
+            exc_info=True,
+            extra={"action": "plan_arg_unchecked", "tool": tool, "step": sid},
+        )
         return []
     return []
 

@@ -1,6 +1,7 @@
 """The worker process: claims ready steps and runs them, with named side tasks.
 
 - on start it registers itself (id, host, pid) in the workers table, writes the app's limits,
+  makes its routed models (on a thread: the first step must not pay for it on the loop),
   and recovers at once the leases it left behind in an earlier life (same `--worker-id`, or a
   dead process with the same host and pid) instead of waiting for them to expire;
 - the claim loop fills free slots (priority, then due time), chaining a job's next step in the
@@ -160,6 +161,9 @@ class Worker:
             WorkerInfo(self.worker_id, self.host, self.pid, self.concurrency, tools, _version())
         )
         await self.store.limits_configure(self.limits)
+        if self.executor.gateway is not None:
+            # Made now, on a thread, not under the first claimed step's lease.
+            await self.executor.gateway.warm()
         owners = [self.worker_id]
         for other in await self.store.worker_list(
             live_seconds=self.settings.lease_seconds, include_stopped=False
@@ -201,10 +205,12 @@ class Worker:
             asyncio.create_task(self.store.listen(self.wake), name="stalwart-listen"),
         ]
         main = asyncio.create_task(self._claim_loop(), name="stalwart-claim")
+        reported: set[asyncio.Task[None]] = set()
         try:
             done, _ = await asyncio.wait([main, *side], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not main and task.exception() is not None:
+                    reported.add(task)
                     log.error(
                         "side task %s died; stopping",
                         task.get_name(),
@@ -220,15 +226,34 @@ class Worker:
         finally:
             await self._drain()
             if self.executor.gateway is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await self.executor.gateway.close()
+                except Exception:
+                    log.warning(
+                        "closing the model clients failed",
+                        exc_info=True,
+                        extra={"action": "gateway_close_failed", "worker": self.worker_id},
+                    )
             for task in side:
                 task.cancel()
-            for task in side:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            with contextlib.suppress(StoreError):
+            ended = await asyncio.gather(*side, return_exceptions=True)
+            for task, outcome in zip(side, ended, strict=True):
+                # A side task that failed after the first one (or while stopping) is a bug too.
+                if isinstance(outcome, Exception) and task not in reported:
+                    log.error(
+                        "side task %s failed",
+                        task.get_name(),
+                        exc_info=outcome,
+                        extra={"action": "worker_side_task_died", "worker": self.worker_id},
+                    )
+            try:
                 await self.store.worker_stopped(self.worker_id)
+            except StoreError as exc:
+                log.warning(
+                    "could not mark the worker stopped: %s",
+                    exc,
+                    extra={"action": "store_unavailable", "worker": self.worker_id},
+                )
             log.info("worker stopped", extra={"action": "worker_stopped", "worker": self.worker_id})
 
     # -- claim loop -------------------------------------------------------------------------------
@@ -494,6 +519,18 @@ class Worker:
                 if time.monotonic() - pruned_at > 3600:
                     await self.store.memory_prune()
                     pruned_at = time.monotonic()
+            except StoreError as exc:
+                # An outage is waited out, as in every loop: one line, no traceback.
+                log.warning(
+                    "memory: database trouble, trying again in %gs: %s",
+                    self.settings.memory_interval_seconds,
+                    exc,
+                    extra={
+                        "action": "store_unavailable",
+                        "worker": self.worker_id,
+                        "loop": "memory",
+                    },
+                )
             except Exception:
                 log.exception("recording episodes failed", extra={"action": "memory_failed"})
             with contextlib.suppress(TimeoutError):

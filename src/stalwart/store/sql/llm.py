@@ -5,16 +5,18 @@ to every budget it is charged to, in one transaction, one conditional UPDATE per
 (taken in key order, so concurrent reservations cannot deadlock); a budget that would pass its
 limit refuses and nothing is written. `llm_settle` records the outcome and moves the budgets
 from reserved to spent by the actual figures, and marks (once) the budgets that crossed their
-warning ratio. A reservation whose worker died is settled by `charge_reserved` in the
-transaction that takes its step's lease back (the reaper, or a restart under the same worker
-id): the call's request may have left, so it is charged its reserved worst case (`charged`).
-`llm_reservations_release` releases what is left after the row's `expires` (calls outside a
-step lease, such as planning).
+warning ratio. A call settled `cancelled` (its request may have been sent) is charged the worst
+case it reserved; one settled `abandoned` (never sent) is charged nothing (decision 0034). A
+reservation whose worker died is settled by `charge_reserved` in the transaction that takes its
+step's lease back (the reaper, or a restart under the same worker id): the call's request may
+have left, so it too is charged its reserved worst case (`cancelled`). `llm_reservations_release`
+releases what is left after the row's `expires` (calls outside a step lease, such as planning).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from stalwart.domain.budgets import (
@@ -226,12 +228,25 @@ def _warnings(
     return out
 
 
+def _spend(
+    tx: Tx, keys: list[str], nanos: int, tokens: int, held_nanos: int, held_tokens: int
+) -> None:
+    """Move a settled call's figures into its budgets: add what it spent, release what it held."""
+    for key in keys:
+        tx.con.execute(
+            "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
+            "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
+            "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
+            (nanos, tokens, held_nanos, held_tokens, tx.now, key),
+        )
+
+
 def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
     """Settle the calls of one step attempt that are still `reserved`, in the transaction that
     takes the attempt's lease back from a worker that died or went silent. Its request may have
     left (the gateway sends it as soon as the reservation commits) and the provider may bill it,
     so each is charged its reserved worst case: the budgets move it from reserved to spent, and
-    the row becomes `charged` with that cost (a settlement that arrives later changes nothing:
+    the row becomes `cancelled` with that cost (a settlement that arrives later changes nothing:
     the worst case is an upper bound of the real cost). Returns the number of rows charged."""
     rows = tx.con.execute(
         "SELECT id, budget_keys, reserved_nanos, reserved_tokens FROM llm_calls "
@@ -240,15 +255,10 @@ def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
         (job_id, step_key, attempt),
     ).fetchall()
     for call_id, raw_keys, held_nanos, held_tokens in rows:
-        for key in sorted(loads(raw_keys, "budget keys of an LLM call")):
-            tx.con.execute(
-                "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
-                "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
-                "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
-                (held_nanos, held_tokens, held_nanos, held_tokens, tx.now, key),
-            )
+        keys = sorted(loads(raw_keys, "budget keys of an LLM call"))
+        _spend(tx, keys, held_nanos, held_tokens, held_nanos, held_tokens)
         tx.con.execute(
-            "UPDATE llm_calls SET outcome = 'charged', cost_nanos = reserved_nanos, "
+            "UPDATE llm_calls SET outcome = 'cancelled', cost_nanos = reserved_nanos, "
             "error = ?, settled = ? WHERE id = ?",
             (
                 "its worker lost the step's lease with the call in flight; the request may "
@@ -290,18 +300,18 @@ class LlmLedger(SqlBase):
             ).fetchone()
             if row is None or row[0] not in ("reserved", "abandoned"):
                 return []  # settled already: settling is idempotent
-            outcome, raw_keys, held_nanos, held_tokens, job_id, step_key = row
+            outcome, raw_keys, reserved_nanos, reserved_tokens, job_id, step_key = row
+            held_nanos, held_tokens = reserved_nanos, reserved_tokens
             if outcome == "abandoned":  # released already; only the spend is left to add
                 held_nanos = held_tokens = 0
+            spent, tokens = result.cost_nanos, result.tokens
+            if result.outcome == "cancelled":
+                # Its request may have reached the provider, which may bill it: charged the
+                # worst case it reserved (decision 0034); its token counts stay unknown (0).
+                spent, tokens = reserved_nanos, reserved_tokens
             keys = sorted(loads(raw_keys, "budget keys of an LLM call"))
-            _write_result(tx, call_id, result)
-            for key in keys:
-                tx.con.execute(
-                    "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
-                    "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
-                    "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
-                    (result.cost_nanos, result.tokens, held_nanos, held_tokens, tx.now, key),
-                )
+            _write_result(tx, call_id, replace(result, cost_nanos=spent))
+            _spend(tx, keys, spent, tokens, held_nanos, held_tokens)
             return _warnings(tx, keys, job_id, warn_ratio, step_key)
 
         return await self._write(actor, run)

@@ -720,6 +720,8 @@ def plan_step(spec: Any, key: str, job_id: str) -> PlanStep:
             f"spec of step {key!r} of job {job_id}",
             f"no longer validates ({where}: {first['msg']})",
         ) from exc
+
+
 def _arguments(step: StepHead, inputs: Any, outputs: dict[str, Any]) -> Any:
     """The arguments this attempt runs with (decision 0037), or None when a reference points
     at nothing: the executor then fails the attempt as `invalid_arguments`, naming it."""
