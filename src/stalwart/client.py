@@ -8,9 +8,9 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -52,9 +52,11 @@ from stalwart.tools.invoke import validation_details
 from stalwart.types import dumps, new_id
 
 if TYPE_CHECKING:
-    from stalwart.app import App
     from stalwart.client_memory import MemoryApi
+    from stalwart.engine.recall import Recall
+    from stalwart.planning.planner import TemplatePlanner
     from stalwart.planning.workflows import Workflow
+    from stalwart.tools.registry import ToolRegistry
 
 log = logging.getLogger("stalwart.client")
 
@@ -71,12 +73,35 @@ class Submitted:
     created: bool
 
 
+class ClientApp(Protocol):
+    """What a `Client` needs of an `App` (`stalwart.app.App` is one): its settings, workflows
+    and tools, its planner and its memory search. A protocol, so that this module never imports
+    the app's (the app makes clients: `App.client()`)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def workflows(self) -> Mapping[str, Workflow]: ...
+
+    @property
+    def tools(self) -> ToolRegistry: ...
+
+    def planner(self) -> TemplatePlanner:
+        """The planner of the app's workflows."""
+        ...
+
+    def recall(self, store: Store | None = None) -> Recall:
+        """The app's memory search over `store`."""
+        ...
+
+
 class Client:
     """Submit and manage jobs. Submitting needs the `App` (schemas and templates); reading and
     deciding need only the store."""
 
     def __init__(
-        self, store: Store, *, app: App | None = None, settings: Settings | None = None
+        self, store: Store, *, app: ClientApp | None = None, settings: Settings | None = None
     ) -> None:
         self.store = store
         self.app = app
