@@ -17,26 +17,32 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.markup import escape
 
-from stalwart.app import App
-from stalwart.cli import memory as memory_commands
 from stalwart.cli import output as ui
-from stalwart.cli.loading import load_app, open_existing
+from stalwart.cli.context import (
+    CURRENT,
+    State,
+    fail,
+    read_input,
+    run_async,
+    state_of,
+    usage,
+    with_client,
+    with_migrated_store,
+    with_store,
+)
+from stalwart.cli.memory import memory_cli
 from stalwart.client import Client
 from stalwart.domain.budgets import ledger_totals, to_usd
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
-from stalwart.errors import PlanValidationError, StalwartError, UsageError, error_body
+from stalwart.errors import PlanValidationError, StalwartError, UsageError
 from stalwart.settings import Settings
-from stalwart.store import Store, open_store
+from stalwart.store import open_store
 from stalwart.types import redact_url
 
 T = TypeVar("T")
@@ -74,67 +80,6 @@ cli.add_typer(limits_cli, name="limits")
 cli.add_typer(budgets_cli, name="budgets")
 
 
-@dataclass
-class State:
-    """What the global options chose."""
-
-    settings: Settings
-    app_spec: str | None
-    json: bool
-    tenant: str | None
-    url_given: bool = False
-
-    def app(self) -> App:
-        """The app named by --app / STALWART_APP; a clear error if none."""
-        if not self.app_spec:
-            raise UsageError(
-                "this command needs your app: pass --app module:attribute (or set STALWART_APP)",
-                field="app",
-            )
-        return load_app(self.app_spec, self.settings.database_url if self.url_given else None)
-
-
-_CURRENT: ContextVar[State | None] = ContextVar("stalwart_cli_state", default=None)
-
-
-def _state(ctx: typer.Context) -> State:
-    state = ctx.find_root().obj
-    assert isinstance(state, State)
-    return state
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await coro_fn()
-
-    try:
-        return asyncio.run(main())
-    except StalwartError as exc:
-        _fail(exc)
-    except ValidationError as exc:
-        ui.err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: StalwartError) -> NoReturn:
-    _report(exc)
-    raise typer.Exit(1)
-
-
-def _report(exc: StalwartError) -> None:
-    """One error on stderr: a line for people, or with --json the API's error body."""
-    state = _CURRENT.get()
-    if state is not None and state.json:
-        print(json.dumps(error_body(exc), default=str), file=sys.stderr)
-    else:
-        # The message is the user's text (step ids like `steps[fetch]`), never rich markup.
-        ui.err.print(f"[red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
-        if isinstance(exc, PlanValidationError) and len(exc.problems) > 1:
-            for problem in exc.problems:
-                line = f"  - {problem['step'] or '<plan>'}: {problem['problem']}"
-                ui.err.print(line, markup=False, highlight=False)
-
-
 @cli.callback()
 def main_options(
     ctx: typer.Context,
@@ -170,7 +115,7 @@ def main_options(
         tenant,
         url_given=bool(database_url) or "STALWART_DATABASE_URL" in os.environ,
     )
-    _CURRENT.set(ctx.obj)
+    CURRENT.set(ctx.obj)
 
 
 # -- demo and worker ------------------------------------------------------------------------------
@@ -190,7 +135,7 @@ def demo(
 ) -> None:
     """Run the example workflows offline against a flaky local service (from the repo root),
     then serve the web UI on the result (under CI=true it starts, checks and stops)."""
-    state = _state(ctx)
+    state = state_of(ctx)
     url = state.settings.database_url
     if url == Settings.model_fields["database_url"].default:
         url = "sqlite:///.demo/stalwart.db"
@@ -206,7 +151,7 @@ def demo(
     try:
         code = demo_module.run(database_url=url, resume=resume, serve=serve, port=port)
     except StalwartError as exc:  # e.g. a database a newer Stalwart migrated
-        _fail(exc)
+        fail(exc)
     raise typer.Exit(code)
 
 
@@ -226,11 +171,11 @@ def _configure_logs(state: State, level: str, fmt: str | None) -> bool:
 
     chosen = (fmt or state.settings.log_format).lower()
     if chosen not in ("auto", "json", "text"):
-        raise _usage(f"--log-format must be auto, json or text, not {fmt!r}")
+        raise usage(f"--log-format must be auto, json or text, not {fmt!r}")
     try:
         configure_logging(level, chosen)
     except ValueError:
-        raise _usage(f"--log-level must be debug, info, warning or error, not {level!r}") from None
+        raise usage(f"--log-level must be debug, info, warning or error, not {level!r}") from None
     return resolve_format(chosen, sys.stderr) == "json"
 
 
@@ -264,7 +209,7 @@ def worker(
     ] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C (then drain: finish or release running steps)."""
-    state = _state(ctx)
+    state = state_of(ctx)
     as_json = _configure_logs(state, log_level, log_format)
 
     async def go() -> None:
@@ -309,7 +254,7 @@ def worker(
         if w.failed:
             raise typer.Exit(1)
 
-    _run(go)
+    run_async(go)
 
 
 @cli.command()
@@ -327,7 +272,7 @@ def serve(
     SIGTERM or Ctrl-C (then drain)."""
     from stalwart.api.server import config
 
-    state = _state(ctx)
+    state = state_of(ctx)
     as_json = _configure_logs(state, log_level, log_format)
     app = state.app()
 
@@ -338,7 +283,7 @@ def serve(
         finally:
             await store.close()
 
-    _run(migrate)
+    run_async(migrate)
     # uvicorn's loggers go through the handler configured above (log_config=None).
     cfg = config(
         app, host=host, port=port, workers=workers, log_level=log_level.lower(), log_config=None
@@ -367,9 +312,9 @@ def workers_list(
 ) -> None:
     """Live and dead workers (a worker is dead when its heartbeat is older than the lease time),
     with the steps each holds."""
-    state = _state(ctx)
+    state = state_of(ctx)
 
-    found = _with_store(
+    found = with_store(
         state,
         lambda store: store.worker_list(
             live_seconds=state.settings.lease_seconds, include_stopped=all_
@@ -411,9 +356,9 @@ def _breaker(lim: Any) -> str:
 @limits_cli.command("list")
 def limits_list(ctx: typer.Context) -> None:
     """Every limited tool and tenant: slots in use, tokens left, pauses, breaker state."""
-    state = _state(ctx)
+    state = state_of(ctx)
 
-    found = _with_store(state, lambda store: store.limit_list())
+    found = with_store(state, lambda store: store.limit_list())
     if state.json:
         ui.dump_json([lim.to_dict() for lim in found])
         return
@@ -448,8 +393,8 @@ def _usd(nanos: int | None) -> str:
 def budgets_list(ctx: typer.Context) -> None:
     """Every budget of the tenant (all tenants without --tenant): limit, spent, held by calls in
     flight, and whether its warning fired."""
-    state = _state(ctx)
-    found = _with_store(state, lambda store: store.budget_list(tenant_id=state.tenant))
+    state = state_of(ctx)
+    found = with_store(state, lambda store: store.budget_list(tenant_id=state.tenant))
     if state.json:
         ui.dump_json([b.to_dict() for b in found])
         return
@@ -502,8 +447,8 @@ def submit(
     ] = False,
 ) -> None:
     """Submit a job (validated and planned now; a worker runs it)."""
-    state = _state(ctx)
-    data = _read_input(input)
+    state = state_of(ctx)
+    data = read_input(input)
 
     async def go() -> str:
         app = state.app()
@@ -527,7 +472,7 @@ def submit(
         await store.close()
         return str(job.status)
 
-    ended = _run(go)
+    ended = run_async(go)
     if exit_code:
         raise typer.Exit(JOB_EXIT_CODES.get(ended, EXIT_STILL_RUNNING))
 
@@ -544,30 +489,6 @@ JOB_EXIT_CODES = {
     "waiting_approval": 8,
 }
 EXIT_STILL_RUNNING = 9
-
-
-def _read_input(text: str | None) -> dict[str, Any]:
-    if text is None:
-        return {}
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise _usage(f"--input: cannot read {text[1:]}: {exc.strerror}", "input") from exc
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _usage(
-            f"--input is not valid JSON: {exc.msg} at column {exc.colno}", "input"
-        ) from exc
-    if not isinstance(value, dict):
-        raise _usage("--input must be a JSON object", "input")
-    return value
-
-
-def _usage(message: str, field: str | None = None) -> typer.Exit:
-    _report(UsageError(message, field=field))
-    return typer.Exit(2)
 
 
 async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool) -> Any:
@@ -589,23 +510,6 @@ async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool
 # -- jobs -----------------------------------------------------------------------------------------
 
 
-def _with_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `fn` on the existing, migrated store, closed afterwards."""
-
-    async def go() -> T:
-        store: Store = await open_existing(state.settings)
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return _run(go)
-
-
-def _client(state: State, fn: Callable[[Client], Awaitable[T]]) -> T:
-    return _with_store(state, lambda store: fn(Client(store, settings=state.settings)))
-
-
 @jobs_cli.command("list")
 def jobs_list(
     ctx: typer.Context,
@@ -615,8 +519,8 @@ def jobs_list(
     before: Annotated[str | None, typer.Option(help="Page: jobs older than this id.")] = None,
 ) -> None:
     """Jobs, newest first."""
-    state = _state(ctx)
-    jobs = _client(
+    state = state_of(ctx)
+    jobs = with_client(
         state,
         lambda c: c.list(
             tenant=state.tenant,
@@ -658,7 +562,7 @@ def jobs_list(
 @jobs_cli.command("show")
 def jobs_show(ctx: typer.Context, job_id: str) -> None:
     """A job: its steps, attempts, outputs and event timeline."""
-    state = _state(ctx)
+    state = state_of(ctx)
 
     async def fetch(c: Client) -> tuple[Any, Any, Any, Any]:
         return (
@@ -668,7 +572,7 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
             await c.llm_calls(job_id, tenant=state.tenant),
         )
 
-    job, steps, events, calls = _client(state, fetch)
+    job, steps, events, calls = with_client(state, fetch)
     totals = ledger_totals(calls)
     if state.json:
         ui.dump_json(
@@ -756,7 +660,7 @@ def jobs_trace(ctx: typer.Context, job_id: str) -> None:
 
     from stalwart.observability.timeline import build_trace, trace_totals
 
-    state = _state(ctx)
+    state = state_of(ctx)
 
     async def fetch(c: Client) -> Any:
         job = await c.get(job_id, tenant=state.tenant)
@@ -774,7 +678,7 @@ def jobs_trace(ctx: typer.Context, job_id: str) -> None:
             await c.plans(job_id, tenant=state.tenant),
         )
 
-    root = _client(state, fetch)
+    root = with_client(state, fetch)
     totals = trace_totals(root)
     if state.json:
         ui.dump_json(
@@ -859,8 +763,8 @@ def jobs_cancel(
     actor: Annotated[str, typer.Option(help="Who cancels.")] = "cli",
 ) -> None:
     """Cancel a job: pending steps stop; running tools see the flag within one heartbeat."""
-    state = _state(ctx)
-    job = _client(
+    state = state_of(ctx)
+    job = with_client(
         state, lambda c: c.cancel(job_id, tenant=state.tenant, actor=actor, reason=reason)
     )
     if state.json:
@@ -879,9 +783,9 @@ def review_list(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """Reviews waiting for a decision, oldest first, with time left on their SLA."""
-    state = _state(ctx)
+    state = state_of(ctx)
     statuses = () if all_ else ("pending", "escalated")
-    reviews = _client(
+    reviews = with_client(
         state, lambda c: c.reviews(tenant=state.tenant, statuses=statuses, limit=limit)
     )
     if state.json:
@@ -913,8 +817,8 @@ def review_list(
 @review_cli.command("show")
 def review_show(ctx: typer.Context, review_id: str) -> None:
     """One review: why, what is asked, the options and their impact, the context."""
-    state = _state(ctx)
-    review = _client(state, lambda c: c.review(review_id, tenant=state.tenant))
+    state = state_of(ctx)
+    review = with_client(state, lambda c: c.review(review_id, tenant=state.tenant))
     if state.json:
         ui.dump_json(review.to_dict())
         return
@@ -940,7 +844,7 @@ def review_show(ctx: typer.Context, review_id: str) -> None:
 
 
 def _decide(ctx: typer.Context, review_id: str, approve: bool, reviewer: str, comment: str) -> None:
-    state = _state(ctx)
+    state = state_of(ctx)
 
     async def go(c: Client) -> Any:
         if approve:
@@ -949,7 +853,7 @@ def _decide(ctx: typer.Context, review_id: str, approve: bool, reviewer: str, co
             )
         return await c.reject(review_id, reviewer=reviewer, comment=comment, tenant=state.tenant)
 
-    review = _client(state, go)
+    review = with_client(state, go)
     if state.json:
         ui.dump_json(review.to_dict())
     else:
@@ -993,9 +897,9 @@ def dlq_list(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """Dead-lettered and escalated jobs waiting for an operator."""
-    state = _state(ctx)
+    state = state_of(ctx)
     statuses = () if all_ else ("open",)
-    letters = _client(
+    letters = with_client(
         state, lambda c: c.dead_letters(tenant=state.tenant, statuses=statuses, limit=limit)
     )
     if state.json:
@@ -1027,8 +931,8 @@ def dlq_list(
 @dlq_cli.command("show")
 def dlq_show(ctx: typer.Context, dead_letter_id: str) -> None:
     """One dead letter (by its id or its job's id): the error and its full context."""
-    state = _state(ctx)
-    letter = _client(state, lambda c: c.dead_letter(dead_letter_id, tenant=state.tenant))
+    state = state_of(ctx)
+    letter = with_client(state, lambda c: c.dead_letter(dead_letter_id, tenant=state.tenant))
     if state.json:
         ui.dump_json(letter.to_dict())
         return
@@ -1055,8 +959,8 @@ def dlq_redrive(
     reason: Annotated[str, typer.Option(help="Recorded in the audit trail.")] = "",
 ) -> None:
     """Resume from the failed step; completed steps never run again."""
-    state = _state(ctx)
-    job = _client(
+    state = state_of(ctx)
+    job = with_client(
         state, lambda c: c.redrive(job_id, tenant=state.tenant, actor=actor, reason=reason)
     )
     if state.json:
@@ -1084,8 +988,8 @@ def plan_validate(
     from stalwart.planning.validation import template_problems
     from stalwart.planning.workflows import Workflow
 
-    state = _state(ctx)
-    data = _read_input(input)
+    state = state_of(ctx)
+    data = read_input(input)
 
     def check() -> list[dict[str, Any]]:
         app = state.app()
@@ -1128,7 +1032,7 @@ def plan_validate(
     async def go() -> list[dict[str, Any]]:
         return check()
 
-    results = _run(go)
+    results = run_async(go)
     bad = sum(len(r["problems"]) for r in results)
     if state.json:
         ui.dump_json(results)
@@ -1153,8 +1057,8 @@ def plan_show(
     all_versions: Annotated[bool, typer.Option("--all", help="Every plan version.")] = False,
 ) -> None:
     """A job's plan: steps, dependencies, tools, approvals; with hashes."""
-    state = _state(ctx)
-    plans = _client(state, lambda c: c.plans(job_id, tenant=state.tenant))
+    state = state_of(ctx)
+    plans = with_client(state, lambda c: c.plans(job_id, tenant=state.tenant))
     chosen = plans if all_versions else plans[-1:]
     if state.json:
         ui.dump_json([dataclasses.asdict(p) for p in chosen])
@@ -1187,20 +1091,6 @@ def plan_show(
 # -- API keys -------------------------------------------------------------------------------------
 
 
-def _with_migrated_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `fn` on the store, created and migrated if needed (keys come before `serve`)."""
-
-    async def go() -> T:
-        store = open_store(state.settings.database_url, state.settings)
-        try:
-            await store.migrate()
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return _run(go)
-
-
 @keys_cli.command("create")
 def keys_create(
     ctx: typer.Context,
@@ -1215,11 +1105,11 @@ def keys_create(
 ) -> None:
     """Create a key and print it once: it is stored only as a digest and cannot be shown
     again."""
-    state = _state(ctx)
+    state = state_of(ctx)
     # An explicit --tenant, even an empty one (refused below), is never swapped for the default.
     owner = tenant if tenant is not None else state.tenant or state.settings.default_tenant
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    created = _with_migrated_store(
+    created = with_migrated_store(
         state,
         lambda store: Client(store, settings=state.settings).key_create(
             tenant=owner, role=role, name=name, actor=actor
@@ -1242,8 +1132,8 @@ def keys_list(
     revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked keys.")] = False,
 ) -> None:
     """Keys of the tenant (all tenants without --tenant), never their secrets."""
-    state = _state(ctx)
-    found = _client(state, lambda c: c.keys(tenant=state.tenant, include_revoked=revoked))
+    state = state_of(ctx)
+    found = with_client(state, lambda c: c.keys(tenant=state.tenant, include_revoked=revoked))
     if state.json:
         ui.dump_json([k.to_dict() for k in found])
         return
@@ -1277,9 +1167,9 @@ def keys_revoke(
     key: Annotated[str, typer.Argument(help="The key's id (key_...) or name.")],
 ) -> None:
     """Revoke a key: it stops working on the next request."""
-    state = _state(ctx)
+    state = state_of(ctx)
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    rec = _client(state, lambda c: c.key_revoke(key, tenant=state.tenant, actor=actor))
+    rec = with_client(state, lambda c: c.key_revoke(key, tenant=state.tenant, actor=actor))
     if state.json:
         ui.dump_json(rec.to_dict())
         return
@@ -1292,7 +1182,7 @@ def keys_revoke(
 @db_cli.command("migrate")
 def db_migrate(ctx: typer.Context) -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
-    state = _state(ctx)
+    state = state_of(ctx)
 
     async def go() -> list[int]:
         store = open_store(state.settings.database_url, state.settings)
@@ -1301,7 +1191,7 @@ def db_migrate(ctx: typer.Context) -> None:
         finally:
             await store.close()
 
-    applied = _run(go)
+    applied = run_async(go)
     if state.json:
         ui.dump_json({"applied": applied})
     elif applied:
@@ -1316,7 +1206,7 @@ def db_migrate(ctx: typer.Context) -> None:
 @db_cli.command("status")
 def db_status(ctx: typer.Context) -> None:
     """Applied and pending migrations."""
-    state = _state(ctx)
+    state = state_of(ctx)
 
     async def go() -> Any:
         store = open_store(state.settings.database_url, state.settings)
@@ -1325,7 +1215,7 @@ def db_status(ctx: typer.Context) -> None:
         finally:
             await store.close()
 
-    status = _run(go)
+    status = run_async(go)
     if state.json:
         ui.dump_json(
             {"applied": status.applied, "pending": status.pending, "current": status.current}
@@ -1339,8 +1229,7 @@ def db_status(ctx: typer.Context) -> None:
         ui.out.print("no migrations known")
 
 
-# `stalwart memory ...` lives in its own module, lent this module's state and store helpers.
-memory_commands.install(cli, state=_state, with_store=_with_migrated_store, fail=_fail)
+cli.add_typer(memory_cli, name="memory")
 
 
 def main() -> None:
