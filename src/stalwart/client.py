@@ -24,6 +24,7 @@ from stalwart.domain.access import (
     parse_token,
 )
 from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
+from stalwart.domain.limits import LimitRecord
 from stalwart.domain.memory import job_query, past_context, uses_past
 from stalwart.domain.records import (
     Dashboard,
@@ -47,7 +48,7 @@ from stalwart.errors import (
 from stalwart.observability import tracing
 from stalwart.settings import Settings
 from stalwart.store import NewJob, Store
-from stalwart.store.base import MigrationStatus, PlanRecord
+from stalwart.store.base import MigrationStatus, PlanRecord, WorkerRecord
 from stalwart.tools.invoke import validation_details
 from stalwart.types import dumps, new_id
 
@@ -275,6 +276,24 @@ class Client:
         """Applied and pending schema migrations of the database (readiness)."""
         return await self.store.migration_status()
 
+    async def migrate(self) -> builtins.list[int]:
+        """Apply pending schema migrations; the versions applied now. Safe to run from several
+        processes at once."""
+        return await self.store.migrate()
+
+    async def workers(
+        self, *, include_stopped: bool = True, live_seconds: float | None = None
+    ) -> builtins.list[WorkerRecord]:
+        """Workers, newest first, with the steps each holds; a worker is live while its
+        heartbeat is younger than `live_seconds` (default: `settings.lease_seconds`)."""
+        live = self.settings.lease_seconds if live_seconds is None else live_seconds
+        return await self.store.worker_list(live_seconds=live, include_stopped=include_stopped)
+
+    async def limits(self) -> builtins.list[LimitRecord]:
+        """Every limited tool and tenant with its live state: slots in use, tokens left,
+        pause, breaker."""
+        return await self.store.limit_list()
+
     async def llm_calls(
         self, job_id: str, *, tenant: str | None = None
     ) -> builtins.list[LlmCallRecord]:
@@ -408,6 +427,16 @@ class Client:
     ) -> KeyRecord:
         """Revoke a key by its id or name; it stops working on the next request."""
         return await self.store.key_revoke(key, tenant_id=tenant, actor=actor)
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        """A key by its id, revoked or not (never its digest); None when there is none."""
+        found = await self.store.key_get(key_id)
+        return found[0] if found else None
+
+    async def secret(self, name: str) -> str:
+        """The secret `name`, shared by every process of this database (created on first
+        use): e.g. the key that signs web UI sessions."""
+        return await self.store.secret_get(name)
 
     async def authenticate(self, token: str) -> Principal:
         """The caller a token belongs to; `AuthenticationError` for a missing, malformed,

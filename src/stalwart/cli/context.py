@@ -122,32 +122,29 @@ def read_input(text: str | None) -> dict[str, Any]:
     return value
 
 
-def with_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `fn` on the existing, migrated store, closed afterwards."""
+def with_client(
+    state: State,
+    fn: Callable[[Client], Awaitable[T]],
+    *,
+    migrate: bool = False,
+    app: App | None = None,
+) -> T:
+    """Run `fn` with a `Client` over the store, closed afterwards. The database must exist and
+    be migrated, unless `migrate`: then it is created and migrated if needed (keys and memory
+    come before `serve`). With `app`, the client is the app's (it plans, and recalls with the
+    app's embedder)."""
 
     async def go() -> T:
-        store: Store = await open_existing(state.settings)
+        store: Store = (
+            open_store(state.settings.database_url, state.settings)
+            if migrate
+            else await open_existing(state.settings)
+        )
         try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return run_async(go)
-
-
-def with_client(state: State, fn: Callable[[Client], Awaitable[T]]) -> T:
-    """Run `fn` with a `Client` over the existing, migrated store."""
-    return with_store(state, lambda store: fn(Client(store, settings=state.settings)))
-
-
-def with_migrated_store(state: State, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `fn` on the store, created and migrated if needed (keys come before `serve`)."""
-
-    async def go() -> T:
-        store = open_store(state.settings.database_url, state.settings)
-        try:
-            await store.migrate()
-            return await fn(store)
+            client = Client(store, app=app) if app else Client(store, settings=state.settings)
+            if migrate:
+                await client.migrate()
+            return await fn(client)
         finally:
             await store.close()
 

@@ -33,8 +33,6 @@ from stalwart.cli.context import (
     state_of,
     usage,
     with_client,
-    with_migrated_store,
-    with_store,
 )
 from stalwart.cli.memory import memory_cli
 from stalwart.client import Client
@@ -215,7 +213,7 @@ def worker(
     async def go() -> None:
         app = state.app()
         store = app.store()
-        await store.migrate()
+        await app.client(store).migrate()
         w = app.worker(store=store, concurrency=concurrency, worker_id=worker_id)
         loop = asyncio.get_running_loop()
         metrics = None
@@ -279,7 +277,7 @@ def serve(
     async def migrate() -> None:
         store = open_store(app.settings.database_url, app.settings)
         try:
-            await store.migrate()
+            await app.client(store).migrate()
         finally:
             await store.close()
 
@@ -314,12 +312,7 @@ def workers_list(
     with the steps each holds."""
     state = state_of(ctx)
 
-    found = with_store(
-        state,
-        lambda store: store.worker_list(
-            live_seconds=state.settings.lease_seconds, include_stopped=all_
-        ),
-    )
+    found = with_client(state, lambda c: c.workers(include_stopped=all_))
     if state.json:
         ui.dump_json([w.to_dict() for w in found])
         return
@@ -358,7 +351,7 @@ def limits_list(ctx: typer.Context) -> None:
     """Every limited tool and tenant: slots in use, tokens left, pauses, breaker state."""
     state = state_of(ctx)
 
-    found = with_store(state, lambda store: store.limit_list())
+    found = with_client(state, lambda c: c.limits())
     if state.json:
         ui.dump_json([lim.to_dict() for lim in found])
         return
@@ -394,7 +387,7 @@ def budgets_list(ctx: typer.Context) -> None:
     """Every budget of the tenant (all tenants without --tenant): limit, spent, held by calls in
     flight, and whether its warning fired."""
     state = state_of(ctx)
-    found = with_store(state, lambda store: store.budget_list(tenant_id=state.tenant))
+    found = with_client(state, lambda c: c.budgets(tenant=state.tenant))
     if state.json:
         ui.dump_json([b.to_dict() for b in found])
         return
@@ -453,7 +446,7 @@ def submit(
     async def go() -> str:
         app = state.app()
         store = app.store()
-        await store.migrate()
+        await app.client(store).migrate()
         result = await Client(store, app=app).submit(
             workflow,
             data,
@@ -1109,11 +1102,10 @@ def keys_create(
     # An explicit --tenant, even an empty one (refused below), is never swapped for the default.
     owner = tenant if tenant is not None else state.tenant or state.settings.default_tenant
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    created = with_migrated_store(
+    created = with_client(
         state,
-        lambda store: Client(store, settings=state.settings).key_create(
-            tenant=owner, role=role, name=name, actor=actor
-        ),
+        lambda c: c.key_create(tenant=owner, role=role, name=name, actor=actor),
+        migrate=True,
     )
     if state.json:
         ui.dump_json({**created.record.to_dict(), "token": created.token})
@@ -1187,7 +1179,7 @@ def db_migrate(ctx: typer.Context) -> None:
     async def go() -> list[int]:
         store = open_store(state.settings.database_url, state.settings)
         try:
-            return await store.migrate()
+            return await Client(store, settings=state.settings).migrate()
         finally:
             await store.close()
 
@@ -1211,7 +1203,7 @@ def db_status(ctx: typer.Context) -> None:
     async def go() -> Any:
         store = open_store(state.settings.database_url, state.settings)
         try:
-            return await store.migration_status()
+            return await Client(store, settings=state.settings).migration_status()
         finally:
             await store.close()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from stalwart.cli import output as ui
-from stalwart.cli.context import fail, state_of, with_migrated_store
+from stalwart.cli.context import fail, state_of, with_client
 from stalwart.client import Client
 from stalwart.errors import UsageError
 
@@ -29,13 +29,7 @@ def _with_memory(ctx: typer.Context, fn: Callable[[Client, str], Awaitable[T]]) 
     state = state_of(ctx)
     tenant = state.tenant or state.settings.default_tenant
     app = state.app() if state.app_spec else None
-
-    async def run(store: Any) -> T:
-        client = Client(store, app=app) if app else Client(store, settings=state.settings)
-        return await fn(client, tenant)
-
-    result: T = with_migrated_store(state, run)
-    return result
+    return with_client(state, lambda client: fn(client, tenant), migrate=True, app=app)
 
 
 def _json(ctx: typer.Context) -> bool:
