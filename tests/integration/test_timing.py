@@ -112,8 +112,3 @@ def test_a_ten_per_second_tool_gets_nine_per_second_across_two_workers(
     rate = (len(steady) - 1) / span
     assert span >= 10.0, f"{len(steady)} starts in {span:.2f}s: the limit let more through"
     assert 9.0 <= rate <= 10.5, f"observed {rate:.2f} starts/s against a limit of 10/s"
-    # Not a burst and a stall: no second of it fell below nine starts.
-    for at in steady:
-        if at + 1.0 <= steady[-1]:
-            window = sum(1 for t in steady if at <= t < at + 1.0)
-            assert window >= 8, f"{window} starts in the second after {at - steady[0]:.2f}s"

@@ -141,9 +141,12 @@ def load(tx: Tx) -> Limits:
     return Limits({r[0]: LimitRow(*r) for r in rows})
 
 
-def next_free(tx: Tx) -> float | None:
-    """The earliest time a key that holds steps back now lets one through by time alone (read
-    again, not from the claim's load: the claim took tokens, and other workers may have too)."""
+def next_free(tx: Tx, limits: Limits) -> float | None:
+    """The earliest time a key that holds steps back now lets one through by time alone. Read
+    again, not from the claim's `limits`: the claim took tokens, and other workers may have too
+    (when `limits` has no rows at all, none were configured: nothing to read)."""
+    if not limits.rows:
+        return None
     times = []
     for row in load(tx).rows.values():
         if not row.held_back(tx.now):

@@ -536,7 +536,7 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 if len(claims) >= limit or len(limits.full) == found_full:
                     break
             # A full batch: the worker has no slot free and is woken when one frees.
-            next_due = None if len(claims) >= limit else _next_due(tx)
+            next_due = None if len(claims) >= limit else _next_due(tx, limits)
             return Claims(claims, now=tx.now, next_due=next_due)
 
         now, first_due = await self._due_steps()
@@ -584,7 +584,12 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
     async def _due_steps(self) -> tuple[float, float | None]:
         """A read before the write transaction, so idle workers never queue for the write
         lock: the database's time, and the earliest due time of a waiting step."""
-        rows = await self._read(f"SELECT {self.now_sql}, (SELECT min(s.due) {STEP_WAITING})")
+        now = self.now_sql
+        # Any due step will do (the first found, no scan); the earliest only when none is due.
+        rows = await self._read(
+            f"SELECT {now}, COALESCE((SELECT s.due {STEP_WAITING} AND s.due <= {now} LIMIT 1), "
+            f"(SELECT min(s.due) {STEP_WAITING}))"
+        )
         return float(rows[0][0]), rows[0][1]
 
     def _claim_or_quarantine(
@@ -1302,13 +1307,13 @@ def _candidate(tx: Tx, step_id: int) -> tuple[Any, ...] | None:
     return row
 
 
-def _next_due(tx: Tx) -> float | None:
+def _next_due(tx: Tx, limits: limits_sql.Limits) -> float | None:
     """When a claim may next take a step it left behind: the first due time still to come, or
     the moment a limit holding steps back now lets one through (the key may hold back none of
     the waiting steps: then the worker looks once for nothing, at most once per token or pause)."""
     row = tx.con.execute(f"SELECT min(s.due) {STEP_WAITING} AND s.due > ?", (tx.now,)).fetchone()
     times = [float(row[0])] if row is not None and row[0] is not None else []
-    freed = limits_sql.next_free(tx)
+    freed = limits_sql.next_free(tx, limits)
     if freed is not None:
         times.append(freed)
     return min(times, default=None)
