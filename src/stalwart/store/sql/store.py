@@ -583,7 +583,8 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
 
     async def _due_steps(self) -> tuple[float, float | None]:
         """A read before the write transaction, so idle workers never queue for the write
-        lock: the database's time, and the earliest due time of a waiting step."""
+        lock: the database's time, and the due time of a step that is due, or else the earliest
+        due time of a waiting step (None: no step waits)."""
         now = self.now_sql
         # Any due step will do (the first found, no scan); the earliest only when none is due.
         rows = await self._read(
