@@ -1,6 +1,7 @@
 """`Client`: submit, get, list, cancel, approve, reject and redrive, over the store.
 
-The CLI (and later the HTTP API) is a thin shell over this class.
+The CLI, the HTTP API and the web UI are thin shells over this class: they reach storage only
+through it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Submitted:
 class ClientApp(Protocol):
     """What a `Client` needs of an `App` (`stalwart.app.App` is one): its settings, workflows
     and tools, its planner and its memory search. A protocol, so that this module never imports
-    the app's (the app makes clients: `App.client()`)."""
+    `stalwart.app` (the app imports this one to make clients: `App.client()`)."""
 
     @property
     def settings(self) -> Settings: ...
