@@ -229,9 +229,6 @@ class Client:
         before: str | None = None,
     ) -> builtins.list[JobRecord]:
         """Jobs, newest first."""
-        for field, text in (("workflow", workflow), ("before", before)):
-            if text is not None:
-                check_text(field, text)
         return await self.store.job_list(
             tenant_id=tenant, statuses=statuses, workflow=workflow, limit=limit, before=before
         )

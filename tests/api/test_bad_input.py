@@ -176,8 +176,7 @@ def test_ui_forms_and_filters_refuse_unstorable_text(server: Live, admin: httpx.
         for path in ("/ui/jobs/job_%00", "/ui/reviews/%00", "/ui/dlq/%00"):
             assert ui.get(path).status_code == 400, path
         for params in ({"workflow": "x\x00"}, {"before": "job_\x00"}):
-            listed = ui.get("/ui/jobs", params=params)
-            assert listed.status_code == 422 and "contains NUL" in listed.text, params
+            assert ui.get("/ui/jobs", params=params).status_code == 400, params
     assert admin.get(f"/v1/reviews/{review['id']}").json()["status"] == "pending"
 
 

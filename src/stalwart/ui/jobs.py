@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from stalwart.api.params import JobId
+from stalwart.api.params import JobId, StorableText
 from stalwart.api.state import client
 from stalwart.domain.access import Permission
 from stalwart.domain.budgets import ledger_totals, usd
@@ -44,8 +44,8 @@ async def job_list(
     request: Request,
     session: Reader,
     status: Annotated[str, Query(max_length=64)] = "",
-    workflow: Annotated[str, Query(max_length=255)] = "",
-    before: Annotated[str, Query(max_length=255)] = "",
+    workflow: Annotated[StorableText, Query(max_length=255)] = "",
+    before: Annotated[StorableText, Query(max_length=255)] = "",
 ) -> Response:
     """The tenant's jobs, newest first, filtered by status and workflow, a page at a time."""
     status = status if status in STATUSES else ""
