@@ -1,7 +1,7 @@
 """What the database can keep: the rules every way in (`Client.submit`, the API, webhooks, the
 UI) checks before anything reaches the store. Pure.
 
-- **Storable text** has no NUL (U+0000: PostgreSQL text and JSON cannot hold it) and no lone
+- **Storable text** has no NUL (U+0000: PostgreSQL's text and jsonb cannot hold it) and no lone
   surrogate (U+D800-U+DFFF: not encodable as UTF-8, so no database and no JSON answer can hold
   it).
 - **Storable JSON** is what JSON can write: objects, arrays, strings and keys of storable text,

@@ -119,9 +119,13 @@ def _json(body: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         # Valid JSON that Python will not read: an integer of thousands of digits, or nesting
         # deeper than its parser goes.
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else "an integer too long"
+        reason = (
+            "it is nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "it holds an integer of thousands of digits"
+        )
         raise InputValidationError(
-            f"the webhook body cannot be read: it holds {reason} to store", field="body"
+            f"the webhook body cannot be stored: {reason}", field="body"
         ) from None
     if not isinstance(payload, dict):
         raise InputValidationError(
