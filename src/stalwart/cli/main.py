@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -36,15 +36,13 @@ from stalwart.cli.context import (
 )
 from stalwart.cli.memory import memory_cli
 from stalwart.client import Client
-from stalwart.domain.budgets import ledger_totals, to_usd
+from stalwart.domain.budgets import ledger_totals
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
 from stalwart.errors import PlanValidationError, StalwartError, UsageError
 from stalwart.settings import Settings
 from stalwart.store import open_store
 from stalwart.types import redact_url
 from stalwart.worker.ready import ready_file_check, ready_file_remove, ready_file_write
-
-T = TypeVar("T")
 
 cli = typer.Typer(
     name="stalwart",
@@ -399,11 +397,6 @@ def limits_list(ctx: typer.Context) -> None:
     )
 
 
-def _usd(nanos: int | None) -> str:
-    amount = to_usd(nanos)
-    return "-" if amount is None else f"${amount:.6f}"
-
-
 @budgets_cli.command("list")
 def budgets_list(ctx: typer.Context) -> None:
     """Every budget of the tenant (all tenants without --tenant): limit, spent, held by calls in
@@ -423,9 +416,9 @@ def budgets_list(ctx: typer.Context) -> None:
             [
                 (
                     b.key,
-                    _usd(b.limit_nanos),
-                    _usd(b.spent_nanos),
-                    _usd(b.reserved_nanos),
+                    ui.usd(b.limit_nanos),
+                    ui.usd(b.spent_nanos),
+                    ui.usd(b.reserved_nanos),
                     f"{b.spent_tokens}" + (f"/{b.limit_tokens}" if b.limit_tokens else ""),
                     "yes" if b.warned else "-",
                 )
@@ -642,7 +635,7 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
                         c.tier or "-",
                         ui.status(c.outcome) if c.outcome != "cached" else "cache hit",
                         f"{c.input_tokens}/{c.output_tokens} ({c.cached_tokens})",
-                        _usd(c.cost_nanos) if c.priced else "unpriced",
+                        ui.usd(c.cost_nanos) if c.priced else "unpriced",
                         f"{c.latency_ms:.0f}" if c.latency_ms is not None else "-",
                     )
                     for c in calls
@@ -750,7 +743,7 @@ def _trace_tree(root: Any, now: float) -> Any:
             tokens_in = sum(n.attributes["input_tokens"] for n in chats)
             tokens_out = sum(n.attributes["output_tokens"] for n in chats)
             nanos = sum(n.attributes["cost_nanos"] for n in chats)
-            parts.append(f"{tokens_in} in / {tokens_out} out tokens  {_usd(nanos)}")
+            parts.append(f"{tokens_in} in / {tokens_out} out tokens  {ui.usd(nanos)}")
             if node.kind == LLM and a.get("cache_hit"):
                 parts.append("cache hit")
         if a.get("error_class"):
