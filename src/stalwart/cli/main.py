@@ -34,6 +34,7 @@ from stalwart.cli.context import (
 )
 from stalwart.cli.dlq import dlq_cli
 from stalwart.cli.jobs import jobs_cli
+from stalwart.cli.keys import keys_cli
 from stalwart.cli.memory import memory_cli
 from stalwart.cli.plans import plan_cli
 from stalwart.cli.reviews import review_cli
@@ -65,9 +66,6 @@ cli.add_typer(db_cli, name="db")
 cli.add_typer(workers_cli, name="workers")
 budgets_cli = typer.Typer(
     help="LLM budgets: limits, spend and reservations per job and tenant.", no_args_is_help=True
-)
-keys_cli = typer.Typer(
-    help="API keys: one per service or person, with a tenant and a role.", no_args_is_help=True
 )
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(limits_cli, name="limits")
@@ -510,93 +508,6 @@ async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool
             if not quiet:
                 spinner.update(f"job {job_id}: {job.status} ({done}/{len(steps)} steps done)")
     return job
-
-
-# -- API keys -------------------------------------------------------------------------------------
-
-
-@keys_cli.command("create")
-def keys_create(
-    ctx: typer.Context,
-    role: Annotated[str, typer.Option(help="submitter, reviewer, operator or admin.")],
-    tenant: Annotated[
-        str | None, typer.Option(help="The key's tenant (default: --tenant, else 'default').")
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(help="Who or what uses it; recorded on every decision it makes."),
-    ] = None,
-) -> None:
-    """Create a key and print it once: it is stored only as a digest and cannot be shown
-    again."""
-    state = state_of(ctx)
-    # An explicit --tenant, even an empty one (refused below), is never swapped for the default.
-    owner = tenant if tenant is not None else state.tenant or state.settings.default_tenant
-    actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    created = with_client(
-        state,
-        lambda c: c.key_create(tenant=owner, role=role, name=name, actor=actor),
-        migrate=True,
-    )
-    if state.json:
-        ui.dump_json({**created.record.to_dict(), "token": created.token})
-        return
-    rec = created.record
-    ui.out.print(created.token)
-    ui.err.print(
-        f"key {rec.id} '{rec.name}' for tenant {rec.tenant_id!r}, role {rec.role}. Copy it now: "
-        "it is not shown again. Send it as `Authorization: Bearer <key>`."
-    )
-
-
-@keys_cli.command("list")
-def keys_list(
-    ctx: typer.Context,
-    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked keys.")] = False,
-) -> None:
-    """Keys of the tenant (all tenants without --tenant), never their secrets."""
-    state = state_of(ctx)
-    found = with_client(state, lambda c: c.keys(tenant=state.tenant, include_revoked=revoked))
-    if state.json:
-        ui.dump_json([k.to_dict() for k in found])
-        return
-    if not found:
-        ui.out.print("no keys yet: create one with `stalwart keys create --role ...`")
-        return
-    ui.out.print(
-        ui.table(
-            None,
-            ["id", "name", "tenant", "role", "starts with", "created", "last used", "revoked"],
-            [
-                (
-                    k.id,
-                    k.name,
-                    k.tenant_id,
-                    k.role,
-                    k.prefix,
-                    ui.when(k.created),
-                    ui.ago(k.last_used) or "never",
-                    f"{ui.ago(k.revoked)} by {k.revoked_by}" if k.revoked else "-",
-                )
-                for k in found
-            ],
-        )
-    )
-
-
-@keys_cli.command("revoke")
-def keys_revoke(
-    ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="The key's id (key_...) or name.")],
-) -> None:
-    """Revoke a key: it stops working on the next request."""
-    state = state_of(ctx)
-    actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    rec = with_client(state, lambda c: c.key_revoke(key, tenant=state.tenant, actor=actor))
-    if state.json:
-        ui.dump_json(rec.to_dict())
-        return
-    ui.out.print(f"revoked key {rec.id} '{rec.name}' of tenant {rec.tenant_id!r}")
 
 
 # -- database -------------------------------------------------------------------------------------
