@@ -32,6 +32,7 @@ from stalwart.cli.context import (
     usage,
     with_client,
 )
+from stalwart.cli.db import db_cli
 from stalwart.cli.dlq import dlq_cli
 from stalwart.cli.jobs import jobs_cli
 from stalwart.cli.keys import keys_cli
@@ -53,7 +54,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 workers_cli = typer.Typer(help="Workers: who is alive and what each holds.", no_args_is_help=True)
 limits_cli = typer.Typer(
     help="Shared limits: concurrency caps, rate limits, pauses, breakers.", no_args_is_help=True
@@ -508,59 +508,6 @@ async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool
             if not quiet:
                 spinner.update(f"job {job_id}: {job.status} ({done}/{len(steps)} steps done)")
     return job
-
-
-# -- database -------------------------------------------------------------------------------------
-
-
-@db_cli.command("migrate")
-def db_migrate(ctx: typer.Context) -> None:
-    """Apply pending migrations (safe to run from several processes at once)."""
-    state = state_of(ctx)
-
-    async def go() -> list[int]:
-        store = open_store(state.settings.database_url, state.settings)
-        try:
-            return await Client(store, settings=state.settings).migrate()
-        finally:
-            await store.close()
-
-    applied = run_async(go)
-    if state.json:
-        ui.dump_json({"applied": applied})
-    elif applied:
-        ui.out.print(
-            f"applied migration(s) {', '.join(map(str, applied))} to "
-            f"{redact_url(state.settings.database_url)}"
-        )
-    else:
-        ui.out.print(f"{redact_url(state.settings.database_url)} is up to date")
-
-
-@db_cli.command("status")
-def db_status(ctx: typer.Context) -> None:
-    """Applied and pending migrations."""
-    state = state_of(ctx)
-
-    async def go() -> Any:
-        store = open_store(state.settings.database_url, state.settings)
-        try:
-            return await Client(store, settings=state.settings).migration_status()
-        finally:
-            await store.close()
-
-    status = run_async(go)
-    if state.json:
-        ui.dump_json(
-            {"applied": status.applied, "pending": status.pending, "current": status.current}
-        )
-        return
-    for version, name, applied in status.applied:
-        ui.out.print(f"[green]applied[/]  {version:04d} {name}  {ui.when(applied)}")
-    for version, name in status.pending:
-        ui.out.print(f"[yellow]pending[/]  {version:04d} {name}")
-    if not status.applied and not status.pending:
-        ui.out.print("no migrations known")
 
 
 cli.add_typer(memory_cli, name="memory")
