@@ -39,6 +39,7 @@ from stalwart.cli.keys import keys_cli
 from stalwart.cli.memory import memory_cli
 from stalwart.cli.plans import plan_cli
 from stalwart.cli.reviews import review_cli
+from stalwart.cli.workers import workers_cli
 from stalwart.client import Client
 from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
 from stalwart.errors import StalwartError, UsageError
@@ -54,7 +55,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-workers_cli = typer.Typer(help="Workers: who is alive and what each holds.", no_args_is_help=True)
 limits_cli = typer.Typer(
     help="Shared limits: concurrency caps, rate limits, pauses, breakers.", no_args_is_help=True
 )
@@ -313,46 +313,6 @@ def serve(
     # uvicorn drains on the first SIGINT/SIGTERM, then re-raises it: that is the normal end.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(cfg).run()
-
-
-# -- workers and limits ---------------------------------------------------------------------------
-
-
-@workers_cli.command("list")
-def workers_list(
-    ctx: typer.Context,
-    all_: Annotated[bool, typer.Option("--all", help="Include workers that stopped.")] = False,
-) -> None:
-    """Live and dead workers (a worker is dead when its heartbeat is older than the lease time),
-    with the steps each holds."""
-    state = state_of(ctx)
-
-    found = with_client(state, lambda c: c.workers(include_stopped=all_))
-    if state.json:
-        ui.dump_json([w.to_dict() for w in found])
-        return
-    if not found:
-        ui.out.print("no workers registered")
-        return
-    ui.out.print(
-        ui.table(
-            None,
-            ["id", "host", "pid", "status", "heartbeat", "started", "slots", "holding"],
-            [
-                (
-                    w.id,
-                    w.host,
-                    str(w.pid),
-                    ui.status(w.status),
-                    ui.ago(w.heartbeat),
-                    ui.ago(w.started),
-                    f"{len(w.holding)}/{w.concurrency}",
-                    ui.short(", ".join(f"{h['job_id']}/{h['step']}" for h in w.holding), 60),
-                )
-                for w in found
-            ],
-        )
-    )
 
 
 def _breaker(lim: Any) -> str:
