@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +21,7 @@ import typer
 from pydantic import ValidationError
 
 from stalwart.cli import output as ui
-from stalwart.cli.context import CURRENT, State, fail, read_input, run_async, state_of, usage
+from stalwart.cli.context import CURRENT, State, fail, run_async, state_of, usage
 from stalwart.cli.db import db_cli
 from stalwart.cli.dlq import dlq_cli
 from stalwart.cli.jobs import jobs_cli
@@ -31,14 +30,16 @@ from stalwart.cli.limits import budgets_cli, limits_cli
 from stalwart.cli.memory import memory_cli
 from stalwart.cli.plans import plan_cli
 from stalwart.cli.reviews import review_cli
+from stalwart.cli.submit import EXIT_STILL_RUNNING, JOB_EXIT_CODES, submit
 from stalwart.cli.workers import workers_cli
-from stalwart.client import Client
-from stalwart.domain.states import JOB_PARKED, JOB_TERMINAL
 from stalwart.errors import StalwartError, UsageError
 from stalwart.settings import Settings
 from stalwart.store import open_store
 from stalwart.types import redact_url
 from stalwart.worker.ready import ready_file_check, ready_file_remove, ready_file_write
+
+# Exit codes of `submit --exit-code`, importable from here as before the split.
+__all__ = ["EXIT_STILL_RUNNING", "JOB_EXIT_CODES", "cli", "main"]
 
 cli = typer.Typer(
     name="stalwart",
@@ -301,91 +302,10 @@ def serve(
         uvicorn.Server(cfg).run()
 
 
-# -- submit ---------------------------------------------------------------------------------------
-
-
-@cli.command()
-def submit(
-    ctx: typer.Context,
-    workflow: Annotated[str, typer.Argument(help="The workflow's name.")],
-    input: Annotated[
-        str | None, typer.Option("--input", "-i", help="Input as JSON, or @file.json.")
-    ] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Deduplicate on this key.")] = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    wait: Annotated[
-        bool, typer.Option(help="Wait until the job finishes or waits for a human.")
-    ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
-    exit_code: Annotated[
-        bool,
-        typer.Option(
-            "--exit-code",
-            help="Wait (implies --wait), then exit with a status that says how the job ended: "
-            "0 completed, 3 failed, 4 dead_lettered, 5 rejected, 6 escalated, 7 cancelled, "
-            "8 waiting for a reviewer, 9 still running when --timeout ran out.",
-        ),
-    ] = False,
-) -> None:
-    """Submit a job (validated and planned now; a worker runs it)."""
-    state = state_of(ctx)
-    data = read_input(input)
-
-    async def go() -> str:
-        app = state.app()
-        store = app.store()
-        await app.client(store).migrate()
-        result = await Client(store, app=app).submit(
-            workflow,
-            data,
-            tenant=state.tenant,
-            idempotency_key=idempotency_key,
-            priority=priority,
-        )
-        job = result.job
-        if wait or exit_code:
-            job = await _wait(Client(store), job.id, timeout, quiet=state.json)
-        if state.json:
-            ui.dump_json({"created": result.created, "job": job.to_dict()})
-        else:
-            verb = "submitted" if result.created else "duplicate of"
-            ui.out.print(f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}")
-        await store.close()
-        return str(job.status)
-
-    ended = run_async(go)
-    if exit_code:
-        raise typer.Exit(JOB_EXIT_CODES.get(ended, EXIT_STILL_RUNNING))
-
-
-# `submit --exit-code`: how the job ended, as the exit status (1 and 2 stay Stalwart's own errors
-# and usage mistakes). Documented in docs/reference/cli.md#submit; never renumber.
-JOB_EXIT_CODES = {
-    "completed": 0,
-    "failed": 3,
-    "dead_lettered": 4,
-    "rejected": 5,
-    "escalated": 6,
-    "cancelled": 7,
-    "waiting_approval": 8,
-}
-EXIT_STILL_RUNNING = 9
-
-
-async def _wait(client: Client, job_id: str, wait_seconds: float, *, quiet: bool) -> Any:
-    deadline = time.monotonic() + wait_seconds
-    job = await client.get(job_id)
-    with ui.err.status(f"job {job_id}: {job.status}", spinner="dots") as spinner:
-        while job.status not in JOB_TERMINAL | JOB_PARKED and job.status != "waiting_approval":
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-            job = await client.get(job_id)
-            steps = await client.steps(job_id)
-            done = sum(1 for s in steps if s.status in ("succeeded", "skipped"))
-            if not quiet:
-                spinner.update(f"job {job_id}: {job.status} ({done}/{len(steps)} steps done)")
-    return job
+# The commands on the root live in modules of their own, registered here in the order of
+# `stalwart --help`.
+for command in (submit,):
+    cli.command()(command)
 
 
 cli.add_typer(memory_cli, name="memory")
