@@ -38,15 +38,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-cli.add_typer(jobs_cli, name="jobs")
-cli.add_typer(review_cli, name="review")
-cli.add_typer(dlq_cli, name="dlq")
-cli.add_typer(plan_cli, name="plan")
-cli.add_typer(db_cli, name="db")
-cli.add_typer(workers_cli, name="workers")
-cli.add_typer(keys_cli, name="keys")
-cli.add_typer(limits_cli, name="limits")
-cli.add_typer(budgets_cli, name="budgets")
 
 
 @cli.callback()
@@ -87,12 +78,19 @@ def main_options(
     CURRENT.set(ctx.obj)
 
 
-# The commands on the root live in modules of their own, registered here in the order of
-# `stalwart --help`.
+# The command tree: every command lives in the module of its group; they are registered here, in
+# the order of `stalwart --help`.
 for command in (demo, worker, serve, submit):
     cli.command()(command)
-
-
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(review_cli, name="review")
+cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(plan_cli, name="plan")
+cli.add_typer(db_cli, name="db")
+cli.add_typer(workers_cli, name="workers")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(limits_cli, name="limits")
+cli.add_typer(budgets_cli, name="budgets")
 cli.add_typer(memory_cli, name="memory")
 
 
