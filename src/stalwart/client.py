@@ -1,6 +1,7 @@
 """`Client`: submit, get, list, cancel, approve, reject and redrive, over the store.
 
-The CLI (and later the HTTP API) is a thin shell over this class.
+The CLI, the HTTP API and the web UI are thin shells over this class: they reach storage only
+through it.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +26,7 @@ from stalwart.domain.access import (
     parse_token,
 )
 from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
+from stalwart.domain.limits import LimitRecord
 from stalwart.domain.memory import job_query, past_context, uses_past
 from stalwart.domain.records import (
     Dashboard,
@@ -48,14 +50,16 @@ from stalwart.errors import (
 from stalwart.observability import tracing
 from stalwart.settings import Settings
 from stalwart.store import NewJob, Store
-from stalwart.store.base import MigrationStatus, PlanRecord
+from stalwart.store.base import MigrationStatus, PlanRecord, WorkerRecord
 from stalwart.tools.invoke import validation_details
 from stalwart.types import new_id
 
 if TYPE_CHECKING:
-    from stalwart.app import App
     from stalwart.client_memory import MemoryApi
+    from stalwart.engine.recall import Recall
+    from stalwart.planning.planner import TemplatePlanner
     from stalwart.planning.workflows import Workflow
+    from stalwart.tools.registry import ToolRegistry
 
 log = logging.getLogger("stalwart.client")
 
@@ -72,12 +76,35 @@ class Submitted:
     created: bool
 
 
+class ClientApp(Protocol):
+    """What a `Client` needs of an `App` (`stalwart.app.App` is one): its settings, workflows
+    and tools, its planner and its memory search. A protocol, so that this module never imports
+    `stalwart.app` (the app imports this one to make clients: `App.client()`)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def workflows(self) -> Mapping[str, Workflow]: ...
+
+    @property
+    def tools(self) -> ToolRegistry: ...
+
+    def planner(self) -> TemplatePlanner:
+        """The planner of the app's workflows."""
+        ...
+
+    def recall(self, store: Store | None = None) -> Recall:
+        """The app's memory search over `store`."""
+        ...
+
+
 class Client:
     """Submit and manage jobs. Submitting needs the `App` (schemas and templates); reading and
     deciding need only the store."""
 
     def __init__(
-        self, store: Store, *, app: App | None = None, settings: Settings | None = None
+        self, store: Store, *, app: ClientApp | None = None, settings: Settings | None = None
     ) -> None:
         self.store = store
         self.app = app
@@ -253,6 +280,24 @@ class Client:
         """Applied and pending schema migrations of the database (readiness)."""
         return await self.store.migration_status()
 
+    async def migrate(self) -> builtins.list[int]:
+        """Apply pending schema migrations; the versions applied now. Safe to run from several
+        processes at once."""
+        return await self.store.migrate()
+
+    async def workers(
+        self, *, include_stopped: bool = True, live_seconds: float | None = None
+    ) -> builtins.list[WorkerRecord]:
+        """Workers, newest first, with the steps each holds; a worker is live while its
+        heartbeat is younger than `live_seconds` (default: `settings.lease_seconds`)."""
+        live = self.settings.lease_seconds if live_seconds is None else live_seconds
+        return await self.store.worker_list(live_seconds=live, include_stopped=include_stopped)
+
+    async def limits(self) -> builtins.list[LimitRecord]:
+        """Every limited tool and tenant with its live state: slots in use, tokens left,
+        pause, breaker."""
+        return await self.store.limit_list()
+
     async def llm_calls(
         self, job_id: str, *, tenant: str | None = None
     ) -> builtins.list[LlmCallRecord]:
@@ -389,6 +434,16 @@ class Client:
     ) -> KeyRecord:
         """Revoke a key by its id or name; it stops working on the next request."""
         return await self.store.key_revoke(key, tenant_id=tenant, actor=actor)
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        """A key by its id, revoked or not (never its digest); None when there is none."""
+        found = await self.store.key_get(key_id)
+        return found[0] if found else None
+
+    async def secret(self, name: str) -> str:
+        """The secret `name`, shared by every process of this database (created on first
+        use): e.g. the key that signs web UI sessions."""
+        return await self.store.secret_get(name)
 
     async def authenticate(self, token: str) -> Principal:
         """The caller a token belongs to; `AuthenticationError` for a missing, malformed,

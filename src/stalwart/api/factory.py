@@ -63,7 +63,7 @@ def create_api(
         try:
             if ui:
                 try:
-                    state.session_secret = await store.secret_get(SESSION_SECRET)
+                    state.session_secret = await state.client.secret(SESSION_SECRET)
                 except StoreError as exc:
                     # An unmigrated database: serve anyway, so /readyz can say so (503); the
                     # UI reads the secret on first use once the database is migrated.

@@ -1,1 +1,1 @@
-"""The `stalwart` command line: a thin shell over Client, Worker and the store."""
+"""The `stalwart` command line: a thin shell over Client and Worker."""

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from stalwart.cli import output as ui
-from stalwart.errors import StalwartError, UsageError
+from stalwart.cli.context import fail, state_of, with_client
+from stalwart.client import Client
+from stalwart.errors import UsageError
 
 if TYPE_CHECKING:
-    from stalwart.cli.main import State
-    from stalwart.client import Client
     from stalwart.client_memory import SearchResult
 
 T = TypeVar("T")
@@ -24,56 +24,16 @@ memory_cli = typer.Typer(
 )
 
 
-@dataclass
-class _Shell:
-    """What the main CLI module lends these commands (set by `install`; importing it here
-    would load a second copy when it runs as `python -m stalwart.cli.main`)."""
-
-    state: Callable[[typer.Context], State]
-    with_store: Callable[[State, Callable[[Any], Awaitable[Any]]], Any]
-    fail: Callable[[StalwartError], NoReturn]
-
-
-_shell: _Shell | None = None
-
-
-def install(
-    cli: typer.Typer,
-    *,
-    state: Callable[[typer.Context], State],
-    with_store: Callable[[State, Callable[[Any], Awaitable[Any]]], Any],
-    fail: Callable[[StalwartError], NoReturn],
-) -> None:
-    """Add `stalwart memory ...` to `cli`, with the main module's state and store helpers."""
-    global _shell
-    _shell = _Shell(state, with_store, fail)
-    cli.add_typer(memory_cli, name="memory")
-
-
-def _lent() -> _Shell:
-    assert _shell is not None, "stalwart.cli.memory.install() was not called"
-    return _shell
-
-
 def _with_memory(ctx: typer.Context, fn: Callable[[Client, str], Awaitable[T]]) -> T:
     """Run `fn(client, tenant)` on a migrated store; the app's embedder when --app is given."""
-    from stalwart.client import Client
-
-    shell = _lent()
-    state = shell.state(ctx)
+    state = state_of(ctx)
     tenant = state.tenant or state.settings.default_tenant
     app = state.app() if state.app_spec else None
-
-    async def run(store: Any) -> T:
-        client = Client(store, app=app) if app else Client(store, settings=state.settings)
-        return await fn(client, tenant)
-
-    result: T = shell.with_store(state, run)
-    return result
+    return with_client(state, lambda client: fn(client, tenant), migrate=True, app=app)
 
 
 def _json(ctx: typer.Context) -> bool:
-    return bool(_lent().state(ctx).json)
+    return bool(state_of(ctx).json)
 
 
 @memory_cli.command("add")
@@ -222,12 +182,11 @@ def memory_erase(
 ) -> None:
     """Erase every memory row of the tenant given with --tenant (collections, documents,
     chunks, episodes)."""
-    shell = _lent()
-    state = shell.state(ctx)
+    state = state_of(ctx)
     if not state.tenant:
-        shell.fail(UsageError("name the tenant to erase with --tenant", field="tenant"))
+        fail(UsageError("name the tenant to erase with --tenant", field="tenant"))
     if not yes:
-        shell.fail(
+        fail(
             UsageError(
                 f"erasing tenant {state.tenant!r}'s memory cannot be undone: add --yes",
                 field="yes",

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from stalwart.domain.budgets import to_usd
 from stalwart.types import to_datetime
 
 STATUS_STYLE = {
@@ -90,3 +91,9 @@ def short(value: Any, limit: int = 80) -> str:
     """Compact JSON of a value, cut to `limit` characters."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def usd(nanos: int | None) -> str:
+    """An amount of nano-dollars as `$0.000123`; `-` when there is none."""
+    amount = to_usd(nanos)
+    return "-" if amount is None else f"${amount:.6f}"

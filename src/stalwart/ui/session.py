@@ -41,7 +41,7 @@ async def session_secret(request: Request) -> str:
     state = server(request)
     if not state.session_secret:
         try:
-            state.session_secret = await state.store.secret_get(SESSION_SECRET)
+            state.session_secret = await state.client.secret(SESSION_SECRET)
         except StoreError:
             return ""
     return state.session_secret
@@ -85,10 +85,9 @@ async def current(request: Request) -> Session | None:
     key_id, csrf = payload.get("k"), payload.get("c")
     if not isinstance(key_id, str) or not isinstance(csrf, str) or not csrf:
         return None
-    found = await client(request).store.key_get(key_id)
-    if found is None or found[0].revoked is not None:
+    record = await client(request).key(key_id)
+    if record is None or record.revoked is not None:
         return None
-    record = found[0]
     return Session(Principal(record.id, record.tenant_id, record.role, record.name), csrf)
 
 
