@@ -244,6 +244,7 @@ class Client:
 
     async def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
         """One job."""
+        storable.check_id("job_id", job_id)
         return await self.store.job_get(job_id, tenant_id=tenant)
 
     async def list(
@@ -268,12 +269,14 @@ class Client:
         self, job_id: str, *, tenant: str | None = None, all_versions: bool = False
     ) -> builtins.list[StepRecord]:
         """A job's steps."""
+        storable.check_id("job_id", job_id)
         return await self.store.step_list(job_id, tenant_id=tenant, all_versions=all_versions)
 
     async def events(
         self, job_id: str, *, tenant: str | None = None, after_id: int = 0, limit: int = 1000
     ) -> builtins.list[EventRecord]:
         """A job's events in order, after `after_id`, at most `limit`."""
+        storable.check_id("job_id", job_id)
         return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id, limit=limit)
 
     async def migration_status(self) -> MigrationStatus:
@@ -302,6 +305,7 @@ class Client:
         self, job_id: str, *, tenant: str | None = None
     ) -> builtins.list[LlmCallRecord]:
         """A job's model calls (the ledger), oldest first."""
+        storable.check_id("job_id", job_id)
         return await self.store.llm_call_list(job_id, tenant_id=tenant)
 
     async def budgets(self, *, tenant: str | None = None) -> builtins.list[BudgetRecord]:
@@ -310,6 +314,7 @@ class Client:
 
     async def plans(self, job_id: str, *, tenant: str | None = None) -> builtins.list[PlanRecord]:
         """A job's plan versions."""
+        storable.check_id("job_id", job_id)
         return await self.store.plan_list(job_id, tenant_id=tenant)
 
     async def reviews(
@@ -324,6 +329,7 @@ class Client:
 
     async def review(self, review_id: str, *, tenant: str | None = None) -> ReviewRecord:
         """One review."""
+        storable.check_id("review_id", review_id)
         return await self.store.review_get(review_id, tenant_id=tenant)
 
     async def dead_letters(
@@ -334,6 +340,7 @@ class Client:
 
     async def dead_letter(self, id: str, *, tenant: str | None = None) -> DeadLetterRecord:
         """One dead letter, by its id or its job's id."""
+        storable.check_id("dead_letter_id", id)
         return await self.store.dead_letter_get(id, tenant_id=tenant)
 
     # -- acting -----------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ class Client:
         self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
     ) -> JobRecord:
         """Cancel a job."""
+        storable.check_id("job_id", job_id)
         storable.check_text("reason", reason)
         job = await self.store.job_cancel(job_id, tenant_id=tenant, actor=actor, reason=reason)
         _finished(job)
@@ -365,6 +373,7 @@ class Client:
         self, review_id: str, approve: bool, reviewer: str, comment: str, tenant: str | None
     ) -> ReviewRecord:
         """Decide a review in a `review {decision}` span of the job's trace."""
+        storable.check_id("review_id", review_id)
         storable.check_text("comment", comment)
         review = await self.store.review_get(review_id, tenant_id=tenant)
         job = await self.store.job_get(review.job_id)
@@ -390,6 +399,7 @@ class Client:
         """Resume a dead-lettered or escalated job from its failed step; completed steps never
         run again. Given a dead letter's id, the letter must be open: a job dead-lettered again
         since that letter was redriven is redriven through its new letter, not the old one."""
+        storable.check_id("job_id", job_id)
         storable.check_text("reason", reason)
         if job_id.startswith("dlq_"):
             letter = await self.store.dead_letter_get(job_id, tenant_id=tenant)

@@ -309,3 +309,31 @@ async def test_cli_json_errors_are_one_json_line(client: Client, db_url: str) ->
     assert error["field"] == "input.amount"
     assert done.stdout == ""
     assert counts(db_url) == before
+
+
+@pytest.mark.parametrize("bad", ["job\x00x", "job_\udcff", "", "x" * 65, "job 1"])
+async def test_a_malformed_id_is_refused_naming_the_field(
+    client: Client, db_url: str, bad: str
+) -> None:
+    reads = {
+        "job_id": (client.get, client.steps, client.events, client.plans, client.llm_calls),
+        "review_id": (client.review,),
+        "dead_letter_id": (client.dead_letter,),
+    }
+    for field, calls in reads.items():
+        for call in calls:
+            with pytest.raises(InputValidationError) as info:
+                await call(bad)
+            assert info.value.field == field, call
+    with pytest.raises(InputValidationError, match="job_id must be"):
+        await client.cancel(bad)
+
+
+async def test_cli_with_an_id_that_is_not_text_says_so_in_one_line(
+    client: Client, db_url: str
+) -> None:
+    # Bytes that are not UTF-8 on the command line (Python hands them over as surrogates).
+    done = run_cli(db_url, "jobs", "show", "job_\udcff")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: job_id must be 1-64 letters"), line

@@ -155,6 +155,15 @@ def check_key(field: str, text: str) -> str:
     return text
 
 
+def check_id(field: str, text: str) -> str:
+    """`text`, or `InputValidationError` naming `field` when it is not an id (`ID_PATTERN`): no
+    stored id has another shape, and such text may not even reach the database (a NUL, bytes
+    that are not UTF-8 from a command line)."""
+    if re.fullmatch(ID_PATTERN, text) is None:
+        raise InputValidationError(f"{field} must be {ID_RULE}, not {text!r}", field=field)
+    return text
+
+
 def _join(path: str, part: str) -> str:
     return f"{path}.{part}" if path else part
 
