@@ -256,7 +256,12 @@ class WorkerProcess(LoggedProcess):
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_at: float = 0.0
-    """Wall-clock time (`time.time()`) when `wait_ready` saw the start-up line."""
+    """Wall-clock time (`time.time()`) when `wait_ready` saw the ready file."""
+
+    @property
+    def ready_file(self) -> Path:
+        """Where the worker says it is ready (`--ready-file`): its log level hides the log line."""
+        return self.log.with_suffix(".ready")
 
     def start(self) -> WorkerProcess:
         argv = [
@@ -272,7 +277,11 @@ class WorkerProcess(LoggedProcess):
             self.worker_id,
             "--log-level",
             "warning",
+            "--ready-file",
+            str(self.ready_file),
         ]
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_file.unlink()  # an earlier run's
         with self.log.open("ab") as out:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(
@@ -281,16 +290,15 @@ class WorkerProcess(LoggedProcess):
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> float:
-        """Wait for the worker's start-up line; seconds since `start()`."""
+        """Wait for the worker's ready file; seconds since `start()`."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        mark = f"worker {self.worker_id} "
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"worker {self.worker_id} exited with {self.proc.returncode}:\n{self.tail()}"
                 )
-            if mark in self.log.read_text(errors="replace"):
+            if self.ready_file.exists():
                 self.ready_at = time.time()
                 return time.perf_counter() - self.started_at
             time.sleep(0.01)

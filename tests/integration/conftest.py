@@ -4,6 +4,7 @@ and helpers to read and write that database from the test process on either back
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -33,10 +34,13 @@ FAST_WORKER_ENV = {
 class Worker:
     """One `stalwart worker` subprocess, its output in a log file."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, log: IO[bytes]) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], log_path: Path, log: IO[bytes], ready_file: Path
+    ) -> None:
         self.proc = proc
         self.log_path = log_path
         self._log = log
+        self.ready_file = ready_file
 
     @property
     def pid(self) -> int:
@@ -73,6 +77,22 @@ class Worker:
     def output(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def ready(self) -> bool:
+        """Whether this process wrote its ready file (`--ready-file`: whatever the log level)."""
+        try:
+            return bool(json.loads(self.ready_file.read_text())["pid"] == self.pid)
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Poll for the worker's ready file; False if it exits or the time runs out first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if self.ready():
+                return True
+            time.sleep(0.05)
+        return self.ready()
+
     def wait_for_output(self, text: str, timeout: float) -> bool:
         """Poll the log until `text` appears."""
         deadline = time.monotonic() + timeout
@@ -102,6 +122,7 @@ class Workers:
     ) -> Worker:
         index = len(self.started)
         log_path = self.tmp_path / f"worker-{name or index}.log"
+        ready_file = log_path.with_suffix(".ready")
         log = open(log_path, "wb")  # noqa: SIM115 - closed by Worker.kill/stop
         full_env = {**os.environ, **FAST_WORKER_ENV, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("STALWART_APP", None)
@@ -119,6 +140,8 @@ class Workers:
                 str(concurrency),
                 "--worker-id",
                 f"w{index}-{name or 'worker'}",
+                "--ready-file",
+                str(ready_file),
                 *args,
             ],
             cwd=REPO,
@@ -127,7 +150,7 @@ class Workers:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        worker = Worker(proc, log_path, log)
+        worker = Worker(proc, log_path, log, ready_file)
         self.started.append(worker)
         return worker
 

@@ -131,9 +131,9 @@ def test_workers_list_and_limits_list_show_what_operators_need(
     log_dir.mkdir()
     env = {"LIMITS_LOG_DIR": str(log_dir), "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "0.1"}
     live = workers.start(db_url, "limits_app", env=env, concurrency=3, name="ops")
-    assert live.wait_for_output(f"pid {live.pid}", 30), live.output()
+    assert live.wait_ready(30), live.output()
     gone = workers.start(db_url, "limits_app", env=env, concurrency=3, name="gone")
-    assert gone.wait_for_output("worker started", 30), gone.output()
+    assert gone.wait_ready(30), gone.output()
     gone.stop()
 
     listed = {w["id"]: w for w in _cli_json(db_url, "workers", "list", "--all")}

@@ -72,6 +72,10 @@ def _calls(db_url: str, outcome: str) -> list[tuple[int, int]]:
     )
 
 
+def _open_ids(db_url: str) -> list[int]:
+    return [i for (i,) in query(db_url, "SELECT id FROM llm_calls WHERE outcome = 'reserved'")]
+
+
 def _hold_calls(db_url: str, workers: Workers, server: ProviderServer, **start: Any) -> Worker:
     """Start a worker and wait until the provider holds `HELD` of its calls, reserved."""
     worker = workers.start(db_url, "llm_app", env=_env(server), **start)
@@ -80,20 +84,36 @@ def _hold_calls(db_url: str, workers: Workers, server: ProviderServer, **start: 
     return worker
 
 
-def _kill(worker: Worker, db_url: str) -> None:
+def _kill(worker: Worker, db_url: str) -> list[int]:
+    """Kill the worker; the ids of the ledger rows it left reserved."""
     worker.kill()
     assert sum(n for _, n in _held(db_url)) > 0
+    dead = _open_ids(db_url)
+    assert len(dead) == HELD
+    return dead
 
 
-def _assert_charged_and_released(db_url: str) -> None:
-    charged = _calls(db_url, "cancelled")
-    assert len(charged) == HELD
-    assert all(cost == reserved > 0 for reserved, cost in charged)
-    assert _calls(db_url, "reserved") == []
-    assert all(n == 0 for _, n in _held(db_url))
+def _assert_charged_and_released(db_url: str, dead: list[int]) -> None:
+    marks = ",".join("?" * len(dead))
+    charged = query(
+        db_url,
+        f"SELECT reserved_nanos, cost_nanos, outcome FROM llm_calls WHERE id IN ({marks})",
+        tuple(dead),
+    )
+    assert [outcome for _, _, outcome in charged] == ["cancelled"] * HELD
+    assert all(cost == reserved > 0 for reserved, cost, _ in charged)
+    # Only calls of the steps' new attempts may be open now (the taker runs them at once), and
+    # the budgets hold exactly those: nothing is left held for the dead calls.
+    [(held, open_now)] = query(
+        db_url,
+        "SELECT (SELECT reserved_nanos FROM budgets WHERE scope = 'tenant_day'), "
+        "(SELECT coalesce(sum(reserved_nanos), 0) FROM llm_calls WHERE outcome = 'reserved')",
+    )
+    assert held == open_now
+    assert not set(dead) & set(_open_ids(db_url))
     # The worst case is spent: the tenant's day budget carries it.
     [(spent,)] = query(db_url, "SELECT spent_nanos FROM budgets WHERE scope = 'tenant_day'")
-    assert spent >= sum(cost for _, cost in charged)
+    assert spent >= sum(cost for _, cost, _ in charged)
 
 
 def _finish(db_url: str, workers: Workers, ids: list[str]) -> None:
@@ -123,13 +143,13 @@ def test_a_restart_under_the_same_id_releases_the_dead_calls_reservations_at_onc
     workers: Workers, db_url: str, server: ProviderServer
 ) -> None:
     ids = asyncio.run(_submit(db_url, HELD))
-    _kill(_hold_calls(db_url, workers, server, args=("--worker-id", "w-llm")), db_url)
+    dead = _kill(_hold_calls(db_url, workers, server, args=("--worker-id", "w-llm")), db_url)
 
     again = workers.start(db_url, "llm_app", env=_env(server), args=("--worker-id", "w-llm"))
     # The restart takes the leases back before it says it started: the reservations with them.
     assert again.wait_for_output("worker started", 60), workers.logs()
     assert "leases_reclaimed" in again.output()
-    _assert_charged_and_released(db_url)
+    _assert_charged_and_released(db_url, dead)
     _finish(db_url, workers, ids)
 
 
@@ -142,13 +162,13 @@ def test_the_reaper_of_another_worker_releases_the_dead_calls_reservations(
     # at start: only its reaper can, after the 2 s lease.
     other = workers.start(db_url, "llm_app", env=_env(server), name="reaper")
     assert other.wait_for_output("worker started", 60), workers.logs()
-    _kill(doomed, db_url)
+    dead = _kill(doomed, db_url)
 
     wait_until(
-        lambda: len(_calls(db_url, "cancelled")) == HELD,
+        lambda: not set(dead) & set(_open_ids(db_url)),
         60,
         0.2,
         f"the reaper to charge the dead calls\n{workers.logs()}",
     )
-    _assert_charged_and_released(db_url)
+    _assert_charged_and_released(db_url, dead)
     _finish(db_url, workers, ids)

@@ -38,6 +38,7 @@ from stalwart.errors import PlanValidationError, StalwartError, UsageError, erro
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.types import redact_url
+from stalwart.worker.ready import ready_file_check, ready_file_remove, ready_file_write
 
 T = TypeVar("T")
 
@@ -262,12 +263,23 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option(help="Interface for --metrics-port (0.0.0.0: every interface).")
     ] = "127.0.0.1",
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write this file (JSON: worker, host, pid) once the worker is ready to claim, "
+            "and remove it when it drains: readiness for probes and scripts, whatever the "
+            "log level.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C (then drain: finish or release running steps)."""
     state = _state(ctx)
     as_json = _configure_logs(state, log_level, log_format)
 
     async def go() -> None:
+        if ready_file is not None:
+            ready_file_check(ready_file)
         app = state.app()
         store = app.store()
         await store.migrate()
@@ -287,8 +299,14 @@ def worker(
                 )
             except OSError as exc:
                 raise UsageError(f"--metrics-port {metrics_port}: {exc}") from None
+
+        def stop() -> None:
+            if ready_file is not None:
+                ready_file_remove(ready_file)  # draining: no longer ready for work
+            w.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, w.stop)
+            loop.add_signal_handler(sig, stop)
         await w.start()
         _announce(
             as_json,
@@ -301,8 +319,12 @@ def worker(
             worker=w.worker_id,
         )
         try:
+            if ready_file is not None:
+                ready_file_write(ready_file, worker=w.worker_id, host=w.host)
             await w.run()
         finally:
+            if ready_file is not None:
+                ready_file_remove(ready_file)
             if metrics is not None:
                 metrics.close()
             await store.close()

@@ -8,7 +8,7 @@ and pass the same conformance suite in `tests/store/`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -145,6 +145,26 @@ class WorkDue:
             or self.jobs_expired
             or self.reservations_expired
         )
+
+
+class Claims(list[Claim]):
+    """The steps one `step_claim` took, and when to look again.
+
+    `next_due` is the earliest time (the database's clock, like `now`) at which a step this
+    claim did not take may be taken: a step not due yet, or the moment a limit holding due steps
+    back lets one through (a rate limit's next token, the end of a pause or of a breaker's
+    cool-down). None when nothing waits on time alone: no step left, or only steps waiting for
+    a slot or a probe to come back (a finished step wakes the worker for those). A list, so a
+    caller that wants only the claims uses it as one."""
+
+    __slots__ = ("next_due", "now")
+
+    def __init__(
+        self, claims: Iterable[Claim] = (), *, now: float = 0.0, next_due: float | None = None
+    ) -> None:
+        super().__init__(claims)
+        self.now = now
+        self.next_due = next_due
 
 
 @dataclass(slots=True)
@@ -294,8 +314,9 @@ class Store(Protocol):
         """A job's steps (of its current plan version unless `all_versions`)."""
         ...
 
-    async def step_claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> list[Claim]:
-        """Claim up to `limit` due steps, by priority then due time, under a new fencing token."""
+    async def step_claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> Claims:
+        """Claim up to `limit` due steps, by priority then due time, under a new fencing token;
+        say when a step not taken may be taken (`Claims.next_due`)."""
         ...
 
     async def step_complete(

@@ -292,18 +292,25 @@ class Worker:
             due = WorkDue(now=0.0, next_step_due=0.0, replanning=due.replanning)
         free = self.concurrency - len(self._running)
         claimed = 0
+        db_now, next_due = due.now, due.next_step_due
         if free > 0 and due.steps_due:
-            for claim in await self.store.step_claim(
+            claims = await self.store.step_claim(
                 self.worker_id, limit=free, lease_seconds=self.settings.lease_seconds
-            ):
+            )
+            for claim in claims:
                 self._start(claim)
                 claimed += 1
+            # The claim knows best when what it left behind comes due (a retry, a rate
+            # limit's next token); a woken pass has nothing else to go by.
+            db_now, next_due = claims.now, claims.next_due
         if due.replanning:
             await self.executor.replan_waiting(self.worker_id)
         timeout = self.poll_seconds
-        if due.next_step_due is not None and due.next_step_due > due.now:
-            # A retry comes due before the next poll: wake for it.
-            timeout = min(timeout, max(0.005, due.next_step_due - due.now))
+        if next_due is not None and next_due > db_now:
+            # It comes due before the next poll: wake for it, less the time this pass took
+            # since the database told us its time (early is harmless, late is not).
+            wait = next_due - db_now - (time.monotonic() - now)
+            timeout = min(timeout, max(0.005, wait))
         return claimed, timeout
 
     async def _store_trouble(self, loop: str, exc: StoreError) -> None:

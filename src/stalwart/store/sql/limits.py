@@ -85,6 +85,26 @@ class LimitRow:
             return True
         return self.rate is not None and self.available(now) < 1.0
 
+    def free_at(self, now: float) -> float | None:
+        """When time alone lets a step of this key through: `now` or earlier if nothing holds
+        it back, the end of a pause or a cool-down, or a rate limit's next token, whichever is
+        last. None when a slot or a breaker's probe has to come back first."""
+        if self.breaker_state == BreakerState.HALF_OPEN.value:
+            return None
+        if self.concurrency is not None and self.in_use >= self.concurrency:
+            return None
+        at = now
+        if self.paused_until is not None:
+            at = max(at, self.paused_until)
+        if self.breaker_state == BreakerState.OPEN.value:
+            at = max(at, (self.breaker_since or 0.0) + (self.breaker_cooldown or 0.0))
+        if self.rate is not None:
+            if self.burst is None or self.burst < 1.0 or self.rate <= 0:
+                return None  # a bucket that never holds a whole token
+            # `available` reaches one token at this time (tokens grow by `rate` a second).
+            at = max(at, self.refilled + (1.0 - self.tokens) / self.rate)
+        return at
+
     def limiting(self, now: float) -> bool:
         """True when the key limits anything at all now (as `LIMITING_SQL` says in SQL)."""
         return (
@@ -119,6 +139,24 @@ def load(tx: Tx) -> Limits:
     use as this transaction sees them."""
     rows = tx.con.execute(f"SELECT {LIMIT_FIELDS} FROM limits").fetchall()
     return Limits({r[0]: LimitRow(*r) for r in rows})
+
+
+def next_free(tx: Tx, limits: Limits) -> float | None:
+    """The earliest time a key that holds steps back now lets one through by time alone. Read
+    again, not from the claim's `limits`: the claim took tokens, and other workers may have too
+    (when `limits` has no rows at all, none were configured: nothing to read)."""
+    if not limits.rows:
+        return None
+    times = []
+    for row in load(tx).rows.values():
+        if not row.held_back(tx.now):
+            continue
+        free = row.free_at(tx.now)
+        if free is not None:
+            # Never "now" for a key held back now: a token a rounding error short waits a
+            # moment, not a whole poll.
+            times.append(max(free, tx.now + 0.001))
+    return min(times, default=None)
 
 
 def limits_any(tx: Tx, keys: Sequence[str]) -> bool:

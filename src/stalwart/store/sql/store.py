@@ -46,6 +46,7 @@ from stalwart.errors import (
     ReviewAlreadyDecidedError,
 )
 from stalwart.store.base import (
+    Claims,
     Completion,
     Effect,
     Heartbeat,
@@ -548,10 +549,11 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             )
         return [step_from_row(r) for r in rows]
 
-    async def step_claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> list[Claim]:
-        """Claim up to `limit` due steps by priority, then due time."""
+    async def step_claim(self, worker_id: str, *, limit: int, lease_seconds: float) -> Claims:
+        """Claim up to `limit` due steps by priority, then due time; say when a step left
+        behind may be taken, so the worker sleeps until then and not until its next poll."""
 
-        def run(tx: Tx) -> list[Claim]:
+        def run(tx: Tx) -> Claims:
             limits = limits_sql.load(tx)
             claims: list[Claim] = []
             # A second pass when keys turned out full mid-batch (slots taken by others since
@@ -563,10 +565,13 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 )
                 if len(claims) >= limit or len(limits.full) == found_full:
                     break
-            return claims
+            # A full batch: the worker has no slot free and is woken when one frees.
+            next_due = None if len(claims) >= limit else _next_due(tx, limits)
+            return Claims(claims, now=tx.now, next_due=next_due)
 
-        if not await self._due_steps():
-            return []
+        now, first_due = await self._due_steps()
+        if first_due is None or first_due > now:
+            return Claims(now=now, next_due=first_due)
         sent = time.monotonic()  # the leases start after this, by any clock (decision 0032)
         claims = await self._write(worker_id, run)
         for claim in claims:
@@ -610,9 +615,17 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
                 claims.append(claim)
         return claims
 
-    async def _due_steps(self) -> bool:
-        """A read before the write transaction: idle workers never queue for the write lock."""
-        return await self._any(STEP_WAITING + " AND s.due <= {now}")
+    async def _due_steps(self) -> tuple[float, float | None]:
+        """A read before the write transaction, so idle workers never queue for the write
+        lock: the database's time, and the due time of a step that is due, or else the earliest
+        due time of a waiting step (None: no step waits)."""
+        now = self.now_sql
+        # Any due step will do (the first found, no scan); the earliest only when none is due.
+        rows = await self._read(
+            f"SELECT {now}, COALESCE((SELECT s.due {STEP_WAITING} AND s.due <= {now} LIMIT 1), "
+            f"(SELECT min(s.due) {STEP_WAITING}))"
+        )
+        return float(rows[0][0]), rows[0][1]
 
     def _claim_or_quarantine(
         self,
@@ -1365,6 +1378,18 @@ def _candidate(tx: Tx, step_id: int) -> tuple[Any, ...] | None:
         f"SELECT {CANDIDATE_COLUMNS} {STEP_WAITING} AND s.id = ?", (step_id,)
     ).fetchone()
     return row
+
+
+def _next_due(tx: Tx, limits: limits_sql.Limits) -> float | None:
+    """When a claim may next take a step it left behind: the first due time still to come, or
+    the moment a limit holding steps back now lets one through (the key may hold back none of
+    the waiting steps: then the worker looks once for nothing, at most once per token or pause)."""
+    row = tx.con.execute(f"SELECT min(s.due) {STEP_WAITING} AND s.due > ?", (tx.now,)).fetchone()
+    times = [float(row[0])] if row is not None and row[0] is not None else []
+    freed = limits_sql.next_free(tx, limits)
+    if freed is not None:
+        times.append(freed)
+    return min(times, default=None)
 
 
 def _apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
