@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from stalwart.domain import storable
 from stalwart.domain.access import (
     CreatedKey,
     KeyRecord,
@@ -49,7 +50,7 @@ from stalwart.settings import Settings
 from stalwart.store import NewJob, Store
 from stalwart.store.base import MigrationStatus, PlanRecord
 from stalwart.tools.invoke import validation_details
-from stalwart.types import dumps, new_id
+from stalwart.types import new_id
 
 if TYPE_CHECKING:
     from stalwart.app import App
@@ -153,7 +154,7 @@ class Client:
                 f"input of workflow {workflow!r} must be a JSON object, not {type(raw).__name__}",
                 field="input",
             )
-        size = len(dumps(raw).encode())
+        size = len(storable.json_text("input", raw).encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"input is {size} bytes; the limit is {self.settings.max_payload_bytes} "
@@ -173,6 +174,8 @@ class Client:
                 errors=details,
             ) from None
         job_input = model.model_dump(mode="json")
+        # The model may make what the caller did not send (a float field turns "NaN" into nan).
+        storable.json_text("input", job_input)
         # The job's trace: every span of it, in any process, is under this root context.
         traceparent = tracing.new_trace_context()
         job_id = new_id("job")
@@ -294,6 +297,7 @@ class Client:
         self, job_id: str, *, tenant: str | None = None, actor: str = "client", reason: str = ""
     ) -> JobRecord:
         """Cancel a job."""
+        storable.check_text("reason", reason)
         job = await self.store.job_cancel(job_id, tenant_id=tenant, actor=actor, reason=reason)
         _finished(job)
         return job
@@ -316,6 +320,7 @@ class Client:
         self, review_id: str, approve: bool, reviewer: str, comment: str, tenant: str | None
     ) -> ReviewRecord:
         """Decide a review in a `review {decision}` span of the job's trace."""
+        storable.check_text("comment", comment)
         review = await self.store.review_get(review_id, tenant_id=tenant)
         job = await self.store.job_get(review.job_id)
         decision = "approved" if approve else "rejected"
@@ -340,6 +345,7 @@ class Client:
         """Resume a dead-lettered or escalated job from its failed step; completed steps never
         run again. Given a dead letter's id, the letter must be open: a job dead-lettered again
         since that letter was redriven is redriven through its new letter, not the old one."""
+        storable.check_text("reason", reason)
         if job_id.startswith("dlq_"):
             letter = await self.store.dead_letter_get(job_id, tenant_id=tenant)
             if letter.status != "open":
@@ -427,3 +433,4 @@ def _check_key(field: str, value: str) -> None:
         raise UsageError(f"{field} must not be empty", field=field)
     if len(value) > MAX_KEY_LENGTH:
         raise UsageError(f"{field} is longer than {MAX_KEY_LENGTH} characters", field=field)
+    storable.check_key(field, value)

@@ -7,10 +7,12 @@ non-zero, exactly one error line on stderr).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,81 @@ async def test_oversized_payload_is_refused(client: Client, db_url: str) -> None
     assert (await client.submit("order", GOOD, idempotency_key="k-big")).created
 
 
+def _nested(depth: int) -> list[object]:
+    root: list[object] = []
+    inner = root
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    return root
+
+
+# Values that Python holds but no database (or JSON) can: each is refused with the field named.
+UNSTORABLE = [
+    ({**GOOD, "amount": math.nan}, "input.amount", "nan"),
+    ({**GOOD, "amount": math.inf}, "input.amount", "inf"),
+    ({**GOOD, "amount": "Infinity"}, "input.amount", "inf"),  # the model makes it inf
+    ({**GOOD, "note": "\ud800"}, "input.note", "lone surrogate"),
+    ({**GOOD, "note": "a\x00b"}, "input.note", "NUL"),
+    ({**GOOD, "extra": {"list": [1, "\x00"]}}, "input.extra.list.1", "NUL"),
+    ({**GOOD, "bad\x00key": 1}, "input.bad\\u0000key", "NUL"),
+    ({**GOOD, "when": datetime.now(UTC)}, "input.when", "not JSON"),
+    ({**GOOD, "deep": _nested(5_000)}, "input", "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(
+    ("job_input", "field", "problem"),
+    UNSTORABLE,
+    ids=[
+        "nan",
+        "inf",
+        "inf-from-text",
+        "surrogate",
+        "nul",
+        "nul-nested",
+        "nul-key",
+        "type",
+        "deep",
+    ],
+)
+async def test_unstorable_input_is_refused_naming_the_field(
+    client: Client, db_url: str, job_input: dict[str, object], field: str, problem: str
+) -> None:
+    before = counts(db_url)
+    with pytest.raises(InputValidationError) as info:
+        await client.submit("order", job_input, idempotency_key="k-unstorable")
+    assert info.value.field == field  # type: ignore[attr-defined]
+    assert problem in info.value.message and field in info.value.message
+    assert counts(db_url) == before
+    assert (await client.submit("order", GOOD, idempotency_key="k-unstorable")).created
+
+
+@pytest.mark.parametrize("key", ["a\tb", "line\nbreak", "a\x00b", "\ud800"])
+async def test_an_idempotency_key_with_control_characters_is_refused(
+    client: Client, db_url: str, key: str
+) -> None:
+    before = counts(db_url)
+    with pytest.raises(InputValidationError) as info:
+        await client.submit("order", GOOD, idempotency_key=key)
+    assert info.value.field == "idempotency_key"  # type: ignore[attr-defined]
+    assert counts(db_url) == before
+
+
+async def test_unstorable_reasons_and_comments_are_refused(client: Client, db_url: str) -> None:
+    [job] = await client.list()
+    before = counts(db_url)
+    with pytest.raises(InputValidationError, match="reason contains NUL"):
+        await client.cancel(job.id, reason="oops\x00")
+    with pytest.raises(InputValidationError, match="reason contains a lone surrogate"):
+        await client.redrive(job.id, reason="\udfff")
+    for decide in (client.approve, client.reject):
+        with pytest.raises(InputValidationError, match="comment contains NUL"):
+            await decide("rev_x", reviewer="ada", comment="\x00")
+    assert counts(db_url) == before
+    assert (await client.get(job.id)).status == job.status
+
+
 class Anything(BaseModel):
     customer: str = "x"
 
@@ -200,8 +277,13 @@ def run_cli(
             "the limit is 200 (max_payload_bytes)",
         ),
         (["submit", "order", "--input", '{"customer": '], {}, "--input is not valid JSON"),
+        (
+            ["submit", "order", "--input", '{"customer": "ada", "amount": NaN}'],
+            {},
+            "input.amount is nan",
+        ),
     ],
-    ids=["unknown-workflow", "invalid-input", "cyclic-plan", "oversized", "malformed-json"],
+    ids=["unknown-workflow", "invalid-input", "cyclic-plan", "oversized", "malformed-json", "nan"],
 )
 async def test_cli_refuses_with_one_error_line(
     client: Client, db_url: str, args: list[str], env: dict[str, str], expected: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 from pathlib import Path
 
 from tests.integration.apps import timing_app
@@ -24,8 +25,10 @@ DEFAULT_POLLS = {
     "STALWART_POLL_INTERVAL_SECONDS": "0.5",
     "STALWART_NOTIFY_POLL_INTERVAL_SECONDS": "1.0",
 }
-# How late a retry or a token may be taken (the bound, on a loaded machine).
+# How late the typical retry may be taken (the bound), and any one retry on a loaded
+# machine: well under the shortest poll interval, so a wake-up left to the poll still fails.
 SLACK_SECONDS = 0.05
+STARVED_SECONDS = 0.25
 
 
 async def _submit(db_url: str, workflow: str, count: int) -> None:
@@ -75,6 +78,7 @@ def test_retries_run_when_their_backoff_is_over(
     moves = _step_moves(db_url, "flaky")
     assert len(moves) == jobs
     late: list[str] = []
+    latenesses: list[float] = []
     for step_id, history in moves.items():
         waits = [(at, json.loads(data)) for to, at, data in history if to == "retry_wait"]
         claims = [at for to, at, _ in history if to == "running"]
@@ -88,8 +92,16 @@ def test_retries_run_when_their_backoff_is_over(
             due = failed_at + data["delay_seconds"]
             lateness = claimed_at - due
             assert lateness >= -0.002, f"step {step_id} retry {n} ran {-lateness:.3f}s early"
-            if lateness > SLACK_SECONDS:
+            latenesses.append(lateness)
+            if lateness > STARVED_SECONDS:
                 late.append(f"step {step_id} retry {n}: {lateness:.3f}s late")
+    # The retries are taken within 50 ms of their due time. One wake-up can be delayed further on
+    # a loaded machine (a 2-core CI runner with the suite running beside it): that is the
+    # scheduler, not a poll. So the typical retry is held to the target, and none may be late
+    # by anything like a poll interval (0.5 s on SQLite, 1 s on PostgreSQL: before the fix,
+    # retries were 0.1-0.4 s and 0.6-0.9 s late).
+    typical = statistics.median(latenesses)
+    assert typical <= SLACK_SECONDS, f"median lateness {typical:.3f}s: {sorted(latenesses)}"
     assert not late, "\n".join(late)
 
 

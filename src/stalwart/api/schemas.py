@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stalwart.api.params import StorableText
 from stalwart.domain.budgets import LlmCallRecord, ledger_totals
 from stalwart.domain.records import (
     DeadLetterRecord,
@@ -31,7 +32,9 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    comment: str = Field("", max_length=10_000, description="Why; shown in the job's timeline.")
+    comment: StorableText = Field(
+        "", max_length=10_000, description="Why; shown in the job's timeline."
+    )
 
 
 class Reason(BaseModel):
@@ -39,7 +42,7 @@ class Reason(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field("", max_length=10_000)
+    reason: StorableText = Field("", max_length=10_000)
 
 
 class Job(BaseModel):

@@ -53,13 +53,18 @@ def verify(secret: str, body: bytes, presented: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-def event_id(spec: Webhook | None, headers: Mapping[str, str], body: Any) -> str | None:
-    """The delivery's event id, or None when the sender gave none."""
+def event_id_headers(spec: Webhook | None) -> list[str]:
+    """The headers that may carry a delivery's event id, lowercase, first one first."""
     names = ["idempotency-key"]
     if spec is not None and spec.event_id_header:
         names.append(spec.event_id_header.lower())
     names.extend(DELIVERY_ID_HEADERS)
-    for name in names:
+    return names
+
+
+def event_id(spec: Webhook | None, headers: Mapping[str, str], body: Any) -> str | None:
+    """The delivery's event id, or None when the sender gave none."""
+    for name in event_id_headers(spec):
         value = headers.get(name)
         if value and value.strip():
             return value.strip()

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
+from stalwart.api.params import DeadLetterId
 from stalwart.api.state import client
 from stalwart.domain.access import Permission
 from stalwart.errors import InvalidTransitionError, NotRedrivableError
@@ -49,7 +50,7 @@ async def dead_letter_page(
 
 
 @router.get("/{letter_id}")
-async def dead_letter(request: Request, session: Viewer, letter_id: str) -> Response:
+async def dead_letter(request: Request, session: Viewer, letter_id: DeadLetterId) -> Response:
     """One dead letter."""
     return await dead_letter_page(request, session, letter_id)
 
@@ -58,7 +59,7 @@ async def dead_letter(request: Request, session: Viewer, letter_id: str) -> Resp
 async def redrive(
     request: Request,
     session: Annotated[Session, Depends(act(Permission.DLQ_REDRIVE))],
-    letter_id: str,
+    letter_id: DeadLetterId,
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     """Resume the job from its failed step; one already redriven shows why not (409)."""

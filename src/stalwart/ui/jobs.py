@@ -11,6 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from stalwart.api.params import JobId, StorableText
 from stalwart.api.state import client
 from stalwart.domain.access import Permission
 from stalwart.domain.budgets import ledger_totals, usd
@@ -43,8 +44,8 @@ async def job_list(
     request: Request,
     session: Reader,
     status: Annotated[str, Query(max_length=64)] = "",
-    workflow: Annotated[str, Query(max_length=255)] = "",
-    before: Annotated[str, Query(max_length=255)] = "",
+    workflow: Annotated[StorableText, Query(max_length=255)] = "",
+    before: Annotated[StorableText, Query(max_length=255)] = "",
 ) -> Response:
     """The tenant's jobs, newest first, filtered by status and workflow, a page at a time."""
     status = status if status in STATUSES else ""
@@ -199,7 +200,7 @@ def _detail(node: TraceNode) -> str:
 
 
 @router.get("/{job_id}")
-async def job_detail(request: Request, session: Reader, job_id: str) -> Response:
+async def job_detail(request: Request, session: Reader, job_id: JobId) -> Response:
     """One job."""
     return await job_page(request, session, job_id)
 
@@ -208,7 +209,7 @@ async def job_detail(request: Request, session: Reader, job_id: str) -> Response
 async def cancel(
     request: Request,
     session: Annotated[Session, Depends(act(Permission.CANCEL))],
-    job_id: str,
+    job_id: JobId,
     reason: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     """Cancel the job; a finished one shows why not (409)."""

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from stalwart.domain.access import Permission, roles_with
-from stalwart.errors import NotFoundError
+from stalwart.errors import InputValidationError, NotFoundError
 from stalwart.ui import views
 from stalwart.ui.session import Session, csrf_ok, current
 
@@ -228,3 +228,7 @@ async def _answer(
         session = await current(request)
         message = "The request was not valid: check the address or the form and try again."
         return error_page(request, session, 400, "Bad request", message)
+    except InputValidationError as exc:
+        # Text the store cannot keep (a NUL in a comment): say which, change nothing.
+        session = await current(request)
+        return error_page(request, session, 422, "Not valid", exc.message)

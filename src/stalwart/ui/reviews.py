@@ -9,6 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
+from stalwart.api.params import ReviewId
 from stalwart.api.state import client
 from stalwart.client import Client
 from stalwart.domain.access import Permission
@@ -84,7 +85,7 @@ async def _similar(c: Client, tenant: str, job_id: str) -> tuple[list[MemoryHit]
 
 
 @router.get("/{review_id}")
-async def review_detail(request: Request, session: Viewer, review_id: str) -> Response:
+async def review_detail(request: Request, session: Viewer, review_id: ReviewId) -> Response:
     """One review."""
     return await review_page(request, session, review_id)
 
@@ -106,7 +107,7 @@ async def _decide(
 
 @router.post("/{review_id}/approve")
 async def approve(
-    request: Request, session: Decider, review_id: str, comment: Comment = ""
+    request: Request, session: Decider, review_id: ReviewId, comment: Comment = ""
 ) -> Response:
     """Approve: the step runs. The signed-in key's name is recorded as the reviewer."""
     return await _decide(request, session, review_id, True, comment)
@@ -114,7 +115,7 @@ async def approve(
 
 @router.post("/{review_id}/reject")
 async def reject(
-    request: Request, session: Decider, review_id: str, comment: Comment = ""
+    request: Request, session: Decider, review_id: ReviewId, comment: Comment = ""
 ) -> Response:
     """Reject: the job fails or replans with the comment as feedback, per its workflow."""
     return await _decide(request, session, review_id, False, comment)

@@ -42,7 +42,10 @@ def _dir() -> Path:
 
 
 def _mark(name: str, text: str) -> None:
-    (_dir() / name).write_text(text, encoding="utf-8")
+    # Written whole, then renamed: the test reads the marker as soon as it exists.
+    part = _dir() / f".{name}.part"
+    part.write_text(text, encoding="utf-8")
+    part.replace(_dir() / name)
 
 
 def _released() -> bool:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from stalwart.api.auth import require
 from stalwart.api.errors import responses
+from stalwart.api.params import DeadLetterId
 from stalwart.api.schemas import DeadLetter, DeadLetterList, Job, Reason
 from stalwart.api.state import client
 from stalwart.domain.access import Permission, Principal
@@ -42,7 +43,7 @@ async def list_dead_letters(
     summary="A dead letter",
 )
 async def get_dead_letter(
-    dead_letter_id: str,
+    dead_letter_id: DeadLetterId,
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.DLQ_READ))],
 ) -> DeadLetter:
@@ -58,7 +59,7 @@ async def get_dead_letter(
     summary="Redrive",
 )
 async def redrive(
-    dead_letter_id: str,
+    dead_letter_id: DeadLetterId,
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.DLQ_REDRIVE))],
     body: Reason | None = None,

@@ -6,11 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from stalwart.api.auth import require
 from stalwart.api.errors import json_responses, responses
+from stalwart.api.params import (
+    AfterEvent,
+    Cursor,
+    IdempotencyKey,
+    JobId,
+    LastEventId,
+    StorableText,
+)
 from stalwart.api.schemas import (
     Event,
     EventPage,
@@ -29,15 +37,6 @@ from stalwart.domain.states import JOB_TERMINAL, JobStatus
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Reader = Annotated[Principal, Depends(require(Permission.READ))]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Submitting twice with one key (within the dedup window) returns the "
-        "first job.",
-    ),
-]
 
 
 @router.post(
@@ -81,11 +80,9 @@ async def list_jobs(
     status: Annotated[
         list[JobStatus] | None, Query(description="Filter by status (repeat).")
     ] = None,
-    workflow: Annotated[str | None, Query(max_length=255)] = None,
+    workflow: Annotated[StorableText | None, Query(max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=255, description="`next_cursor` of the previous page.")
-    ] = None,
+    cursor: Cursor = None,
 ) -> JobPage:
     """The tenant's jobs, newest first, a page at a time."""
     jobs = await client(request).list(
@@ -108,7 +105,7 @@ async def list_jobs(
     responses=responses(401, 403, 404, 422),
     summary="Get a job",
 )
-async def get_job(job_id: str, request: Request, principal: Reader) -> JobDetail:
+async def get_job(job_id: JobId, request: Request, principal: Reader) -> JobDetail:
     """A job with its current plan's steps and its model spend."""
     c = client(request)
     job = await c.get(job_id, tenant=principal.tenant_id)
@@ -126,10 +123,10 @@ async def get_job(job_id: str, request: Request, principal: Reader) -> JobDetail
     summary="A job's events",
 )
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     principal: Reader,
-    after: Annotated[int, Query(ge=0, description="Only events after this id.")] = 0,
+    after: AfterEvent = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> EventPage:
     """The job's timeline, in order."""
@@ -141,7 +138,7 @@ async def job_events(
     )
 
 
-async def _streamed_job(job_id: str, request: Request, principal: Reader) -> Principal:
+async def _streamed_job(job_id: JobId, request: Request, principal: Reader) -> Principal:
     """The caller, once the job is known to be theirs: a dependency, so that a missing job
     answers 404 before the stream's 200 is sent (a generator's body runs only after that)."""
     await client(request).get(job_id, tenant=principal.tenant_id)
@@ -155,18 +152,17 @@ async def _streamed_job(job_id: str, request: Request, principal: Reader) -> Pri
     summary="Follow a job's events (server-sent events)",
 )
 async def job_event_stream(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     principal: Annotated[Principal, Depends(_streamed_job)],
-    after: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    after: AfterEvent = 0,
+    last_event_id: LastEventId = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Each new event as `event: <kind>` with the event as JSON data and its id, so a client
     that reconnects with `Last-Event-ID` misses nothing. Ends with `event: end` once the job
     is finished and every event was sent."""
     c = client(request)
-    resume = (last_event_id or "").strip()
-    cursor = int(resume) if resume.isascii() and resume.isdigit() else after
+    cursor = after if last_event_id is None else last_event_id
     poll = server(request).settings.event_stream_poll_seconds
     while True:
         events = await c.events(job_id, tenant=principal.tenant_id, after_id=cursor, limit=500)
@@ -192,7 +188,7 @@ async def job_event_stream(
     summary="Cancel a job",
 )
 async def cancel_job(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.CANCEL))],
     body: Reason | None = None,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from stalwart.api.auth import require
 from stalwart.api.errors import responses
+from stalwart.api.params import JobId, StorableText
 from stalwart.api.state import client
 from stalwart.client_memory import SearchResult
 from stalwart.domain.access import Permission, Principal
@@ -91,7 +92,9 @@ async def list_collections(
 async def search(
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.READ))],
-    q: Annotated[str, Query(min_length=1, max_length=4000, description="What to look for.")],
+    q: Annotated[
+        StorableText, Query(min_length=1, max_length=4000, description="What to look for.")
+    ],
     collection: Annotated[
         list[str] | None, Query(description="Collections to search (default: all).")
     ] = None,
@@ -126,7 +129,7 @@ async def search(
     summary="Similar past jobs",
 )
 async def similar(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     principal: Annotated[Principal, Depends(require(Permission.READ))],
     k: Annotated[int, Query(ge=1, le=20)] = 3,

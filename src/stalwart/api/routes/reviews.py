@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from stalwart.api.auth import require
 from stalwart.api.errors import responses
+from stalwart.api.params import ReviewId
 from stalwart.api.schemas import Decision, Review, ReviewList
 from stalwart.api.state import client
 from stalwart.domain.access import Permission, Principal
@@ -44,7 +45,7 @@ async def list_reviews(
     responses=responses(401, 403, 404, 422),
     summary="A review",
 )
-async def get_review(review_id: str, request: Request, principal: Viewer) -> Review:
+async def get_review(review_id: ReviewId, request: Request, principal: Viewer) -> Review:
     """One review, with what the agent was doing, the decision asked and its options."""
     return Review.of(await client(request).review(review_id, tenant=principal.tenant_id))
 
@@ -56,7 +57,7 @@ async def get_review(review_id: str, request: Request, principal: Viewer) -> Rev
     summary="Approve",
 )
 async def approve(
-    review_id: str, request: Request, principal: Decider, body: Decision | None = None
+    review_id: ReviewId, request: Request, principal: Decider, body: Decision | None = None
 ) -> Review:
     """Approve: the step runs. The key's name is recorded as the reviewer. A review already
     decided answers 409."""
@@ -76,7 +77,7 @@ async def approve(
     summary="Reject",
 )
 async def reject(
-    review_id: str, request: Request, principal: Decider, body: Decision | None = None
+    review_id: ReviewId, request: Request, principal: Decider, body: Decision | None = None
 ) -> Review:
     """Reject: the job fails or replans with the comment as feedback, per its workflow."""
     review = await client(request).reject(

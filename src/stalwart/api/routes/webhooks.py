@@ -12,7 +12,8 @@ from stalwart.api.errors import responses
 from stalwart.api.schemas import Job
 from stalwart.api.state import server
 from stalwart.domain.access import Permission
-from stalwart.domain.webhooks import Webhook, event_id, verify
+from stalwart.domain.storable import header_key_problem, json_text
+from stalwart.domain.webhooks import Webhook, event_id, event_id_headers, verify
 from stalwart.errors import (
     AuthenticationError,
     InputValidationError,
@@ -83,6 +84,10 @@ async def receive(workflow: str, request: Request, response: Response) -> Job:
         check(principal, Permission.SUBMIT)
         tenant, actor = principal.tenant_id, principal.name
     payload = _json(body)
+    for name in event_id_headers(spec):
+        value = request.headers.get(name, "").strip()
+        if value and (problem := header_key_problem(value)) is not None:
+            raise InputValidationError(f"the {name} header {problem}", field=name)
     event = event_id(spec, request.headers, payload)
     job_input = spec.transform(payload) if spec and spec.transform else payload
     submitted = await state.client.submit(
@@ -111,8 +116,20 @@ def _json(body: bytes) -> dict[str, Any]:
         raise InputValidationError(
             f"the webhook body must be a JSON object: {exc}", field="body"
         ) from None
+    except (ValueError, RecursionError) as exc:
+        # Valid JSON that Python will not read: an integer of thousands of digits, or nesting
+        # deeper than its parser goes.
+        reason = (
+            "it is nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "it holds an integer of thousands of digits"
+        )
+        raise InputValidationError(
+            f"the webhook body cannot be stored: {reason}", field="body"
+        ) from None
     if not isinstance(payload, dict):
         raise InputValidationError(
             f"the webhook body must be a JSON object, not {type(payload).__name__}", field="body"
         )
+    json_text("body", payload)  # Python reads NaN, Infinity and "\ud800", which JSON has not
     return payload
