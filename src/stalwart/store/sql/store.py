@@ -14,7 +14,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from stalwart.domain.events import note
 from stalwart.domain.failures import Decision, Outcome
@@ -54,13 +54,20 @@ from stalwart.store.base import (
     NewJob,
     PlanRecord,
     ReplanClaim,
-    WorkDue,
     WorkerInfo,
     WorkerRecord,
 )
 from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.access import AccessStore
-from stalwart.store.sql.llm import RESERVATION_EXPIRED, LlmLedger, charge_reserved
+from stalwart.store.sql.due import (
+    JOB_EXPIRED,
+    LEASE_EXPIRED,
+    REPLAN_WAITING,
+    REVIEW_OVERDUE,
+    STEP_WAITING,
+    DueStore,
+)
+from stalwart.store.sql.llm import LlmLedger, charge_reserved
 from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.rows import (
@@ -106,30 +113,12 @@ from stalwart.store.sql.tx import (
 )
 from stalwart.types import dumps
 
-T = TypeVar("T")
 J = JobStatus
 S = StepStatus
 ACTIVE_JOB_STATUSES = tuple(sorted(s.value for s in JOB_QUEUED))
 
-# What there is to do, each as the FROM and WHERE of a query. `{now}` is the time: `?` inside a
-# write transaction, the backend's clock (`now_sql`) in the cheap reads that decide whether a
-# write is worth starting, and in `work_due`, which asks all of them at once.
-STEP_WAITING = (
-    "FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.status IN ('ready', 'retry_wait') "
-    "AND j.status IN ('executing', 'waiting_approval')"
-)
-REPLAN_WAITING = (
-    "FROM jobs WHERE status IN ('replanning', 'planning') "
-    "AND (lease_expires IS NULL OR lease_expires < {now}) "
-    "AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.job_id = jobs.id "
-    "AND s.plan_version = jobs.plan_version AND s.status = 'running')"
-)
-LEASE_EXPIRED = "FROM steps WHERE status = 'running' AND lease_expires < {now}"
-REVIEW_OVERDUE = "FROM reviews WHERE status = 'pending' AND sla_deadline < {now}"
-JOB_EXPIRED = "FROM jobs WHERE deadline IS NOT NULL AND finished IS NULL AND deadline < {now}"
 
-
-class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
+class SqlStore(DueStore, LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
     """The `Store` protocol in SQL both backends accept. A backend supplies how a write
     transaction runs (`_write`), how a read runs (`_read`), its migrations, and `now_sql`, the
     SQL expression for the database's clock in epoch seconds."""
@@ -140,10 +129,6 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
     async def listen(self, wake: Callable[[], None]) -> None:
         """No push notifications here: wait to be cancelled (workers poll)."""
         await asyncio.Event().wait()
-
-    async def _any(self, where: str) -> bool:
-        """Whether `where` (one of the templates above) matches a row now."""
-        return bool(await self._read(f"SELECT 1 {where.format(now=self.now_sql)} LIMIT 1"))
 
     @abstractmethod
     async def migrate(self) -> list[int]:
@@ -921,25 +906,6 @@ class SqlStore(LlmLedger, AccessStore, ObservabilityStore, MemoryStore, ABC):
             return len(rows)
 
         return await self._write(actor, run)
-
-    async def work_due(self) -> WorkDue:
-        """When the next step is due, and whether any housekeeping is due, in one read."""
-        now = self.now_sql
-        rows = await self._read(
-            f"SELECT {now}, (SELECT min(s.due) {STEP_WAITING}), "
-            + ", ".join(
-                f"EXISTS (SELECT 1 {where.format(now=now)})"
-                for where in (
-                    REPLAN_WAITING,
-                    LEASE_EXPIRED,
-                    REVIEW_OVERDUE,
-                    JOB_EXPIRED,
-                    RESERVATION_EXPIRED,
-                )
-            )
-        )
-        r = rows[0]
-        return WorkDue(float(r[0]), r[1], *(bool(v) for v in r[2:7]))
 
     def _recover_row(self, tx: Tx, row: tuple[Any, ...], why: str, *, refund: bool) -> None:
         """`_recover` for a selected step row. A step whose stored state fails to decode is
