@@ -14,17 +14,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stalwart.domain.limits import LimitRecord, LimitSpec
 from stalwart.domain.records import DeadLetterRecord, EventRecord, ReviewRecord, StepError
 from stalwart.domain.states import JOB_TERMINAL, JobStatus, StepStatus
 from stalwart.errors import NotFoundError, ReviewAlreadyDecidedError
 from stalwart.store.base import MigrationStatus, WorkerInfo, WorkerRecord
-from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.access import AccessStore
 from stalwart.store.sql.claims import ClaimStore
 from stalwart.store.sql.due import REVIEW_OVERDUE, DueStore
 from stalwart.store.sql.jobs import JobStore
 from stalwart.store.sql.leases import LeaseStore
+from stalwart.store.sql.limits import LimitStore
 from stalwart.store.sql.llm import LlmLedger
 from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
@@ -65,6 +64,7 @@ class SqlStore(
     StepStore,
     LeaseStore,
     DueStore,
+    LimitStore,
     LlmLedger,
     AccessStore,
     ObservabilityStore,
@@ -93,26 +93,6 @@ class SqlStore(
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""
-
-    # -- limits -----------------------------------------------------------------------------------
-
-    async def limits_configure(self, specs: Sequence[LimitSpec]) -> None:
-        """Write declared limits, keeping their live state."""
-        if not specs:
-            return
-
-        def run(tx: Tx) -> None:
-            limits_sql.configure(tx, sorted(specs, key=lambda s: s.key))
-
-        await self._write("limits", run)
-
-    async def limit_list(self) -> list[LimitRecord]:
-        """Every key with limits or limit state."""
-        rows = await self._read(
-            f"SELECT {self.now_sql}, {limits_sql.LIMIT_FIELDS} FROM limits ORDER BY key"
-        )
-        now = float(rows[0][0]) if rows else 0.0
-        return limits_sql.records([r[1:] for r in rows], now)
 
     # -- workers ----------------------------------------------------------------------------------
 
