@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from stalwart.domain.records import DeadLetterRecord, EventRecord
-from stalwart.errors import NotFoundError
+from stalwart.domain.records import EventRecord
 from stalwart.store.base import MigrationStatus
 from stalwart.store.sql.access import AccessStore
 from stalwart.store.sql.claims import ClaimStore
+from stalwart.store.sql.dead_letters import DeadLetterStore
 from stalwart.store.sql.due import DueStore
 from stalwart.store.sql.jobs import JobStore
 from stalwart.store.sql.leases import LeaseStore
@@ -27,12 +27,7 @@ from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.plans import PlanStore
 from stalwart.store.sql.reviews import ReviewStore
-from stalwart.store.sql.rows import (
-    DEAD_LETTER_COLUMNS,
-    EVENT_COLUMNS,
-    dead_letter_from_row,
-    event_from_row,
-)
+from stalwart.store.sql.rows import EVENT_COLUMNS, event_from_row
 from stalwart.store.sql.steps import StepStore
 from stalwart.store.sql.workers import WorkerStore
 
@@ -47,6 +42,7 @@ class SqlStore(
     LimitStore,
     WorkerStore,
     ReviewStore,
+    DeadLetterStore,
     LlmLedger,
     AccessStore,
     ObservabilityStore,
@@ -75,41 +71,6 @@ class SqlStore(
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""
-
-    # -- dead letters and events ------------------------------------------------------------------
-
-    async def dead_letter_list(
-        self, *, tenant_id: str | None = None, statuses: Sequence[str] = ("open",), limit: int = 50
-    ) -> list[DeadLetterRecord]:
-        """Dead letters, newest first."""
-        where, params = ["1 = 1"], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(tenant_id)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        rows = await self._read(
-            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} "
-            "ORDER BY created DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [dead_letter_from_row(r) for r in rows]
-
-    async def dead_letter_get(
-        self, dead_letter_id: str, *, tenant_id: str | None = None
-    ) -> DeadLetterRecord:
-        """One dead letter, by its id or by its job's id (the newest for that job)."""
-        rows = await self._read(
-            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ? OR job_id = ? "
-            "ORDER BY created DESC LIMIT 1",
-            (dead_letter_id, dead_letter_id),
-        )
-        if not rows or (tenant_id is not None and rows[0][1] != tenant_id):
-            raise NotFoundError(
-                f"no dead letter {dead_letter_id!r}", entity="dead_letter", id=dead_letter_id
-            )
-        return dead_letter_from_row(rows[0])
 
     async def event_list(
         self, job_id: str, *, tenant_id: str | None = None, after_id: int = 0, limit: int = 1000
