@@ -5,6 +5,10 @@ it in one transaction (BEGIN IMMEDIATE on SQLite; READ COMMITTED with row locks 
 and commits it with its events, or rolls all of it back. The backends differ in the few places
 `Tx` names: the row-lock clauses and the clock. See
 docs/decisions/0014-one-sql-store-two-backends.md.
+
+`SqlStore` is composed of its parts, one mixin over `SqlBase` per entity, each in its module:
+jobs, plans (and replanning), claims, steps, leases, due (what there is to do), limits,
+workers, reviews, dead letters, events, the LLM ledger (llm), access, observability and memory.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from stalwart.domain.records import EventRecord
 from stalwart.store.base import MigrationStatus
 from stalwart.store.sql.access import AccessStore
 from stalwart.store.sql.claims import ClaimStore
 from stalwart.store.sql.dead_letters import DeadLetterStore
 from stalwart.store.sql.due import DueStore
+from stalwart.store.sql.events import EventStore
 from stalwart.store.sql.jobs import JobStore
 from stalwart.store.sql.leases import LeaseStore
 from stalwart.store.sql.limits import LimitStore
@@ -27,7 +31,6 @@ from stalwart.store.sql.memory import MemoryStore
 from stalwart.store.sql.observability import ObservabilityStore
 from stalwart.store.sql.plans import PlanStore
 from stalwart.store.sql.reviews import ReviewStore
-from stalwart.store.sql.rows import EVENT_COLUMNS, event_from_row
 from stalwart.store.sql.steps import StepStore
 from stalwart.store.sql.workers import WorkerStore
 
@@ -43,6 +46,7 @@ class SqlStore(
     WorkerStore,
     ReviewStore,
     DeadLetterStore,
+    EventStore,
     LlmLedger,
     AccessStore,
     ObservabilityStore,
@@ -71,17 +75,6 @@ class SqlStore(
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""
-
-    async def event_list(
-        self, job_id: str, *, tenant_id: str | None = None, after_id: int = 0, limit: int = 1000
-    ) -> list[EventRecord]:
-        """A job's events in order."""
-        await self.job_get(job_id, tenant_id=tenant_id)
-        rows = await self._read(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (job_id, after_id, limit),
-        )
-        return [event_from_row(r) for r in rows]
 
 
 __all__ = ["SqlStore"]
