@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from stalwart.domain.budgets import CallScope
-    from stalwart.llm.gateway import Gateway
+    from stalwart.llm.calls import EmbeddingResult
+    from stalwart.settings import Settings
 
     Vectors = npt.NDArray[np.float32]
 
@@ -230,6 +231,41 @@ def _no_progress_bars() -> Iterator[None]:
 # -- through the gateway --------------------------------------------------------------------------
 
 
+class EmbeddingGateway(Protocol):
+    """The part of `stalwart.llm.gateway.Gateway` an embedder calls (a protocol, so this module
+    does not import the gateway, which imports it)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The gateway's settings (`default_tenant` pays for calls without a scope)."""
+        ...
+
+    def scope(
+        self,
+        tenant_id: str,
+        job_id: str,
+        *,
+        step_key: str | None = None,
+        attempt: int = 0,
+        purpose: str = "",
+        job_max_usd: float | None = None,
+        job_max_tokens: int | None = None,
+    ) -> CallScope:
+        """The scope of a call: its ledger identity and the budgets it is charged to."""
+        ...
+
+    async def embed(
+        self,
+        model_ref: str,
+        texts: Sequence[str],
+        scope: CallScope,
+        *,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed `texts` with one budgeted request to `model_ref`."""
+        ...
+
+
 class GatewayEmbedder:
     """An embeddings model called through the gateway: priced, budgeted, in the ledger.
 
@@ -242,7 +278,7 @@ class GatewayEmbedder:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: EmbeddingGateway,
         model: str,
         *,
         dimensions: int | None = None,
@@ -342,7 +378,7 @@ def _unit_rows(rows: Any, dimension: int) -> Vectors:
     return matrix
 
 
-def embedder_from_setting(value: str, gateway: Gateway | None) -> Embedder | None:
+def embedder_from_setting(value: str, gateway: EmbeddingGateway | None) -> Embedder | None:
     """The embedder the `embedder` setting names: `none` (None: memory is searched lexically),
     `local`, `auto` (local when the `local-embed` extra is installed, else None) or
     `openai:<model>` (through `gateway`). Raises `UsageError` naming the setting otherwise."""
@@ -375,6 +411,7 @@ __all__ = [
     "OPENAI_DIMENSIONS",
     "EmbedScope",
     "Embedder",
+    "EmbeddingGateway",
     "EmbeddingModel",
     "EmbeddingResponse",
     "GatewayEmbedder",

@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,7 @@ from stalwart.domain.budgets import (
     to_nanos,
 )
 from stalwart.errors import BudgetExceeded, ConfigurationError, ErrorClass, SemanticError
+from stalwart.llm.calls import EmbeddingResult, LlmCall, LlmResult
 from stalwart.llm.embeddings import EMBEDDING_PURPOSE, EmbeddingModel
 from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import ModelRegistry, Router
@@ -105,58 +106,6 @@ class Ledger(Protocol):
 
 class InvalidOutputError(SemanticError):
     """The model's answers did not match the output schema, after every re-ask."""
-
-
-@dataclass(slots=True)
-class LlmCall:
-    """One logical call: what to ask and how. `output` is the pydantic model the answer must
-    validate against (None: free text). `models` pins the chain (consensus uses one model per
-    call); otherwise the tier's chain is used."""
-
-    messages: Sequence[Message]
-    purpose: str = "reasoning"
-    tier: str | None = None
-    output: type[BaseModel] | None = None
-    max_tokens: int = 1024
-    temperature: float = 0.0
-    cacheable: bool = False
-    max_reasks: int | None = None
-    models: Sequence[str] | None = None
-    context_tokens: int | None = None
-    context_limit: int | None = None
-
-
-@dataclass(slots=True)
-class LlmResult:
-    """What a call produced, with what it cost."""
-
-    text: str
-    output: BaseModel | None
-    data: Any
-    provider: str
-    model: str
-    tier: str
-    cache_hit: bool = False
-    calls: int = 0
-    cost_nanos: int = 0
-    warnings: list[BudgetWarning] = field(default_factory=list)
-
-    @property
-    def ref(self) -> str:
-        """`provider:model` of the model that answered."""
-        return f"{self.provider}:{self.model}"
-
-
-@dataclass(slots=True)
-class EmbeddingResult:
-    """What one embeddings request produced: a vector per text, in order, with what it cost."""
-
-    vectors: list[list[float]]
-    provider: str
-    model: str
-    input_tokens: int = 0
-    cost_nanos: int = 0
-    warnings: list[BudgetWarning] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

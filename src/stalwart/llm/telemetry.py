@@ -14,7 +14,7 @@ from stalwart.llm.types import Model, ModelRequest, ModelResponse
 from stalwart.observability import tracing
 
 if TYPE_CHECKING:
-    from stalwart.llm.gateway import LlmCall
+    from stalwart.llm.calls import LlmCall
 
 
 @contextlib.contextmanager

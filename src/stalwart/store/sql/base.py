@@ -1,13 +1,18 @@
 """What every part of the SQL store stands on: a backend's write transaction, its reads, and
-its clock. `SqlStore` and its mixins (ledger, access, observability) share this one base."""
+its clock. `SqlStore` and each of its parts (jobs, plans, claims, steps, leases, ..., the ledger,
+access, observability) share this one base."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart.store.sql.tx import Tx
+
+if TYPE_CHECKING:
+    from stalwart.domain.records import JobRecord
+    from stalwart.errors import CorruptStateError
 
 T = TypeVar("T")
 
@@ -28,3 +33,17 @@ class SqlBase(ABC):
     async def _now(self) -> float:
         """The database's clock now."""
         return float((await self._read(f"SELECT {self.now_sql}"))[0][0])
+
+    async def _any(self, where: str) -> bool:
+        """Whether `where` (a template of `due.py`) matches a row now."""
+        return bool(await self._read(f"SELECT 1 {where.format(now=self.now_sql)} LIMIT 1"))
+
+    # Parts other than `JobStore` read a job (its tenant, its plan) or quarantine one: declared
+    # here so each part type-checks alone; `JobStore` has them.
+    @abstractmethod
+    async def job_get(self, job_id: str, *, tenant_id: str | None = None) -> JobRecord:
+        """One job; `NotFoundError` if it does not exist for this tenant."""
+
+    @abstractmethod
+    async def job_quarantine(self, job_id: str, error: CorruptStateError, *, actor: str) -> None:
+        """Quarantine a job whose stored state failed to decode."""

@@ -1,6 +1,7 @@
 """Enforcing limits inside a claim's transaction (both backends): which keys hold steps back
 now, taking a slot and a token for a step, giving them back, pausing a key, and moving a
-circuit breaker. Rules are in `stalwart.domain.limits`; these helpers never commit.
+circuit breaker. Rules are in `stalwart.domain.limits`; these helpers never commit. `LimitStore`
+is the store's part that writes declared limits and reads every key's state.
 
 Why caps never over-admit: a running step holds one of the key's `cap` slot rows. Taking a slot
 is one UPDATE of a free row; on PostgreSQL the free row is chosen `FOR UPDATE SKIP LOCKED`, so
@@ -23,6 +24,7 @@ from stalwart.domain.limits import (
     tool_key,
 )
 from stalwart.domain.records import StepError
+from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.tx import JobHead, Tx
 
 # A limit row as `LimitRow` reads it, with the slots in use as the reader's transaction sees them.
@@ -385,3 +387,23 @@ def records(rows: list[tuple[Any, ...]], now: float) -> list[LimitRecord]:
             )
         )
     return out
+
+
+class LimitStore(SqlBase):
+    """The limits part of `SqlStore`: declared limits written, and every key's state read."""
+
+    async def limits_configure(self, specs: Sequence[LimitSpec]) -> None:
+        """Write declared limits, keeping their live state."""
+        if not specs:
+            return
+
+        def run(tx: Tx) -> None:
+            configure(tx, sorted(specs, key=lambda s: s.key))
+
+        await self._write("limits", run)
+
+    async def limit_list(self) -> list[LimitRecord]:
+        """Every key with limits or limit state."""
+        rows = await self._read(f"SELECT {self.now_sql}, {LIMIT_FIELDS} FROM limits ORDER BY key")
+        now = float(rows[0][0]) if rows else 0.0
+        return records([r[1:] for r in rows], now)

@@ -1,0 +1,71 @@
+"""What a gateway call is asked and what it answers: plain data shared by the gateway and the
+modules it uses (telemetry, the gateway embedder), kept here so none of them imports the gateway.
+
+`stalwart.llm.gateway` re-exports every name, its public home.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from stalwart.domain.budgets import BudgetWarning
+from stalwart.llm.types import Message
+
+
+@dataclass(slots=True)
+class LlmCall:
+    """One logical call: what to ask and how. `output` is the pydantic model the answer must
+    validate against (None: free text). `models` pins the chain (consensus uses one model per
+    call); otherwise the tier's chain is used."""
+
+    messages: Sequence[Message]
+    purpose: str = "reasoning"
+    tier: str | None = None
+    output: type[BaseModel] | None = None
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    cacheable: bool = False
+    max_reasks: int | None = None
+    models: Sequence[str] | None = None
+    context_tokens: int | None = None
+    context_limit: int | None = None
+
+
+@dataclass(slots=True)
+class LlmResult:
+    """What a call produced, with what it cost."""
+
+    text: str
+    output: BaseModel | None
+    data: Any
+    provider: str
+    model: str
+    tier: str
+    cache_hit: bool = False
+    calls: int = 0
+    cost_nanos: int = 0
+    warnings: list[BudgetWarning] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """`provider:model` of the model that answered."""
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    """What one embeddings request produced: a vector per text, in order, with what it cost."""
+
+    vectors: list[list[float]]
+    provider: str
+    model: str
+    input_tokens: int = 0
+    cost_nanos: int = 0
+    warnings: list[BudgetWarning] = field(default_factory=list)
+
+
+__all__ = ["EmbeddingResult", "LlmCall", "LlmResult"]
