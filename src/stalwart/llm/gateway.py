@@ -282,9 +282,10 @@ class Gateway:
                 result.calls += 1
                 try:
                     # A turn of tool calls is no answer yet: only a final answer is validated.
+                    # A model that calls tools it was not offered is held to an answer.
                     data, output = (
                         (None, None)
-                        if response.tool_calls
+                        if response.tool_calls and call.tools
                         else self._validate(response.text, call.output)
                     )
                     valid = True
@@ -321,7 +322,8 @@ class Gateway:
                     actor=self.actor,
                 )
             result.text, result.data, result.output = response.text, data, output
-            result.tool_calls, result.finish_reason = response.tool_calls, response.finish_reason
+            result.tool_calls = response.tool_calls if call.tools else ()
+            result.finish_reason = response.finish_reason
             result.model = response.model or model.model
             return result
         raise InvalidOutputError(
@@ -429,7 +431,7 @@ class Gateway:
         try:
             calls = tuple(
                 ToolCall.from_text(str(c["id"]), str(c["name"]), str(c["arguments"]))
-                for c in hit.get("tool_calls") or ()
+                for c in (hit.get("tool_calls") or () if call.tools else ())
             )
             data, output = (None, None) if calls else self._validate(hit["text"], call.output)
         except (ValueError, ValidationError, KeyError, TypeError):

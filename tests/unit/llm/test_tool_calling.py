@@ -414,8 +414,8 @@ def agent_turn(messages: tuple[Message, ...] = QUESTION, **fields: Any) -> LlmCa
 
 
 def respond_by_turn(record: RecordedRequest) -> ServerCallTools | dict[str, Any]:
-    """Call both tools first; answer once the results are in."""
-    if record.tool_results:
+    """Call both tools first; answer once the results are in (or when no tool is offered)."""
+    if record.tool_results or not record.tools:
         return {"summary": "sunny, 14:00"}
     return ServerCallTools(PARIS)
 
@@ -544,3 +544,28 @@ async def test_scripted_tool_turns_through_the_gateway(
     rows = await store.llm_call_list("j1")
     assert [(r.provider, r.outcome) for r in rows] == [("scripted", "ok"), ("scripted", "ok")]
     assert server.count() == 0
+
+
+async def test_a_call_without_tools_is_held_to_an_answer(
+    store: Store, server: ProviderServer
+) -> None:
+    # A scripted model that calls tools it was not offered: its text must still validate.
+    model = ScriptedModel("s")
+    model.on_step("s", CallTools(PARIS[0], text='{"summary": "x"}'))
+    gw = make_gateway(store, server, chain=("scripted:s",), models={"scripted:s": model})
+    plain = LlmCall(messages=QUESTION, output=Trip, max_tokens=100)
+    result = await gw.call(plain, gw.scope("acme", "j1", step_key="s"))
+    await gw.close()
+    assert result.data == {"summary": "x"} and result.tool_calls == ()
+
+
+async def test_anthropic_structured_output_without_tools_is_unchanged(
+    server: ProviderServer, anthropic_model: AnthropicModel
+) -> None:
+    # Only the schema's tool is offered, and forced: its call is the answer.
+    server.respond = lambda record: {"summary": "sunny"}
+    request = tool_request(tools=(), schema=Trip.model_json_schema(), schema_name="Trip")
+    response = await anthropic_model.complete(request)
+    [seen] = server.requests
+    assert seen.tools == ["Trip"] and seen.tool_choice == {"type": "tool", "name": "Trip"}
+    assert json.loads(response.text) == {"summary": "sunny"} and response.tool_calls == ()

@@ -158,14 +158,17 @@ class AnthropicModel:
                 request.timeout_seconds,
             ) from exc
         answer_tool = request.schema_name if request.schema is not None else None
-        return self._response(message, answer_tool=answer_tool)
+        return self._response(message, answer_tool=answer_tool, tools=bool(request.tools))
 
-    def _response(self, message: object, *, answer_tool: str | None) -> ModelResponse:
+    def _response(
+        self, message: object, *, answer_tool: str | None, tools: bool = False
+    ) -> ModelResponse:
         """Map a message to a `ModelResponse`; anything unexpected is `malformed_response`.
 
         A call of `answer_tool` (the schema's tool) is the answer: its input as JSON; a message
         without one answers with its text, which the gateway will find is not the JSON it asked
-        for. Calls of other tools are the response's `tool_calls`.
+        for. When `tools` were offered, calls of other tools are the response's `tool_calls`;
+        when none were, the first call of any name is the answer, as it always was.
         """
         if not isinstance(message, Message):
             raise self._failure("malformed_response", "the answer is not a message")
@@ -181,10 +184,12 @@ class AnthropicModel:
                 texts.append(block.text)
             elif kind != "tool_use":
                 continue
-            elif answer_tool is not None and getattr(block, "name", None) == answer_tool:
+            elif answer_tool is not None and (
+                not tools or getattr(block, "name", None) == answer_tool
+            ):
                 if tool_input is None:
                     tool_input = getattr(block, "input", None)
-            else:
+            elif tools:
                 calls.append(self._tool_call(block))
         if tool_input is not None:
             try:
