@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 from tests.fakes.provider_server import CallTools as ServerCallTools
 from tests.fakes.provider_server import Fail, ProviderServer, RecordedRequest
@@ -21,7 +22,8 @@ from stalwart.llm.pricing import ModelPrice, Pricing
 from stalwart.llm.providers import AnthropicModel, OpenAIChatModel
 from stalwart.llm.routing import ModelRegistry, Router
 from stalwart.llm.scripted import CallTools, ScriptedModel
-from stalwart.llm.types import Message, Model, ModelRequest, ToolCall, ToolSpec
+from stalwart.llm.telemetry import record_chat
+from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ToolCall, ToolSpec
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 
@@ -569,3 +571,21 @@ async def test_anthropic_structured_output_without_tools_is_unchanged(
     [seen] = server.requests
     assert seen.tools == ["Trip"] and seen.tool_choice == {"type": "tool", "name": "Trip"}
     assert json.loads(response.text) == {"summary": "sunny"} and response.tool_calls == ()
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_a_tool_turns_span_counts_its_calls_and_shows_them_only_with_content(
+    content: bool,
+) -> None:
+    calls = (ToolCall.from_object("c1", "get_weather", {"city": "Paris"}),)
+    response = ModelResponse("", 10, 5, finish_reason="tool_calls", tool_calls=calls)
+    span = TracerProvider().get_tracer("test").start_span("chat m")
+    record_chat(span, response, 0, None, content=content)
+    span.end()
+    attrs = dict(span.attributes or {})  # type: ignore[attr-defined]
+    assert attrs["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    assert attrs["stalwart.tool_calls"] == 1
+    assert ("gen_ai.output.messages" in attrs) is content
+    if content:
+        shown = json.loads(str(attrs["gen_ai.output.messages"]))
+        assert shown["tool_calls"] == [call.to_dict() for call in calls]
