@@ -8,6 +8,12 @@ SDKs:
 - `POST /v1/messages`: an Anthropic `message` (base URL for `anthropic`: `url`, the SDK appends
   `/v1/messages`). A request that forces a tool (`tool_choice {"type": "tool"}`) is answered with
   a `tool_use` block whose `input` is the answer; otherwise with a `text` block.
+- Tool calling, in both protocols: an answer that is a `CallTools` is sent as the protocol's tool
+  calls (OpenAI `message.tool_calls` with `finish_reason` `tool_calls`, arguments as JSON text, or
+  the raw text given, even when it is not JSON; Anthropic `tool_use` blocks with `stop_reason`
+  `tool_use`). Call ids are `call_fake{n}_{i}` / `toolu_fake{n}_{i}` (answer `n`, call `i`).
+  `RecordedRequest` reads what a request offered (`tools`, `tool_choice`, `parallel_tool_calls`)
+  and the transcript it replayed (`assistant_tool_calls`, `tool_results`) in either protocol.
 - `POST /v1/embeddings`: an OpenAI embeddings list, one deterministic unit vector per input (see
   `fake_vector`) of the requested `dimensions` (else the model's size in `EMBEDDING_DIMENSIONS`,
   else 1536), as floats or as base64 float32 per `encoding_format`; `prompt_tokens` is the sum of
@@ -21,10 +27,12 @@ sent as JSON text, or as the forced tool's input), which answers `{"ok": true}` 
 
 Token counts are deterministic (see `estimate_tokens`): a request's input tokens are the sum,
 over its messages (the Anthropic `system` counted as one more message), of
-`estimate_tokens(text) + MESSAGE_OVERHEAD`, plus `estimate_tokens` of the JSON of the requested
-schema if any; output tokens are `estimate_tokens(answer_text)` capped at `max_tokens`. A `Reply`
-may override both and name cached tokens (OpenAI reports them inside `prompt_tokens`; Anthropic
-reports `input_tokens` without them, plus `cache_read_input_tokens`, as the real APIs do).
+`estimate_tokens(text) + MESSAGE_OVERHEAD` (a message's text includes the arguments of its tool
+calls and the content of its tool results), plus `estimate_tokens` of the JSON of the requested
+schema if any, plus `estimate_tokens` of the JSON of the tools offered if any; output tokens are
+`estimate_tokens(answer_text)` capped at `max_tokens`. A `Reply` may override both and name
+cached tokens (OpenAI reports them inside `prompt_tokens`; Anthropic reports `input_tokens`
+without them, plus `cache_read_input_tokens`, as the real APIs do).
 
 Every request, failed or not, is recorded in `server.requests` (thread-safe).
 """
@@ -59,7 +67,18 @@ MESSAGE_OVERHEAD = 3
 """Tokens added per message (role and framing), on top of its text's estimate."""
 
 Protocol = Literal["openai", "anthropic"]
-Answer = str | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallTools:
+    """An answer that calls tools: `(name, arguments)` pairs, the arguments a dict or raw text
+    (OpenAI gets the text as it is, broken JSON included), with optional `text` alongside."""
+
+    calls: tuple[tuple[str, dict[str, Any] | str], ...]
+    text: str = ""
+
+
+Answer = str | dict[str, Any] | CallTools
 
 
 def estimate_tokens(text: str) -> int:
@@ -69,16 +88,23 @@ def estimate_tokens(text: str) -> int:
 
 
 def count_input_tokens(
-    messages: Sequence[str], *, system: str | None = None, schema: Mapping[str, Any] | None = None
+    messages: Sequence[str],
+    *,
+    system: str | None = None,
+    schema: Mapping[str, Any] | None = None,
+    tools: Sequence[Any] | None = None,
 ) -> int:
-    """Input tokens of a request with these message texts, system text and schema: each message
-    (and the system text, when there is one) costs `estimate_tokens(text) + MESSAGE_OVERHEAD`, the
-    schema `estimate_tokens(json.dumps(schema))`."""
+    """Input tokens of a request with these message texts, system text, schema and tools: each
+    message (and the system text, when there is one) costs `estimate_tokens(text) +
+    MESSAGE_OVERHEAD`, the schema `estimate_tokens(json.dumps(schema))`, the tools
+    `estimate_tokens(json.dumps(tools))`."""
     total = sum(estimate_tokens(text) + MESSAGE_OVERHEAD for text in messages)
     if system:
         total += estimate_tokens(system) + MESSAGE_OVERHEAD
     if schema is not None:
         total += estimate_tokens(json.dumps(schema))
+    if tools:
+        total += estimate_tokens(json.dumps(tools))
     return total
 
 
@@ -199,9 +225,115 @@ class RecordedRequest:
 
     @property
     def message_texts(self) -> list[str]:
-        """The text of each message, in order."""
+        """The text of each message, in order (with its tool calls' arguments and its tool
+        results' content)."""
         messages = (self.body or {}).get("messages") or []
-        return [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+        return [_message_text(m) for m in messages if isinstance(m, dict)]
+
+    @property
+    def tools(self) -> list[str]:
+        """The names of the tools offered, in order (OpenAI `function.name`, Anthropic `name`;
+        the Anthropic tool that a schema forces included)."""
+        names = []
+        for tool in (self.body or {}).get("tools") or []:
+            if not isinstance(tool, dict):
+                continue
+            spec = tool.get("function") if self.protocol == "openai" else tool
+            if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+                names.append(spec["name"])
+        return names
+
+    def tool_schema(self, name: str) -> dict[str, Any] | None:
+        """The arguments schema of the offered tool `name` (OpenAI `parameters`, Anthropic
+        `input_schema`)."""
+        for tool in (self.body or {}).get("tools") or []:
+            if not isinstance(tool, dict):
+                continue
+            spec = tool.get("function") if self.protocol == "openai" else tool
+            if isinstance(spec, dict) and spec.get("name") == name:
+                schema = spec.get("parameters" if self.protocol == "openai" else "input_schema")
+                return schema if isinstance(schema, dict) else None
+        return None
+
+    @property
+    def tool_choice(self) -> Any:
+        """The request's `tool_choice` as sent (None when absent)."""
+        return (self.body or {}).get("tool_choice")
+
+    @property
+    def parallel_tool_calls(self) -> bool | None:
+        """False when the request asked for one call per turn (OpenAI `parallel_tool_calls`,
+        Anthropic `tool_choice.disable_parallel_tool_use`), True when it allowed several
+        explicitly (OpenAI), None when it said nothing."""
+        body = self.body or {}
+        if self.protocol == "openai":
+            value = body.get("parallel_tool_calls")
+            return value if isinstance(value, bool) else None
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True:
+            return False
+        return None
+
+    @property
+    def assistant_tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls that the replayed assistant turns made, in order: `{"id", "name",
+        "arguments"}` with the arguments as sent (OpenAI text, Anthropic an object)."""
+        found = []
+        for m in (self.body or {}).get("messages") or []:
+            if not isinstance(m, dict) or m.get("role") != "assistant":
+                continue
+            for call in m.get("tool_calls") or []:
+                function = call.get("function") or {}
+                found.append(
+                    {
+                        "id": call.get("id"),
+                        "name": function.get("name"),
+                        "arguments": function.get("arguments"),
+                    }
+                )
+            content = m.get("content")
+            for block in content if isinstance(content, list) else []:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    found.append(
+                        {
+                            "id": block.get("id"),
+                            "name": block.get("name"),
+                            "arguments": block.get("input"),
+                        }
+                    )
+        return found
+
+    @property
+    def tool_results(self) -> list[dict[str, Any]]:
+        """The tool results sent back, in order: `{"tool_call_id", "content", "is_error",
+        "message"}` where `message` is the index of the message that carried it (OpenAI `role:
+        tool` messages; Anthropic `tool_result` blocks, several in one user message)."""
+        found = []
+        for index, m in enumerate((self.body or {}).get("messages") or []):
+            if not isinstance(m, dict):
+                continue
+            if m.get("role") == "tool":
+                found.append(
+                    {
+                        "tool_call_id": m.get("tool_call_id"),
+                        "content": _text_of(m.get("content")),
+                        "is_error": None,
+                        "message": index,
+                    }
+                )
+                continue
+            content = m.get("content")
+            for block in content if isinstance(content, list) else []:
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    found.append(
+                        {
+                            "tool_call_id": block.get("tool_use_id"),
+                            "content": _text_of(block.get("content")),
+                            "is_error": bool(block.get("is_error", False)),
+                            "message": index,
+                        }
+                    )
+        return found
 
     @property
     def inputs(self) -> list[str]:
@@ -218,7 +350,17 @@ class RecordedRequest:
         `estimate_tokens` of the inputs for embeddings."""
         if self.path == EMBEDDINGS_PATH:
             return sum(estimate_tokens(text) for text in self.inputs)
-        return count_input_tokens(self.message_texts, system=self.system, schema=self.schema)
+        tools = (self.body or {}).get("tools") or None
+        if (
+            self.protocol == "anthropic"
+            and self.forced_tool is not None
+            and self.schema is not None
+        ):
+            # The forced tool is the schema, counted once as such.
+            tools = [t for t in tools or [] if t.get("name") != self.forced_tool] or None
+        return count_input_tokens(
+            self.message_texts, system=self.system, schema=self.schema, tools=tools
+        )
 
 
 Responder = Callable[[RecordedRequest], Answer]
@@ -229,12 +371,32 @@ def _default_responder(_: RecordedRequest) -> Answer:
 
 
 def _text_of(content: object) -> str:
-    """A message content's text: the string itself, or the concatenated text parts."""
+    """A message content's text: the string itself, or the concatenated text parts (with the
+    input of `tool_use` blocks as JSON and the content of `tool_result` blocks)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
+    if not isinstance(content, list):
+        return ""
+    parts = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "tool_use":
+            parts.append(json.dumps(part.get("input")))
+        elif part.get("type") == "tool_result":
+            parts.append(_text_of(part.get("content")))
+        else:
+            parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message's text, with the arguments of the OpenAI tool calls it carries."""
+    text = _text_of(message.get("content"))
+    for call in message.get("tool_calls") or []:
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            text += str(call["function"].get("arguments") or "")
+    return text
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -519,7 +681,29 @@ def _usage(record: RecordedRequest, answer_text: str, reply: Reply | None) -> tu
 def _openai_completion(
     record: RecordedRequest, answer: Answer, reply: Reply | None, seq: int
 ) -> dict[str, Any]:
-    text = answer if isinstance(answer, str) else json.dumps(answer)
+    message: dict[str, Any] = {"role": "assistant", "refusal": None}
+    finish_reason = "stop"
+    if isinstance(answer, CallTools):
+        calls = [
+            {
+                "id": f"call_fake{seq}_{index}",
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                },
+            }
+            for index, (name, arguments) in enumerate(answer.calls, 1)
+        ]
+        message["content"] = answer.text or None
+        message["tool_calls"] = calls
+        finish_reason = "tool_calls"
+        text = answer.text + "".join(
+            c["function"]["name"] + c["function"]["arguments"] for c in calls
+        )
+    else:
+        text = answer if isinstance(answer, str) else json.dumps(answer)
+        message["content"] = text
     input_tokens, output_tokens, cached = _usage(record, text, reply)
     return {
         "id": f"chatcmpl-fake{seq}",
@@ -529,9 +713,9 @@ def _openai_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": (reply.finish_reason if reply else None) or "stop",
+                "finish_reason": (reply.finish_reason if reply else None) or finish_reason,
             }
         ],
         "usage": {
@@ -570,6 +754,25 @@ def _openai_embeddings(record: RecordedRequest, reply: Reply | None) -> dict[str
 def _anthropic_message(
     record: RecordedRequest, answer: Answer, reply: Reply | None, seq: int
 ) -> dict[str, Any]:
+    if isinstance(answer, CallTools):
+        blocks: list[dict[str, Any]] = (
+            [{"type": "text", "text": answer.text}] if answer.text else []
+        )
+        for index, (name, arguments) in enumerate(answer.calls, 1):
+            try:
+                value = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                value = arguments  # not what the API would send: for malformed-answer tests
+            blocks.append(
+                {"type": "tool_use", "id": f"toolu_fake{seq}_{index}", "name": name, "input": value}
+            )
+        answer_text = answer.text + "".join(
+            str(b["name"]) + json.dumps(b["input"]) for b in blocks if b["type"] == "tool_use"
+        )
+        input_tokens, output_tokens, cached = _usage(record, answer_text, reply)
+        return _anthropic_body(
+            record, blocks, "tool_use", reply, seq, (input_tokens, output_tokens, cached)
+        )
     tool_input: dict[str, Any] | None = None
     if record.forced_tool is not None:
         if isinstance(answer, dict):
@@ -593,13 +796,25 @@ def _anthropic_message(
         answer_text = answer if isinstance(answer, str) else json.dumps(answer)
         block = {"type": "text", "text": answer_text}
         stop_reason = "end_turn"
-    input_tokens, output_tokens, cached = _usage(record, answer_text, reply)
+    usage = _usage(record, answer_text, reply)
+    return _anthropic_body(record, [block], stop_reason, reply, seq, usage)
+
+
+def _anthropic_body(
+    record: RecordedRequest,
+    blocks: list[dict[str, Any]],
+    stop_reason: str,
+    reply: Reply | None,
+    seq: int,
+    usage: tuple[int, int, int],
+) -> dict[str, Any]:
+    input_tokens, output_tokens, cached = usage
     return {
         "id": f"msg_fake{seq}",
         "type": "message",
         "role": "assistant",
         "model": record.model,
-        "content": [block],
+        "content": blocks,
         "stop_reason": (reply.finish_reason if reply else None) or stop_reason,
         "stop_sequence": None,
         "usage": {

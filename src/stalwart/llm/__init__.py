@@ -3,12 +3,21 @@ adapters (OpenAI-compatible, Anthropic) and a scripted offline model for tests a
 
 from stalwart.llm.gateway import Gateway, InvalidOutputError, LlmCall, LlmResult, TenantBudget
 from stalwart.llm.routing import DEFAULT_TIER_BY_PURPOSE, TIERS, ModelRegistry, Router
-from stalwart.llm.scripted import ScriptedModel
-from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
+from stalwart.llm.scripted import CallTools, ScriptedModel
+from stalwart.llm.types import (
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+    ToolCall,
+    ToolSpec,
+)
 
 __all__ = [
     "DEFAULT_TIER_BY_PURPOSE",
     "TIERS",
+    "CallTools",
     "Gateway",
     "InvalidOutputError",
     "LlmCall",
@@ -22,4 +31,6 @@ __all__ = [
     "Router",
     "ScriptedModel",
     "TenantBudget",
+    "ToolCall",
+    "ToolSpec",
 ]

@@ -13,14 +13,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from stalwart.domain.budgets import BudgetWarning
-from stalwart.llm.types import Message
+from stalwart.llm.types import Message, ToolCall, ToolSpec, check_tools
 
 
 @dataclass(slots=True)
 class LlmCall:
     """One logical call: what to ask and how. `output` is the pydantic model the answer must
     validate against (None: free text). `models` pins the chain (consensus uses one model per
-    call); otherwise the tier's chain is used."""
+    call); otherwise the tier's chain is used.
+
+    `tools` are offered to the model (with `tool_choice` and `parallel_tool_calls`, as in
+    `ModelRequest`): its answer may then be a turn of tool calls (`LlmResult.tool_calls`),
+    which is not validated against `output`; only a final answer is. The messages are the
+    transcript so far, tool calls and results included."""
 
     messages: Sequence[Message]
     purpose: str = "reasoning"
@@ -33,11 +38,18 @@ class LlmCall:
     models: Sequence[str] | None = None
     context_tokens: int | None = None
     context_limit: int | None = None
+    tools: Sequence[ToolSpec] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_tools(self.tools, self.tool_choice)
 
 
 @dataclass(slots=True)
 class LlmResult:
-    """What a call produced, with what it cost."""
+    """What a call produced, with what it cost. When the model asked for tools, `tool_calls`
+    holds them (in order), `text` any text alongside, and `data`/`output` are None."""
 
     text: str
     output: BaseModel | None
@@ -49,6 +61,8 @@ class LlmResult:
     calls: int = 0
     cost_nanos: int = 0
     warnings: list[BudgetWarning] = field(default_factory=list)
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
 
     @property
     def ref(self) -> str:

@@ -7,6 +7,11 @@ the provider, settles the ledger row to the actual cost, validates structured ou
 pydantic (re-asking with the validation errors, a bounded number of times, each re-ask budgeted
 and in the ledger), and calls the alert hook once per budget that crosses its warning ratio.
 
+Tool calling goes the same way: a call that offers `tools` may come back as a turn of tool calls
+(`LlmResult.tool_calls`, not validated against the output schema, since it is no answer yet),
+reserved, routed, settled and cached like any other call. The caller runs the tools and calls
+again with the transcript (`Message.assistant_tool_calls`, `Message.tool_result`).
+
 `embed` does the same for embeddings requests (one model, no fallback, no cache): reserve,
 send, settle, with ledger rows of purpose `embedding`.
 """
@@ -44,7 +49,14 @@ from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import ModelRegistry, Router
 from stalwart.llm.telemetry import chat_span, record_chat
 from stalwart.llm.tokens import estimate_messages, estimate_tokens
-from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, ProviderError
+from stalwart.llm.types import (
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+    ToolCall,
+)
 from stalwart.settings import Settings
 from stalwart.types import canonical_hash
 
@@ -252,6 +264,9 @@ class Gateway:
                 schema_name=call.output.__name__ if call.output is not None else "answer",
                 timeout_seconds=self.settings.llm_timeout_seconds,
                 meta={"step": scope.step_key, "purpose": call.purpose, "ask": ask},
+                tools=tuple(call.tools),
+                tool_choice=call.tool_choice,
+                parallel_tool_calls=call.parallel_tool_calls,
             )
             key = _cache_key(ref, request) if call.cacheable else None
             with chat_span(model, request, call, scope, tier, self.settings.trace_content) as span:
@@ -266,7 +281,13 @@ class Gateway:
                 latency = (time.perf_counter() - started) * 1000
                 result.calls += 1
                 try:
-                    data, output = self._validate(response.text, call.output)
+                    # A turn of tool calls is no answer yet: only a final answer is validated.
+                    # A model that calls tools it was not offered is held to an answer.
+                    data, output = (
+                        (None, None)
+                        if response.tool_calls and call.tools
+                        else self._validate(response.text, call.output)
+                    )
                     valid = True
                 except (ValueError, ValidationError) as exc:
                     problems, valid = _problems(exc), False
@@ -296,16 +317,13 @@ class Gateway:
                     key,
                     provider=model.provider,
                     model=model.model,
-                    response={
-                        "text": response.text,
-                        "input_tokens": response.input_tokens,
-                        "output_tokens": response.output_tokens,
-                        "model": response.model,
-                    },
+                    response=_cached_response(response),
                     ttl_seconds=self.settings.llm_cache_ttl_seconds,
                     actor=self.actor,
                 )
             result.text, result.data, result.output = response.text, data, output
+            result.tool_calls = response.tool_calls if call.tools else ()
+            result.finish_reason = response.finish_reason
             result.model = response.model or model.model
             return result
         raise InvalidOutputError(
@@ -411,8 +429,12 @@ class Gateway:
         if hit is None:
             return None
         try:
-            data, output = self._validate(hit["text"], call.output)
-        except (ValueError, ValidationError, KeyError):
+            calls = tuple(
+                ToolCall.from_text(str(c["id"]), str(c["name"]), str(c["arguments"]))
+                for c in (hit.get("tool_calls") or () if call.tools else ())
+            )
+            data, output = (None, None) if calls else self._validate(hit["text"], call.output)
+        except (ValueError, ValidationError, KeyError, TypeError):
             return None  # a cached answer the schema no longer accepts is a miss
         seq[0] += 1
         await self.store.llm_record(
@@ -428,6 +450,7 @@ class Gateway:
             actor=self.actor,
         )
         result.text, result.data, result.output, result.cache_hit = hit["text"], data, output, True
+        result.tool_calls, result.finish_reason = calls, hit.get("finish_reason")
         return result
 
     def _new_call(
@@ -462,7 +485,7 @@ class Gateway:
         scope: CallScope,
         seq: list[int],
     ) -> tuple[ModelResponse, int, float]:
-        estimate = estimate_messages(request.messages, request.schema)
+        estimate = estimate_messages(request.messages, request.schema, request.tools)
         worst = self.pricing.worst_case_nanos(
             model.provider, model.model, input_tokens=estimate, max_output_tokens=call.max_tokens
         )
@@ -700,16 +723,36 @@ def _as_provider_error(exc: Exception, model: Model | EmbeddingModel) -> Provide
 
 
 def _cache_key(ref: str, request: ModelRequest) -> str:
-    return canonical_hash(
-        {
-            "model": ref,
-            "messages": [m.to_dict() for m in request.messages],
-            "schema": request.schema,
-            "schema_name": request.schema_name,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
-    )
+    """The hash of everything that decides the answer: the whole transcript (tool calls and
+    results included), the schema, the tools offered and how."""
+    key: dict[str, Any] = {
+        "model": ref,
+        "messages": [m.to_dict() for m in request.messages],
+        "schema": request.schema,
+        "schema_name": request.schema_name,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    if request.tools or request.tool_choice is not None or request.parallel_tool_calls is not None:
+        # Only then: a call without tools keeps the key it always had.
+        key["tools"] = [tool.to_dict() for tool in request.tools]
+        key["tool_choice"] = request.tool_choice
+        key["parallel_tool_calls"] = request.parallel_tool_calls
+    return canonical_hash(key)
+
+
+def _cached_response(response: ModelResponse) -> dict[str, Any]:
+    """What the cache keeps of an answer: its text and usage, and its tool calls if any."""
+    cached: dict[str, Any] = {
+        "text": response.text,
+        "input_tokens": response.input_tokens,
+        "output_tokens": response.output_tokens,
+        "model": response.model,
+    }
+    if response.tool_calls:
+        cached["tool_calls"] = [call.to_dict() for call in response.tool_calls]
+        cached["finish_reason"] = response.finish_reason
+    return cached
 
 
 __all__ = [

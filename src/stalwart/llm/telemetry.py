@@ -44,7 +44,7 @@ def chat_span(
         attributes["stalwart.step"] = scope.step_key
     if content:
         attributes["gen_ai.input.messages"] = tracing.content(
-            [{"role": m.role, "content": m.content} for m in request.messages]
+            [m.to_dict() for m in request.messages]
         )
     attributes = {k: v for k, v in attributes.items() if v is not None}
     with tracing.span(f"chat {model.model}", None, attributes, kind=SpanKind.CLIENT) as current:
@@ -70,7 +70,17 @@ def record_chat(
     current.set_attribute("gen_ai.usage.output_tokens", response.output_tokens)
     current.set_attribute("gen_ai.usage.cache_read.input_tokens", response.cached_tokens)
     current.set_attribute("stalwart.cost_usd", cost_nanos / 1e9)
+    if response.finish_reason:
+        current.set_attribute("gen_ai.response.finish_reasons", [response.finish_reason])
+    if response.tool_calls:
+        current.set_attribute("stalwart.tool_calls", len(response.tool_calls))
     if content:
-        current.set_attribute("gen_ai.output.messages", tracing.content(response.text))
+        output: Any = response.text
+        if response.tool_calls:
+            output = {
+                "text": response.text,
+                "tool_calls": [c.to_dict() for c in response.tool_calls],
+            }
+        current.set_attribute("gen_ai.output.messages", tracing.content(output))
     if error_type:
         tracing.fail(current, error_type, "the answer does not match the output schema")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from stalwart.llm.types import Message
+from stalwart.llm.types import Message, ToolSpec
 
 CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD = 4
@@ -24,9 +24,20 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def estimate_messages(messages: Iterable[Message], schema: dict[str, Any] | None = None) -> int:
-    """A high estimate of the input tokens of a request: messages, their overhead, the schema."""
-    total = sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in messages)
+def estimate_messages(
+    messages: Iterable[Message],
+    schema: dict[str, Any] | None = None,
+    tools: Iterable[ToolSpec] = (),
+) -> int:
+    """A high estimate of the input tokens of a request: messages (with the tool calls of
+    assistant turns), their overhead, the schema, the tools offered."""
+    total = 0
+    for m in messages:
+        total += estimate_tokens(m.content) + MESSAGE_OVERHEAD
+        for call in m.tool_calls:
+            total += estimate_tokens(call.name) + estimate_tokens(call.arguments) + MESSAGE_OVERHEAD
     if schema is not None:
         total += estimate_tokens(json.dumps(schema, separators=(",", ":")))
+    for tool in tools:
+        total += estimate_tokens(json.dumps(tool.to_dict(), separators=(",", ":")))
     return total + MESSAGE_OVERHEAD

@@ -8,6 +8,14 @@ default, and the `ANTHROPIC_OPEN_TELEMETRY` variable can only turn them off). Fa
 profile that cannot be loaded is an authorization error, code `credentials`. The SDK (2.x) has no
 sampling parameters, so `request.temperature` is not sent.
 
+Tool calling: `request.tools` go out with `input_schema`, `tool_choice` as `auto`, `none`, `any`
+(for `required`) or one named `tool`, and `parallel_tool_calls=False` as
+`disable_parallel_tool_use`. `tool_use` blocks come back as `ToolCall`s. A transcript goes back
+as the protocol wants it: the assistant turn as `text` + `tool_use` blocks, and the results of one
+turn together in the next user message as `tool_result` blocks (with `is_error`). A request with
+both tools and a schema offers the schema as one more tool, not forced: a call of it is the
+final answer (`text`), a call of any other tool is a tool call.
+
 Usage follows the OpenAI convention used everywhere in Stalwart: `input_tokens` counts every
 prompt token, cached ones included. Anthropic reports cache reads and cache writes apart from
 `input_tokens`, so they are added back here; `cached_tokens` is the cache reads.
@@ -16,6 +24,7 @@ prompt token, cached ones included. Anthropic reports cache reads and cache writ
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import anthropic
@@ -23,14 +32,19 @@ from anthropic.types import (
     AssistantMessageParam,
     Message,
     MessageParam,
+    TextBlockParam,
+    ToolChoiceParam,
     ToolChoiceToolParam,
     ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
     UserMessageParam,
 )
 
 from stalwart.errors import ErrorClass
 from stalwart.llm.providers._errors import as_count, failure, sdk_failure
-from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
+from stalwart.llm.types import Message as ChatMessage
+from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError, ToolCall
 
 PLACEHOLDER_API_KEY = "not-needed"
 """Sent when no key is configured for a custom endpoint."""
@@ -105,24 +119,25 @@ class AnthropicModel:
                 error_class=ErrorClass.AUTHORIZATION,
             )
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        messages: list[MessageParam] = [
-            AssistantMessageParam(role="assistant", content=m.content)
-            if m.role == "assistant"
-            else UserMessageParam(role="user", content=m.content)
-            for m in request.messages
-            if m.role != "system"
+        messages = _message_params(request.messages)
+        offered: list[ToolParam] = [
+            {
+                "name": tool.name,
+                "description": tool.description,
+                "input_schema": dict(tool.parameters),
+            }
+            for tool in request.tools
         ]
-        tools: list[ToolParam] | anthropic.Omit = anthropic.omit
-        tool_choice: ToolChoiceToolParam | anthropic.Omit = anthropic.omit
         if request.schema is not None:
-            tools = [
+            offered.append(
                 {
                     "name": request.schema_name,
                     "description": TOOL_DESCRIPTION,
                     "input_schema": request.schema,
                 }
-            ]
-            tool_choice = {"type": "tool", "name": request.schema_name}
+            )
+        tools: list[ToolParam] | anthropic.Omit = offered or anthropic.omit
+        tool_choice = _tool_choice(request)
         try:
             message = await self._client.messages.create(
                 model=self.model,
@@ -142,13 +157,18 @@ class AnthropicModel:
                 self.model,
                 request.timeout_seconds,
             ) from exc
-        return self._response(message, forced=request.schema is not None)
+        answer_tool = request.schema_name if request.schema is not None else None
+        return self._response(message, answer_tool=answer_tool, tools=bool(request.tools))
 
-    def _response(self, message: object, *, forced: bool) -> ModelResponse:
+    def _response(
+        self, message: object, *, answer_tool: str | None, tools: bool = False
+    ) -> ModelResponse:
         """Map a message to a `ModelResponse`; anything unexpected is `malformed_response`.
 
-        With a forced tool the answer is the tool call's input as JSON; a message without one
-        answers with its text, which the gateway will find is not the JSON it asked for.
+        A call of `answer_tool` (the schema's tool) is the answer: its input as JSON; a message
+        without one answers with its text, which the gateway will find is not the JSON it asked
+        for. When `tools` were offered, calls of other tools are the response's `tool_calls`;
+        when none were, the first call of any name is the answer, as it always was.
         """
         if not isinstance(message, Message):
             raise self._failure("malformed_response", "the answer is not a message")
@@ -157,12 +177,20 @@ class AnthropicModel:
             raise self._failure("malformed_response", "the answer has no content")
         texts: list[str] = []
         tool_input: Any = None
+        calls: list[ToolCall] = []
         for block in content:
             kind = getattr(block, "type", None)
             if kind == "text" and isinstance(getattr(block, "text", None), str):
                 texts.append(block.text)
-            elif kind == "tool_use" and forced and tool_input is None:
-                tool_input = getattr(block, "input", None)
+            elif kind != "tool_use":
+                continue
+            elif answer_tool is not None and (
+                not tools or getattr(block, "name", None) == answer_tool
+            ):
+                if tool_input is None:
+                    tool_input = getattr(block, "input", None)
+            elif tools:
+                calls.append(self._tool_call(block))
         if tool_input is not None:
             try:
                 text = json.dumps(tool_input)
@@ -182,7 +210,28 @@ class AnthropicModel:
             cached_tokens=cache_read,
             model=model if isinstance(model, str) and model else self.model,
             finish_reason=stop_reason if isinstance(stop_reason, str) else None,
+            tool_calls=tuple(calls),
         )
+
+    def _tool_call(self, block: object) -> ToolCall:
+        call_id = getattr(block, "id", None)
+        name = getattr(block, "name", None)
+        arguments = getattr(block, "input", None)
+        if not (isinstance(call_id, str) and call_id and isinstance(name, str) and name):
+            raise self._failure("malformed_response", "a tool_use block has no id or name")
+        if not isinstance(arguments, dict):
+            # The API promises an object; anything else is kept raw, as a parse failure.
+            return ToolCall(
+                call_id,
+                name,
+                json.dumps(arguments),
+                None,
+                "the arguments are not a JSON object",
+            )
+        try:
+            return ToolCall.from_object(call_id, name, arguments)
+        except (TypeError, ValueError) as exc:
+            raise self._failure("malformed_response", "the tool input is not JSON") from exc
 
     def _failure(
         self, code: str, what: str, *, error_class: ErrorClass = ErrorClass.TRANSIENT
@@ -192,6 +241,76 @@ class AnthropicModel:
     async def close(self) -> None:
         """Close the SDK client and its connections."""
         await self._client.close()
+
+
+def _tool_choice(request: ModelRequest) -> ToolChoiceParam | anthropic.Omit:
+    """The protocol's `tool_choice`: the schema's tool forced when it is the only one offered;
+    else the request's choice (`required` is `any`), with `disable_parallel_tool_use` when
+    parallel calls are off."""
+    if not request.tools:
+        if request.schema is not None:
+            return {"type": "tool", "name": request.schema_name}
+        return anthropic.omit
+    choice = request.tool_choice
+    if choice == "none":
+        return {"type": "none"}
+    single = request.parallel_tool_calls is False
+    if choice == "required":
+        return {"type": "any", "disable_parallel_tool_use": True} if single else {"type": "any"}
+    if choice is not None and choice != "auto":
+        named: ToolChoiceToolParam = {"type": "tool", "name": choice}
+        if single:
+            named["disable_parallel_tool_use"] = True
+        return named
+    if choice == "auto" or single:
+        return {"type": "auto", "disable_parallel_tool_use": True} if single else {"type": "auto"}
+    return anthropic.omit
+
+
+def _message_params(messages: Sequence[ChatMessage]) -> list[MessageParam]:
+    """The transcript in the protocol's shape. System messages are left out (they go to
+    `system=`). Tool results become `tool_result` blocks of a user message, and consecutive
+    results share one message: the API wants every result of a turn in the next user message."""
+    params: list[MessageParam] = []
+    results: list[ToolResultBlockParam] = []
+    for m in messages:
+        if m.role == "tool":
+            block: ToolResultBlockParam = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content,
+            }
+            if m.is_error:
+                block["is_error"] = True
+            results.append(block)
+            continue
+        if results:
+            params.append(UserMessageParam(role="user", content=results))
+            results = []
+        if m.role == "system":
+            continue
+        if m.role == "assistant" and m.tool_calls:
+            blocks: list[TextBlockParam | ToolUseBlockParam] = []
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            blocks += [
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    # Arguments that did not parse (another provider's model) go back empty.
+                    "input": call.parsed if call.parsed is not None else {},
+                }
+                for call in m.tool_calls
+            ]
+            params.append(AssistantMessageParam(role="assistant", content=blocks))
+        elif m.role == "assistant":
+            params.append(AssistantMessageParam(role="assistant", content=m.content))
+        else:
+            params.append(UserMessageParam(role="user", content=m.content))
+    if results:
+        params.append(UserMessageParam(role="user", content=results))
+    return params
 
 
 def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:

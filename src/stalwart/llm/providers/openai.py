@@ -7,6 +7,13 @@ retries are off (`max_retries=0`); retrying is the engine's job, durably. Every 
 `ProviderError` with an error class, an HTTP status when there was one, and a code:
 `http_<status>`, `timeout`, `connection`, `malformed_response`, `provider_error`.
 
+Tool calling: `request.tools` go out as `function` tools (with `tool_choice` and
+`parallel_tool_calls` when set); the answer's `tool_calls` come back as `ToolCall`s whose raw
+argument text is kept even when it is not JSON. A transcript goes back as the protocol wants it:
+an assistant message with `tool_calls`, then one `role: tool` message per result. The protocol
+has no error flag on a tool result, so a result with `is_error` is sent as its content alone (put
+the structured error in the content).
+
 The same adapter answers embeddings requests (`embed`, the `/embeddings` API), with the same
 errors, for the gateway's embedders.
 """
@@ -15,13 +22,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import openai
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionAssistantMessageParam,
     ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
     ChatCompletionSystemMessageParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolMessageParam,
+    ChatCompletionToolParam,
     ChatCompletionUserMessageParam,
 )
 from openai.types.chat.completion_create_params import ResponseFormat
@@ -30,7 +42,14 @@ from openai.types.create_embedding_response import CreateEmbeddingResponse
 from stalwart.errors import ErrorClass
 from stalwart.llm.embeddings import EmbeddingResponse
 from stalwart.llm.providers._errors import as_count, failure, sdk_failure
-from stalwart.llm.types import ModelRequest, ModelResponse, ProviderError
+from stalwart.llm.types import (
+    TOOL_CHOICE_MODES,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+    ToolCall,
+)
 
 PLACEHOLDER_API_KEY = "not-needed"
 """Sent when no key is configured for a custom endpoint: local servers accept any key."""
@@ -80,9 +99,29 @@ class OpenAIChatModel:
         """Send one chat completion; structured output via `response_format` when the request
         has a schema. The model asked is this adapter's `model`, whatever `request.model` says.
         Raises `ProviderError` for every failure."""
-        messages: list[ChatCompletionMessageParam] = [
-            _message_param(m.role, m.content) for m in request.messages
-        ]
+        messages = [_message_param(m) for m in request.messages]
+        tools: list[ChatCompletionToolParam] | openai.Omit = openai.omit
+        tool_choice: ChatCompletionToolChoiceOptionParam | openai.Omit = openai.omit
+        parallel: bool | openai.Omit = openai.omit
+        if request.tools:
+            tools = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": dict(tool.parameters),
+                    },
+                }
+                for tool in request.tools
+            ]
+            if request.parallel_tool_calls is not None:
+                parallel = request.parallel_tool_calls
+            # The API refuses a tool choice without tools: it is sent only with them.
+            if request.tool_choice in TOOL_CHOICE_MODES:
+                tool_choice = request.tool_choice
+            elif request.tool_choice is not None:
+                tool_choice = {"type": "function", "function": {"name": request.tool_choice}}
         response_format: ResponseFormat | openai.Omit = openai.omit
         if request.schema is not None:
             response_format = {
@@ -101,6 +140,9 @@ class OpenAIChatModel:
                 max_completion_tokens=request.max_tokens if self._official else openai.omit,
                 temperature=request.temperature,
                 response_format=response_format,
+                tools=tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel,
                 timeout=request.timeout_seconds,
             )
         except Exception as exc:
@@ -123,11 +165,13 @@ class OpenAIChatModel:
         try:
             choice = choices[0]
             content = choice.message.content
+            raw_calls = getattr(choice.message, "tool_calls", None)
             finish_reason = getattr(choice, "finish_reason", None)
         except (AttributeError, TypeError) as exc:
             raise self._failure("malformed_response", "the answer has no message") from exc
         if content is not None and not isinstance(content, str):
             raise self._failure("malformed_response", "the message content is not text")
+        tool_calls = self._tool_calls(raw_calls)
         usage = getattr(completion, "usage", None)
         details = getattr(usage, "prompt_tokens_details", None)
         model = getattr(completion, "model", None)
@@ -138,7 +182,35 @@ class OpenAIChatModel:
             cached_tokens=as_count(getattr(details, "cached_tokens", 0)),
             model=model if isinstance(model, str) and model else self.model,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            tool_calls=tool_calls,
         )
+
+    def _tool_calls(self, raw: object) -> tuple[ToolCall, ...]:
+        """The answer's function calls. Arguments that are not JSON are kept (the model's
+        mistake, for the caller to handle); a call without an id, a name or argument text is a
+        `malformed_response`."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self._failure("malformed_response", "the tool calls are not a list")
+        calls = []
+        for item in raw:
+            function: Any = getattr(item, "function", None)
+            call_id = getattr(item, "id", None)
+            name = getattr(function, "name", None)
+            arguments = getattr(function, "arguments", None)
+            if not (
+                isinstance(call_id, str)
+                and call_id
+                and isinstance(name, str)
+                and name
+                and isinstance(arguments, str)
+            ):
+                raise self._failure(
+                    "malformed_response", "a tool call has no id, function name or arguments"
+                )
+            calls.append(ToolCall.from_text(call_id, name, arguments))
+        return tuple(calls)
 
     async def embed(
         self,
@@ -200,9 +272,27 @@ class OpenAIChatModel:
         await self._client.close()
 
 
-def _message_param(role: str, content: str) -> ChatCompletionMessageParam:
+def _message_param(message: Message) -> ChatCompletionMessageParam:
+    role, content = message.role, message.content
     if role == "system":
         return ChatCompletionSystemMessageParam(role="system", content=content)
     if role == "assistant":
-        return ChatCompletionAssistantMessageParam(role="assistant", content=content)
+        if not message.tool_calls:
+            return ChatCompletionAssistantMessageParam(role="assistant", content=content)
+        calls: list[ChatCompletionMessageToolCallParam] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+        # The protocol's content of a tool-calling turn is null when the model wrote no text.
+        return ChatCompletionAssistantMessageParam(
+            role="assistant", content=content or None, tool_calls=calls
+        )
+    if role == "tool":
+        return ChatCompletionToolMessageParam(
+            role="tool", tool_call_id=message.tool_call_id or "", content=content
+        )
     return ChatCompletionUserMessageParam(role="user", content=content)
