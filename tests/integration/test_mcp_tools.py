@@ -241,12 +241,13 @@ class CityInput(BaseModel):
 async def _run_job(app: App) -> dict[str, Any]:
     store = app.store()
     await store.migrate()
-    await app.load_mcp_async()
     client = app.client()
+    # Submitting lists the MCP tools (off the event loop) to validate the plan.
+    job_id = (await client.submit("mcp_job", {"a": 4, "b": 5})).job.id
+    assert "fake_add" in app.tools
     worker = app.worker(worker_id="w-mcp")
     task = asyncio.create_task(worker.run())
     try:
-        job_id = (await client.submit("mcp_job", {"a": 4, "b": 5})).job.id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while (job := await client.get(job_id)).status not in ("completed", "failed", "escalated"):

@@ -270,8 +270,8 @@ def _fields(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 def args_model(tool: str, schema: dict[str, Any]) -> type[BaseModel]:
     """A pydantic model for an MCP tool's arguments (see the module docstring)."""
-    base = McpClosedArgs if schema.get("additionalProperties") is False else McpArgs
-    model = create_model(_class_name(tool, "Args"), __base__=base, **_fields(schema))
+    base: type[McpArgs] = McpClosedArgs if schema.get("additionalProperties") is False else McpArgs
+    model: type[McpArgs] = create_model(_class_name(tool, "Args"), __base__=base, **_fields(schema))
     model.__mcp_schema__ = schema
     return model
 
