@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -91,6 +92,8 @@ class App:
         self._recalls: dict[int, Recall] = {}
         self.mcp_servers: dict[str, McpServer] = {}
         self._mcp_pending: list[McpServer] = []
+        # Two submissions may list at once (each in a thread): one lists, the other waits.
+        self._mcp_lock = threading.Lock()
         self.tools.register(
             memory_search,
             name=MEMORY_SEARCH,
@@ -312,6 +315,12 @@ class App:
     def load_mcp(self) -> None:
         """List the tools of the MCP servers not listed yet and register them (blocking: each
         listing runs in a thread of its own; from async code use `load_mcp_async`)."""
+        if not self._mcp_pending:
+            return
+        with self._mcp_lock:
+            self._load_mcp_locked()
+
+    def _load_mcp_locked(self) -> None:
         from stalwart.tools.mcp import (
             McpConfigurationError,
             args_model,

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-import jsonschema  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from stalwart.domain.limits import Breaker
@@ -211,6 +210,8 @@ class McpArgs(BaseModel):
         """The whole JSON schema, after the top-level fields: nested shapes, enums, bounds."""
         schema = type(self).__mcp_schema__
         if schema:
+            import jsonschema  # type: ignore[import-untyped]  # only where MCP tools are used
+
             data = self.model_dump(mode="json", exclude_unset=True)
             errors = sorted(
                 jsonschema.Draft202012Validator(schema).iter_errors(data),
