@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from tests.integration.conftest import Workers, query, wait_until
 
 from stalwart import App, Settings
 from stalwart.errors import ErrorClass
+from stalwart.store import open_store
 from stalwart.tools.context import ToolContext
 from stalwart.tools.invoke import invoke_tool
 from stalwart.tools.mcp import SESSIONS, McpConfigurationError, McpTool
@@ -291,3 +293,38 @@ def test_a_job_whose_steps_are_mcp_tools_completes_on_a_worker(
     outputs = asyncio.run(_run_job(app))
     assert outputs["add"] == {"result": "9"}
     assert outputs["weather"] == {"city": "9", "celsius": 22.5, "sunny": True}
+
+
+def test_a_stalwart_worker_process_runs_mcp_steps(
+    db_url: str, workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through `stalwart worker` (a subprocess): it lists the server's tools at start, off its
+    event loop, launches the stdio server itself, and each call runs exactly once."""
+    count_file = tmp_path / "count.txt"
+    monkeypatch.setenv("FAKE_MCP_COUNT_FILE", str(count_file))
+
+    async def submit() -> str:
+        from tests.integration.apps.mcp_app import app
+
+        store = open_store(db_url, Settings(database_url=db_url))
+        try:
+            await store.migrate()
+            return (await app.client(store).submit("mcp_count", {"label": "x"})).job.id
+        finally:
+            await store.close()
+
+    job_id = asyncio.run(submit())
+    worker = workers.start(db_url, "mcp_app", env={"FAKE_MCP_COUNT_FILE": str(count_file)})
+
+    def finished() -> bool:
+        rows = query(db_url, "SELECT status FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows) and rows[0][0] in ("completed", "failed", "escalated")
+
+    try:
+        wait_until(finished, 90, what="the MCP job to finish")
+    except BaseException:
+        print(workers.logs())
+        raise
+    assert query(db_url, "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [("completed",)]
+    assert count_file.read_text().split() == ["x-1", "counted", "x-1"]
+    assert worker.alive()
