@@ -327,4 +327,30 @@ def test_a_stalwart_worker_process_runs_mcp_steps(
         raise
     assert query(db_url, "SELECT status FROM jobs WHERE id = ?", (job_id,)) == [("completed",)]
     assert count_file.read_text().split() == ["x-1", "counted", "x-1"]
-    assert worker.alive()
+    # A drained worker closes its MCP session (and the server process) without a traceback.
+    assert worker.stop(timeout=30) == 0, workers.logs()
+    assert "Traceback" not in worker.output(), worker.output()
+
+
+async def test_an_http_server_that_restarts_is_reached_again() -> None:
+    port = free_port()
+    proc = await asyncio.to_thread(start_http_server, port)
+    app = App(Settings(database_url="sqlite:///:memory:"))
+    app.mcp("web", url=f"http://127.0.0.1:{port}/mcp", timeout=10)
+    await app.load_mcp_async()
+    spec = app.tools.get("add")
+    assert spec is not None
+    try:
+        assert (await invoke_tool(spec, {"a": 1, "b": 2}, ctx(), timeout_seconds=10)).output
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        down = await invoke_tool(spec, {"a": 1, "b": 2}, ctx(), timeout_seconds=10)
+        assert down.error is not None and down.error.error_class is ErrorClass.TRANSIENT
+        assert down.error.code == "connection", down.error
+        proc = await asyncio.to_thread(start_http_server, port)
+        up = await invoke_tool(spec, {"a": 2, "b": 2}, ctx(), timeout_seconds=10)
+        assert up.output == {"result": "4"}, up.error
+    finally:
+        await SESSIONS.aclose()
+        proc.kill()
+        proc.wait()
