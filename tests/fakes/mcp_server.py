@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
@@ -58,6 +58,12 @@ def count(label: str) -> str:
     with path.open("a") as fh:
         fh.write(label + "\n")
     return f"counted {label}"
+
+
+@server.tool(description="The idempotency key the caller sent in the request's _meta.")
+def whoami(ctx: Context) -> str:
+    meta = ctx.request_context.meta or {}
+    return str(meta.get("io.stalwart/idempotency-key", ""))
 
 
 def main(argv: list[str]) -> None:

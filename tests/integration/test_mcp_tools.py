@@ -105,7 +105,8 @@ def test_the_tools_are_registered_from_the_servers_schemas(server: dict[str, Any
     assert "fake_add" not in app.tools  # nothing is listed (nor connected) at declaration
     app.load_mcp()
     names = {n for n in app.tools.names() if n.startswith("fake_")}
-    assert names == {f"fake_{n}" for n in ("add", "weather", "fail", "busy", "sleepy", "count")}
+    tools = ("add", "weather", "fail", "busy", "sleepy", "count", "whoami")
+    assert names == {f"fake_{n}" for n in tools}
 
     add = app.tools.get("fake_add")
     assert add is not None
@@ -159,6 +160,8 @@ async def test_calls_results_errors_and_timeouts(server: dict[str, Any]) -> None
 
     try:
         assert (await call("fake_add", {"a": 2, "b": 3})).output == {"result": "5"}
+        # The step's idempotency key is sent in the request's _meta.
+        assert (await call("fake_whoami", {})).output == {"result": "t:j:s1"}
         weather = await call("fake_weather", {"city": "Oslo", "days": 2})
         assert weather.output == {"city": "Oslo", "celsius": 23.5, "sunny": True}
 

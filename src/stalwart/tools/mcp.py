@@ -35,6 +35,7 @@ from stalwart.tools.context import ToolContext
 from stalwart.tools.registry import RiskLevel
 
 DISCOVERY_TIMEOUT_SECONDS = 30.0
+IDEMPOTENCY_META_KEY = "io.stalwart/idempotency-key"
 
 # An `isError` result is non-retriable unless its text clearly says the failure is passing.
 _TRANSIENT_TEXT = re.compile(
@@ -380,7 +381,9 @@ def make_tool_function(
         arguments = args.model_dump(mode="json", exclude_unset=True)
         try:
             client = await sessions.client(server)
-            result = await client.call_tool(remote_name, arguments)
+            # The step's idempotency key rides along in `_meta`, for servers that dedupe.
+            meta = {IDEMPOTENCY_META_KEY: ctx.idempotency_key}
+            result = await client.call_tool(remote_name, arguments, meta=meta)
         except MCPError as exc:
             sessions.drop(server)
             raise _protocol_error(server, remote_name, exc) from exc
