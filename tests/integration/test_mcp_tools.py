@@ -126,6 +126,10 @@ def test_the_tools_are_registered_from_the_servers_schemas(server: dict[str, Any
     assert weather is not None
     assert set(weather.result_model.model_fields) == {"city", "celsius", "sunny"}
     assert weather.args_model.model_fields["days"].is_required() is False
+    # What an agent step offers a model: the server's own schemas.
+    described = weather.describe()
+    assert described["args_schema"]["title"] == "weatherArguments"
+    assert set(described["result_schema"]["properties"]) == {"city", "celsius", "sunny"}
 
 
 def test_include_takes_only_the_named_tools_and_names_a_missing_one(
@@ -179,8 +183,9 @@ async def test_calls_results_errors_and_timeouts(server: dict[str, Any]) -> None
 
         slow = (await call("fake_sleepy", {"seconds": 5})).error
         assert slow.error_class is ErrorClass.TRANSIENT and slow.code == "timeout"
-        # The session is still usable after a call that was cut off.
-        assert (await call("fake_add", {"a": 1, "b": 1})).output == {"result": "2"}
+        # The session is still usable after a call that was cut off, by many steps at once.
+        sums = await asyncio.gather(*(call("fake_add", {"a": n, "b": 1}) for n in range(8)))
+        assert [s.output for s in sums] == [{"result": str(n + 1)} for n in range(8)]
     finally:
         await SESSIONS.aclose()
 
