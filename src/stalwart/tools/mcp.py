@@ -36,6 +36,8 @@ from stalwart.tools.registry import RiskLevel
 
 DISCOVERY_TIMEOUT_SECONDS = 30.0
 IDEMPOTENCY_META_KEY = "io.stalwart/idempotency-key"
+# A session whose handshake takes longer is given up (and opened again by a later call).
+CONNECT_TIMEOUT_SECONDS = 30.0
 
 # An `isError` result is non-retriable unless its text clearly says the failure is passing.
 _TRANSIENT_TEXT = re.compile(
@@ -299,6 +301,7 @@ class _Session:
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
+        self.connect_by = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS
         self.task = asyncio.get_running_loop().create_task(self._own(), name=f"mcp-{server.name}")
 
     async def _own(self) -> None:
@@ -324,6 +327,8 @@ class _Session:
 
     def close(self) -> None:
         self.stop.set()
+        if not self.ready.is_set():  # still connecting: the handshake may never end
+            self.task.cancel()
 
 
 class McpSessions:
@@ -331,31 +336,45 @@ class McpSessions:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[int, int], _Session] = {}
-        self._locks: dict[tuple[int, int], asyncio.Lock] = {}
+        # The lock of each key with its loop: a loop's id may be reused after it is closed
+        # (tests run many), and a lock serves one loop only.
+        self._locks: dict[tuple[int, int], tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
 
     async def client(self, server: McpServer) -> Any:
         """An open client for `server`, opened now if there is none (or it broke)."""
         loop = asyncio.get_running_loop()
         key = (id(server), id(loop))
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        async with lock:
+        found = self._locks.get(key)
+        if found is None or found[0] is not loop:
+            found = self._locks[key] = (loop, asyncio.Lock())
+        async with found[1]:
             session = self._sessions.get(key)
             if session is None or not session.alive or session.task.get_loop() is not loop:
                 session = self._sessions[key] = _Session(server)
-            await session.ready.wait()
+            left = session.connect_by - loop.time()
+            try:
+                # An absolute deadline: callers cut off by their own timeouts do not restart it.
+                await asyncio.wait_for(session.ready.wait(), max(0.0, left))
+            except TimeoutError:
+                session.close()
+                raise ConnectionError(
+                    f"MCP server {server.name!r} did not finish its handshake in "
+                    f"{CONNECT_TIMEOUT_SECONDS:g}s"
+                ) from None
             if session.client is None:
                 raise ConnectionError(
                     f"MCP server {server.name!r} could not be reached: {session.error!r}"
                 )
             return session.client
 
-    def drop(self, server: McpServer) -> None:
-        """Close the session of `server` on this loop: the next call opens a new one."""
+    def drop(self, server: McpServer, client: Any) -> None:
+        """Close the session of `server` on this loop if `client` is still its client (a
+        call that failed on an older session must not close the newer one): the next call
+        opens a new one."""
         key = (id(server), id(asyncio.get_running_loop()))
-        session = self._sessions.pop(key, None)
-        if session is not None:
+        session = self._sessions.get(key)
+        if session is not None and client is not None and session.client is client:
+            del self._sessions[key]
             session.close()
 
     async def aclose(self) -> None:
@@ -379,16 +398,20 @@ def make_tool_function(
         from mcp.shared.exceptions import MCPError
 
         arguments = args.model_dump(mode="json", exclude_unset=True)
+        client: Any = None
         try:
             client = await sessions.client(server)
             # The step's idempotency key rides along in `_meta`, for servers that dedupe.
             meta = {IDEMPOTENCY_META_KEY: ctx.idempotency_key}
             result = await client.call_tool(remote_name, arguments, meta=meta)
         except MCPError as exc:
-            sessions.drop(server)
+            from mcp_types import CONNECTION_CLOSED
+
+            if exc.code == CONNECTION_CLOSED:  # other protocol errors: the session is fine
+                sessions.drop(server, client)
             raise _protocol_error(server, remote_name, exc) from exc
         except (OSError, EOFError, TimeoutError) as exc:
-            sessions.drop(server)
+            sessions.drop(server, client)
             raise TransientError(
                 f"MCP server {server.name!r} failed during {remote_name!r}: {exc!r}",
                 code="connection",
@@ -398,7 +421,7 @@ def make_tool_function(
         except Exception as exc:
             # A broken stream (anyio's ClosedResourceError/BrokenResourceError), an httpx
             # error: the connection is suspect, so it is dropped and the call is transient.
-            sessions.drop(server)
+            sessions.drop(server, client)
             raise TransientError(
                 f"MCP server {server.name!r} failed during {remote_name!r}: "
                 f"{type(exc).__name__}: {exc}",
