@@ -362,3 +362,31 @@ async def test_an_http_server_that_restarts_is_reached_again() -> None:
         await SESSIONS.aclose()
         proc.kill()
         proc.wait()
+
+
+async def test_a_server_that_never_finishes_its_handshake_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stalwart.tools import mcp as mcp_module
+
+    monkeypatch.setattr(mcp_module, "CONNECT_TIMEOUT_SECONDS", 1.0)
+    server = mcp_module.declare(
+        "mute",
+        command=[sys.executable, "-c", "import time; time.sleep(120)"],
+        url=None,
+        env=None,
+        cwd=None,
+        headers=None,
+        prefix=None,
+        include=None,
+        defaults=McpTool(),
+        tools=None,
+    )
+    call = mcp_module.make_tool_function(server, "anything")
+    model = mcp_module.args_model("anything", {"type": "object", "properties": {}})
+    try:
+        for _ in range(2):  # the second call opens a new session, and gives up as well
+            with pytest.raises(mcp_module.TransientError, match="handshake"):
+                await asyncio.wait_for(call(model(), ctx()), 60)
+    finally:
+        await SESSIONS.aclose()
