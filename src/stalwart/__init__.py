@@ -36,6 +36,7 @@ from stalwart.llm.types import Message, Model, ModelRequest, ModelResponse, Prov
 from stalwart.planning.workflows import ApprovalPolicy, Budget, Workflow
 from stalwart.settings import Settings
 from stalwart.tools.context import ToolContext
+from stalwart.tools.mcp import McpTool
 from stalwart.worker.worker import Worker
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "LlmCall",
     "LlmResult",
     "LlmSpec",
+    "McpTool",
     "Message",
     "Model",
     "ModelRequest",

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -32,6 +34,7 @@ from stalwart.planning.workflows import (
 from stalwart.settings import Settings
 from stalwart.store import Store, open_store
 from stalwart.tools.builtin import MEMORY_SEARCH, memory_search
+from stalwart.tools.mcp import McpServer, McpTool
 from stalwart.tools.registry import (
     ReconcileFunction,
     RiskLevel,
@@ -87,6 +90,10 @@ class App:
         self._embedder: Embedder | None = None
         self._embedder_made = False
         self._recalls: dict[int, Recall] = {}
+        self.mcp_servers: dict[str, McpServer] = {}
+        self._mcp_pending: list[McpServer] = []
+        # Two submissions may list at once (each in a thread): one lists, the other waits.
+        self._mcp_lock = threading.Lock()
         self.tools.register(
             memory_search,
             name=MEMORY_SEARCH,
@@ -240,6 +247,137 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def mcp(
+        self,
+        name: str,
+        *,
+        command: Sequence[str] | str | None = None,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        headers: dict[str, str] | None = None,
+        prefix: str | None = None,
+        include: Sequence[str] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        risk: RiskLevel | None = None,
+        idempotent: bool | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | float | None = None,
+        burst: float | None = None,
+        breaker: Breaker | None = None,
+        cost_usd: float | None = None,
+        tools: dict[str, McpTool] | None = None,
+    ) -> McpServer:
+        """Register the tools of a Model Context Protocol server as ordinary tools: `command`
+        (launched, spoken to over stdio) or `url` (streamable HTTP).
+
+        Nothing connects here: the tools are listed (with their input and output schemas) the
+        first time the app is put to work (`app.planner()`, `app.client()`, `app.worker()`, or
+        `await app.load_mcp_async()` from async code), and each worker process calls them over
+        one session per server, opened on the first call and again after a failure.
+
+        The keyword arguments after `include` are the contract of every tool of the server,
+        as for `@app.tool` (not idempotent unless declared); `tools={"name": McpTool(...)}`
+        overrides them per tool. `prefix` is put before each tool's name (`"gh_"`) to avoid
+        clashes; `include` registers only the named tools (their names on the server)."""
+        from stalwart.tools.mcp import McpConfigurationError, declare
+
+        if name in self.mcp_servers:
+            raise McpConfigurationError(f"MCP server {name!r} is registered twice")
+        server = declare(
+            name,
+            command=command,
+            url=url,
+            env=env,
+            cwd=cwd,
+            headers=headers,
+            prefix=prefix,
+            include=include,
+            defaults=McpTool(
+                timeout=timeout,
+                retry=retry,
+                risk=risk,
+                idempotent=idempotent,
+                concurrency=concurrency,
+                rate_limit=rate_limit,
+                burst=burst,
+                breaker=breaker,
+                cost_usd=cost_usd,
+            ),
+            tools=tools,
+        )
+        self.mcp_servers[name] = server
+        self._mcp_pending.append(server)
+        self._planner = None
+        return server
+
+    def load_mcp(self) -> None:
+        """List the tools of the MCP servers not listed yet and register them (blocking: each
+        listing runs in a thread of its own; from async code use `load_mcp_async`)."""
+        if not self._mcp_pending:
+            return
+        with self._mcp_lock:
+            self._load_mcp_locked()
+
+    def _load_mcp_locked(self) -> None:
+        from stalwart.tools.mcp import (
+            McpConfigurationError,
+            args_model,
+            list_tools,
+            make_tool_function,
+            result_model,
+        )
+
+        while self._mcp_pending:
+            server = self._mcp_pending[0]
+            listed = {t.name: t for t in list_tools(server)}
+            wanted = sorted(server.include) if server.include is not None else sorted(listed)
+            missing = [t for t in wanted if t not in listed] + [
+                t for t in server.tools if t not in listed
+            ]
+            if missing:
+                raise McpConfigurationError(
+                    f"MCP server {server.name!r} has no tool named {', '.join(missing)} "
+                    f"(it has: {', '.join(sorted(listed)) or 'none'})",
+                    server=server.name,
+                )
+            for remote in wanted:
+                tool = listed[remote]
+                contract = server.contract(remote)
+                tool_name = server.prefix + remote
+                limit = LimitSpec(
+                    tool_key(tool_name),
+                    concurrency=contract.concurrency,
+                    rate=parse_rate(contract.rate_limit)
+                    if contract.rate_limit is not None
+                    else None,
+                    burst=contract.burst,
+                    breaker=contract.breaker,
+                )
+                self.tools.register(
+                    make_tool_function(server, remote),
+                    name=tool_name,
+                    timeout=contract.timeout,
+                    retry=contract.retry,
+                    risk=contract.risk or "low",
+                    idempotent=bool(contract.idempotent),
+                    description=tool.description or f"MCP tool {remote} of {server.name}",
+                    cost_usd=contract.cost_usd,
+                    models=(
+                        args_model(tool_name, tool.input_schema),
+                        result_model(tool_name, tool.output_schema),
+                    ),
+                )
+                self.limits[limit.key] = limit
+            self._mcp_pending.pop(0)
+            self._planner = None
+
+    async def load_mcp_async(self) -> None:
+        """`load_mcp` off the event loop."""
+        if self._mcp_pending:
+            await asyncio.to_thread(self.load_mcp)
+
     def tenant_limit(
         self,
         tenant_id: str,
@@ -338,6 +476,7 @@ class App:
     def planner(self) -> TemplatePlanner:
         """The template planner over this app's tools and schemas, within the settings'
         limits, checking plans' estimated cost against their budgets."""
+        self.load_mcp()
         if self._planner is not None:
             return self._planner
         s = self.settings
@@ -394,6 +533,7 @@ class App:
         """An `Executor` over this app's tools and workflows."""
         from stalwart.engine.executor import Executor
 
+        self.load_mcp()
         store = store or self.store()
         return Executor(
             store=store,

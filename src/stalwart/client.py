@@ -98,6 +98,10 @@ class ClientApp(Protocol):
         """The app's memory search over `store`."""
         ...
 
+    async def load_mcp_async(self) -> None:
+        """List the tools of the app's MCP servers not listed yet (off the event loop)."""
+        ...
+
 
 class Client:
     """Submit and manage jobs. Submitting needs the `App` (schemas and templates); reading and
@@ -212,6 +216,7 @@ class Client:
         if flow.planner != "llm":
             past = await self._past(flow, tenant_id, job_input)
             attributes = tracing.job_attributes(tenant_id, job_id, workflow, **{"plan.version": 1})
+            await self.app.load_mcp_async()  # MCP tools are listed off the event loop
             with tracing.span(f"plan {workflow}", traceparent, attributes):
                 plan = self.app.planner().plan(flow, job_input, past=past)
         hashes = {

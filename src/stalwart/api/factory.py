@@ -69,6 +69,7 @@ def create_api(
                     # UI reads the secret on first use once the database is migrated.
                     log.warning("UI sessions are off: %s (run stalwart db migrate)", exc.message)
             base = default_worker_id()
+            await app.load_mcp_async()  # list MCP servers' tools off the event loop
             for n in range(workers):
                 # One store (one connection) per worker, as separate processes would have.
                 worker_store = open_store(settings.database_url, settings)

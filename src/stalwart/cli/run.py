@@ -127,6 +127,7 @@ def worker(
         app = state.app()
         store = app.store()
         await app.client(store).migrate()
+        await app.load_mcp_async()  # list MCP servers' tools off the event loop
         w = app.worker(store=store, concurrency=concurrency, worker_id=worker_id)
         loop = asyncio.get_running_loop()
         metrics = None

@@ -73,15 +73,22 @@ class ToolRegistry:
         reconcile: ReconcileFunction | None = None,
         description: str | None = None,
         cost_usd: float | None = None,
+        models: tuple[type[BaseModel], type[BaseModel]] | None = None,
     ) -> ToolSpec:
-        """Check `fn` and its contract, and add it. Raises `ToolDefinitionError` naming the fix."""
+        """Check `fn` and its contract, and add it. Raises `ToolDefinitionError` naming the fix.
+
+        `models` (arguments, result) replaces the annotations of `fn`: for tools whose schemas
+        come from elsewhere (an MCP server's)."""
         tool_name = name or fn.__name__
         where = f"tool {tool_name!r}"
         if tool_name in self._tools:
             raise ToolDefinitionError(f"{where} is registered twice; give one a different name=")
         if not inspect.iscoroutinefunction(fn):
             raise ToolDefinitionError(f"{where} must be an async function (async def)")
-        args_model, result_model = _models(fn, where, caller_namespace())
+        if models is not None:
+            args_model, result_model = models
+        else:
+            args_model, result_model = _models(fn, where, caller_namespace())
         if idempotent is None:
             raise ToolDefinitionError(
                 f"{where} must declare its idempotency contract: idempotent=True if running it "
