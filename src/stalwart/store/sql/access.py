@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from stalwart.domain.access import KeyRecord, NewKey
 from stalwart.domain.records import Dashboard
 from stalwart.errors import NotFoundError, UsageError
-from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.base import SqlBase, scope_filter
 from stalwart.store.sql.tx import Tx
 
 T = TypeVar("T")
@@ -81,10 +81,7 @@ class AccessStore(SqlBase):
         self, *, tenant_id: str | None = None, include_revoked: bool = False
     ) -> list[KeyRecord]:
         """Keys, oldest first (never their secrets)."""
-        where, params = ["1 = 1"], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(tenant_id)
+        where, params = scope_filter(tenant_id)
         if not include_revoked:
             where.append("revoked IS NULL")
         rows = await self._read(

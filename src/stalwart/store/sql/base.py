@@ -17,6 +17,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def scope_filter(
+    tenant_id: str | None, statuses: Sequence[str] = ()
+) -> tuple[list[str], list[Any]]:
+    """The WHERE terms and parameters of a listing scoped to a tenant (None: every tenant) and
+    to some statuses (empty: every status); callers append their own terms."""
+    where, params = ["1 = 1"], list[Any]()
+    if tenant_id is not None:
+        where.append("tenant_id = ?")
+        params.append(tenant_id)
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    return where, params
+
+
 class SqlBase(ABC):
     """A backend supplies `_write`, `_read` and `now_sql` (the database's clock, epoch seconds)."""
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from stalwart.domain.records import DeadLetterRecord
 from stalwart.errors import NotFoundError
-from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.base import SqlBase, scope_filter
 from stalwart.store.sql.rows import DEAD_LETTER_COLUMNS, dead_letter_from_row
 
 
@@ -17,13 +17,7 @@ class DeadLetterStore(SqlBase):
         self, *, tenant_id: str | None = None, statuses: Sequence[str] = ("open",), limit: int = 50
     ) -> list[DeadLetterRecord]:
         """Dead letters, newest first."""
-        where, params = ["1 = 1"], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(tenant_id)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
+        where, params = scope_filter(tenant_id, statuses)
         rows = await self._read(
             f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} "
             "ORDER BY created DESC LIMIT ?",

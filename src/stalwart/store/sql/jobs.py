@@ -11,7 +11,7 @@ from stalwart.domain.records import JobRecord, StepError
 from stalwart.domain.states import JOB_PARKED, JOB_QUEUED, JobStatus, StepStatus
 from stalwart.errors import CorruptStateError, NotFoundError, NotRedrivableError, QueueFull
 from stalwart.store.base import NewJob
-from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.base import SqlBase, scope_filter
 from stalwart.store.sql.due import JOB_EXPIRED
 from stalwart.store.sql.rows import JOB_COLUMNS, job_from_row, listed_job_from_row
 from stalwart.store.sql.tx import (
@@ -153,13 +153,7 @@ class JobStore(SqlBase):
         before: str | None = None,
     ) -> list[JobRecord]:
         """Jobs, newest first; `before` is a job id cursor."""
-        where, params = ["1 = 1"], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(tenant_id)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
+        where, params = scope_filter(tenant_id, statuses)
         if workflow:
             where.append("workflow = ?")
             params.append(workflow)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from stalwart.domain.records import ReviewRecord, StepError
 from stalwart.domain.states import JOB_TERMINAL, JobStatus, StepStatus
 from stalwart.errors import NotFoundError, ReviewAlreadyDecidedError
-from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.base import SqlBase, scope_filter
 from stalwart.store.sql.due import REVIEW_OVERDUE
 from stalwart.store.sql.rows import REVIEW_COLUMNS, review_from_row
 from stalwart.store.sql.tx import (
@@ -37,13 +37,7 @@ class ReviewStore(SqlBase):
         self, *, tenant_id: str | None = None, statuses: Sequence[str] = (), limit: int = 50
     ) -> list[ReviewRecord]:
         """Reviews, oldest first."""
-        where, params = ["1 = 1"], []
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(tenant_id)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
+        where, params = scope_filter(tenant_id, statuses)
         rows = await self._read(
             f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE {' AND '.join(where)} "
             "ORDER BY created, id LIMIT ?",
