@@ -207,19 +207,16 @@ class McpArgs(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     __mcp_schema__: ClassVar[dict[str, Any]] = {}
+    # Built once per tool (the schema is fixed once listed), not on every call.
+    __mcp_validator__: ClassVar[Any] = None
 
     @model_validator(mode="after")
     def _check_schema(self) -> McpArgs:
         """The whole JSON schema, after the top-level fields: nested shapes, enums, bounds."""
-        schema = type(self).__mcp_schema__
-        if schema:
-            import jsonschema  # type: ignore[import-untyped]  # only where MCP tools are used
-
+        validator = type(self).__mcp_validator__
+        if validator is not None:
             data = self.model_dump(mode="json", exclude_unset=True)
-            errors = sorted(
-                jsonschema.Draft202012Validator(schema).iter_errors(data),
-                key=lambda e: list(e.absolute_path),
-            )
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
             if errors:
                 parts = [
                     f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
@@ -277,6 +274,10 @@ def args_model(tool: str, schema: dict[str, Any]) -> type[BaseModel]:
     base: type[McpArgs] = McpClosedArgs if schema.get("additionalProperties") is False else McpArgs
     model: type[McpArgs] = create_model(_class_name(tool, "Args"), __base__=base, **_fields(schema))
     model.__mcp_schema__ = schema
+    if schema:
+        import jsonschema  # type: ignore[import-untyped]  # only where MCP tools are used
+
+        model.__mcp_validator__ = jsonschema.Draft202012Validator(schema)
     return model
 
 
