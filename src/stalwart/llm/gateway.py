@@ -581,14 +581,13 @@ class Gateway:
             call_id = await reserving
         except Exception:
             return  # refused or failed: nothing is held
-        await self.store.llm_settle(
+        await self._finish(
             call_id,
             CallResult(
                 "abandoned",
                 error_class=ErrorClass.CANCELLED.value,
                 error="cancelled before the request was sent",
             ),
-            actor=self.actor,
         )
 
     async def _settle(

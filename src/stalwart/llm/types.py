@@ -159,7 +159,8 @@ def check_tools(tools: Iterable[ToolSpec], tool_choice: str | None) -> None:
     names = [tool.name for tool in tools]
     if len(set(names)) != len(names):
         raise ConfigurationError(
-            f"tools are offered twice under one name: {sorted(names)}; give each tool its own name",
+            f"tools are offered twice under one name: "
+            f"{sorted({n for n in names if names.count(n) > 1})}; give each tool its own name",
             field="tools",
         )
     if tool_choice is None or tool_choice in TOOL_CHOICE_MODES:
