@@ -44,24 +44,29 @@ def submit(
     async def go() -> str:
         app = state.app()
         store = app.store()
-        await app.client(store).migrate()
-        result = await Client(store, app=app).submit(
-            workflow,
-            data,
-            tenant=state.tenant,
-            idempotency_key=idempotency_key,
-            priority=priority,
-        )
-        job = result.job
-        if wait or exit_code:
-            job = await _wait(Client(store), job.id, timeout, quiet=state.json)
-        if state.json:
-            ui.dump_json({"created": result.created, "job": job.to_dict()})
-        else:
-            verb = "submitted" if result.created else "duplicate of"
-            ui.out.print(f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}")
-        await store.close()
-        return str(job.status)
+        try:
+            client = app.client(store)
+            await client.migrate()
+            result = await client.submit(
+                workflow,
+                data,
+                tenant=state.tenant,
+                idempotency_key=idempotency_key,
+                priority=priority,
+            )
+            job = result.job
+            if wait or exit_code:
+                job = await _wait(client, job.id, timeout, quiet=state.json)
+            if state.json:
+                ui.dump_json({"created": result.created, "job": job.to_dict()})
+            else:
+                verb = "submitted" if result.created else "duplicate of"
+                ui.out.print(
+                    f"{verb} job [bold]{job.id}[/] ({job.workflow}): {ui.status(job.status)}"
+                )
+            return str(job.status)
+        finally:
+            await store.close()
 
     ended = run_async(go)
     if exit_code:
