@@ -262,6 +262,8 @@ class Client:
         before: str | None = None,
     ) -> builtins.list[JobRecord]:
         """Jobs, newest first. An unknown status is a `UsageError` listing the statuses."""
+        if before is not None:
+            storable.check_id("before", before)
         return await self.store.job_list(
             tenant_id=tenant,
             statuses=job_statuses(statuses),

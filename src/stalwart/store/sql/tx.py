@@ -736,7 +736,7 @@ def ran_with(tx: Tx, step: StepHead) -> Any:
     row = tx.con.execute("SELECT args FROM steps WHERE id = ?", (step.id,)).fetchone()
     if row is None or row[0] is None:
         return step.spec.get("args")
-    return loads(row[0], f"arguments of step {step.id}")
+    return loads(row[0], f"arguments of step {step.key!r} of job {step.job_id}")
 
 
 def _budget(message: str) -> dict[str, Any]:
