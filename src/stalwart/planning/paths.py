@@ -15,7 +15,7 @@ import difflib
 import enum
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import PurePath
@@ -46,6 +46,12 @@ _LISTS = (list, tuple, set, frozenset, Sequence, typing.Sequence)
 _UNIONS = (typing.Union, types.UnionType)
 
 
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to `name`, if one is close enough to suggest (difflib)."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PathMiss:
     """Where a path falls off a model: `segment` is not there, after the parts in `at`.
@@ -62,8 +68,7 @@ class PathMiss:
 
     def suggestion(self) -> str | None:
         """The known field closest to the missing one, if one is close (difflib)."""
-        found = difflib.get_close_matches(self.segment, self.known, n=1, cutoff=0.6)
-        return found[0] if found else None
+        return closest(self.segment, self.known)
 
     def describe(self, subject: str) -> str:
         """A sentence about `subject` (e.g. "the output of step a (Invoice)") and the miss."""

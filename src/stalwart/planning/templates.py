@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from stalwart.domain.plans import LLM_FIELDS, StepSpec, Template
 from stalwart.errors import TemplateError
+from stalwart.planning.paths import closest
 
 
 def load_template(path: str | Path) -> Template:
@@ -96,7 +96,8 @@ def _unknown_field(data: Any, loc: tuple[Any, ...]) -> str:
         owner = ".".join(str(part) for part in loc[:-1] if not isinstance(part, int))
     text = f"{owner} has no field `{name}`"
     known = _known_fields(loc[:-1])
-    found = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if known else []
+    near = closest(name, known)
+    found = [near] if near else []
     if not found:  # `timeout` for `timeout_seconds`: a prefix is as good a hint
         found = [k for k in known if k.startswith(f"{name}_")][:1]
     if found:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from stalwart.domain.plans import Plan, PlanStep, StepSpec, Template
 from stalwart.domain.refs import find_refs
 from stalwart.errors import PlanValidationError
 from stalwart.llm.routing import Router
-from stalwart.planning.paths import path_miss
+from stalwart.planning.paths import closest, path_miss
 from stalwart.tools.registry import ToolRegistry
 
 log = logging.getLogger("stalwart.planning")
@@ -40,8 +39,8 @@ def _problem(step: str | None, text: str) -> dict[str, str]:
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
     """`; did you mean `x`?` when a known name is close to `name` (difflib), else ""."""
-    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"; did you mean `{found[0]}`?" if found else ""
+    found = closest(name, known)
+    return f"; did you mean `{found}`?" if found else ""
 
 
 class _TextAnswer(BaseModel):
