@@ -132,8 +132,13 @@ class LlmStepRunner:
     async def _run(self, claim: Claim, context: dict[str, Any]) -> ToolOutcome:
         spec = LlmSpec.model_validate(claim.spec.get("llm") or {})
         try:
-            prompt = str(resolve(spec.prompt, context))
-            system = str(resolve(spec.system, context)) if spec.system else DEFAULT_SYSTEM
+            if isinstance(claim.args, dict) and "prompt" in claim.args:
+                # Resolved at claim and stored (decision 0037): what is shown is what is sent.
+                prompt = str(claim.args["prompt"])
+                system = str(claim.args.get("system") or DEFAULT_SYSTEM)
+            else:
+                prompt = str(resolve(spec.prompt, context))
+                system = str(resolve(spec.system, context)) if spec.system else DEFAULT_SYSTEM
         except UnresolvedReferenceError as exc:
             return ToolOutcome(
                 error=StepError(ErrorClass.INVALID_ARGUMENTS, exc.message, "unresolved_reference")
