@@ -73,6 +73,20 @@ class LlmSpec(BaseModel):
     context_window: int | None = Field(None, ge=256)
 
 
+class TextAnswer(BaseModel):
+    """What an llm step without an output schema records."""
+
+    text: str
+
+
+class SignOff(BaseModel):
+    """What an approved human step records."""
+
+    approved: bool
+    reviewer: str | None
+    comment: str | None
+
+
 class Check(BaseModel):
     """One success criterion of a step's output, and what failing it means: `soft` warns and
     continues, `hard` replans with the failure as context, `critical` halts and escalates.

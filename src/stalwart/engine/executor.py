@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from opentelemetry.trace import Span
 from pydantic import BaseModel
 
+from stalwart.domain.arguments import reference_context
 from stalwart.domain.budgets import CallScope
 from stalwart.domain.conditions import evaluate
 from stalwart.domain.failures import Decision, Outcome, decide
 from stalwart.domain.memory import job_query, past_context, uses_past
-from stalwart.domain.plans import Check, Judge, Plan
+from stalwart.domain.plans import Check, Judge, Plan, SignOff
 from stalwart.domain.records import Claim, JobRecord, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
@@ -270,17 +271,11 @@ class Executor:
             return ToolOutcome(error=StepError(ErrorClass.CANCELLED, "job cancelled", "cancelled"))
         if claim.kind == "human":
             review = claim.review or {}
-            return ToolOutcome(
-                output={
-                    "approved": True,
-                    "reviewer": review.get("reviewer"),
-                    "comment": review.get("comment"),
-                }
+            signed = SignOff(
+                approved=True, reviewer=review.get("reviewer"), comment=review.get("comment")
             )
-        context = {
-            "input": claim.job_input,
-            "steps": {key: {"output": value} for key, value in claim.outputs.items()},
-        }
+            return ToolOutcome(output=signed.model_dump())
+        context = reference_context(claim.job_input, claim.outputs)
         if claim.kind == "llm":
             if self.llm is None:
                 return _critical(

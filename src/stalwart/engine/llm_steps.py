@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stalwart.domain.budgets import CallScope
-from stalwart.domain.plans import LlmSpec
+from stalwart.domain.plans import LlmSpec, TextAnswer
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.engine.memory import WorkingMemory
@@ -249,4 +249,4 @@ class LlmStepRunner:
 
 def _output(result: LlmResult, call: LlmCall) -> Any:
     """What an llm step records: the validated answer, or `{"text": ...}` without a schema."""
-    return result.data if call.output is not None else {"text": result.text}
+    return result.data if call.output is not None else TextAnswer(text=result.text).model_dump()

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from stalwart.domain.conditions import Condition, condition_problems, parse_expression
-from stalwart.domain.plans import Plan, PlanStep, StepSpec, Template
+from stalwart.domain.plans import Plan, PlanStep, SignOff, StepSpec, Template, TextAnswer
 from stalwart.domain.refs import find_refs
 from stalwart.errors import PlanValidationError
 from stalwart.llm.routing import Router
@@ -43,20 +43,6 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f"; did you mean `{found}`?" if found else ""
 
 
-class _TextAnswer(BaseModel):
-    """The output of an llm step without an output schema."""
-
-    text: str
-
-
-class _SignOff(BaseModel):
-    """The output of an approved human step."""
-
-    approved: bool
-    reviewer: str | None
-    comment: str | None
-
-
 @dataclass(frozen=True, slots=True)
 class _Shape:
     """What a step's output (or the job input) is known to be, and how to name it."""
@@ -73,12 +59,12 @@ def _output_shapes(
     for step in plan.steps:
         where = f"the output of step {step.id}"
         if step.kind == "human":
-            shapes[step.id] = _Shape(f"{where} (a human step's sign-off)", _SignOff)
+            shapes[step.id] = _Shape(f"{where} (a human step's sign-off)", SignOff)
         elif step.kind == "llm" and step.llm is not None:
             name = step.llm.output
             if name is None:
                 label = f'{where} (an llm step without an output schema answers {{"text": ...}})'
-                shapes[step.id] = _Shape(label, _TextAnswer)
+                shapes[step.id] = _Shape(label, TextAnswer)
             elif name in schemas:
                 shapes[step.id] = _Shape(f"{where} (schema {name!r})", schemas[name])
         elif (
