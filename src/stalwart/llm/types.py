@@ -99,6 +99,16 @@ class Message:
     tool_call_id: str | None = None
     is_error: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, once: a provider refuses a result without its call's id with a 400
+        # that does not say why.
+        if self.role == "tool" and not self.tool_call_id:
+            raise ConfigurationError(
+                "a tool message needs the id of the call it answers",
+                field="tool_call_id",
+                fix="build it with Message.tool_result(call.id, content)",
+            )
+
     @classmethod
     def assistant_tool_calls(cls, calls: Iterable[ToolCall], content: str = "") -> Message:
         """The assistant turn that asked for `calls` (with any text it wrote alongside)."""

@@ -589,3 +589,10 @@ def test_a_tool_turns_span_counts_its_calls_and_shows_them_only_with_content(
     if content:
         shown = json.loads(str(attrs["gen_ai.output.messages"]))
         assert shown["tool_calls"] == [call.to_dict() for call in calls]
+
+
+def test_a_tool_result_without_its_calls_id_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Message("tool", '{"ok": true}')
+    assert info.value.field == "tool_call_id"
+    assert Message.tool_result("call_1", "{}").tool_call_id == "call_1"
