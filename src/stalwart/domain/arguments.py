@@ -20,8 +20,9 @@ def reference_context(job_input: Any, outputs: Mapping[str, Any]) -> dict[str, A
 
 def step_arguments(spec: Mapping[str, Any], job_input: Any, outputs: Mapping[str, Any]) -> Any:
     """A step's arguments, resolved against the job's input and the outputs it depends on: a
-    tool step's `args`; an `llm` step's `prompt` (and `system`, when it has one); None for the
-    other kinds. Raises `UnresolvedReferenceError` when a reference points at nothing."""
+    tool step's `args`; an `llm` step's `prompt` (and `system`, when it has one); an `agent`
+    step's `prompt` (and `instructions`); None for the other kinds. Raises
+    `UnresolvedReferenceError` when a reference points at nothing."""
     context = reference_context(job_input, outputs)
     kind = spec.get("kind", "tool")
     if kind == "tool":
@@ -31,5 +32,11 @@ def step_arguments(spec: Mapping[str, Any], job_input: Any, outputs: Mapping[str
         resolved = {"prompt": str(resolve(llm.get("prompt") or "", context))}
         if llm.get("system"):
             resolved["system"] = str(resolve(llm["system"], context))
+        return resolved
+    if kind == "agent":
+        agent = spec.get("agent") or {}
+        resolved = {"prompt": str(resolve(agent.get("prompt") or "", context))}
+        if agent.get("instructions"):
+            resolved["instructions"] = str(resolve(agent["instructions"], context))
         return resolved
     return None

@@ -11,12 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stalwart.domain.agents import AGENT_FIELDS, AgentSpec
 from stalwart.domain.conditions import Condition
 from stalwart.domain.refs import find_refs, ref_step
 from stalwart.domain.retry import RetryPolicy
 from stalwart.types import JSON, canonical_hash
 
-StepKind = Literal["tool", "human", "llm"]
+StepKind = Literal["tool", "human", "llm", "agent"]
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 Severity = Literal["soft", "hard", "critical"]
 BudgetFallback = Literal["cheaper_tier", "partial", "escalate", "fail"]
@@ -71,6 +72,43 @@ class LlmSpec(BaseModel):
     # one depends on ("dependencies"), or nothing ("none").
     context: Literal["dependencies", "none"] = "dependencies"
     context_window: int | None = Field(None, ge=256)
+
+
+def gather_model_fields(data: Any) -> Any:
+    """Move an llm step's flat fields into `llm`, an agent step's into `agent`."""
+    if not isinstance(data, dict):
+        return data
+    agent = data.get("kind") == "agent"
+    names = (AGENT_FIELDS if agent else LLM_FIELDS) & data.keys()
+    if not names:
+        return data
+    data = dict(data)
+    home = "agent" if agent else "llm"
+    nested = dict(data.get(home) or {})
+    for name in names:
+        nested[name] = data.pop(name)
+    data[home] = nested
+    return data
+
+
+def check_model_fields(
+    kind: str, llm: LlmSpec | None, agent: AgentSpec | None, tool: str | None
+) -> None:
+    """An llm step has a prompt, an agent step a prompt and tools, and no other kind has
+    either."""
+    if kind == "llm" and llm is None:
+        raise ValueError("an llm step needs a prompt")
+    if kind != "llm" and llm is not None:
+        raise ValueError(f"prompt, output and tier belong to llm steps, not {kind} steps")
+    if kind == "agent" and agent is None:
+        raise ValueError("an agent step needs a prompt and tools (the tools it may call)")
+    if kind != "agent" and agent is not None:
+        raise ValueError(f"tools and max_turns belong to agent steps, not {kind} steps")
+    if kind == "agent" and tool:
+        raise ValueError(
+            "an agent step names the tools it may call in `tools`, not `tool`; "
+            f"write tools: [{tool}]"
+        )
 
 
 class TextAnswer(BaseModel):
@@ -170,6 +208,7 @@ class StepSpec(BaseModel):
     critical: bool = True
     success: Condition | None = None
     llm: LlmSpec | None = None
+    agent: AgentSpec | None = None
     checks: list[Check] = Field(default_factory=list)
     judge: Judge | None = None
     cost_usd: float | None = Field(None, ge=0, description="Estimated cost of a tool step.")
@@ -177,21 +216,13 @@ class StepSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _gather_llm_fields(cls, data: Any) -> Any:
-        """Templates write an llm step's fields on the step; they live in `llm`."""
-        if isinstance(data, dict) and LLM_FIELDS & data.keys():
-            data = dict(data)
-            llm = dict(data.get("llm") or {})
-            for name in LLM_FIELDS & data.keys():
-                llm[name] = data.pop(name)
-            data["llm"] = llm
-        return data
+        """Templates write an llm (or agent) step's fields on the step; they live in `llm` (or
+        `agent`)."""
+        return gather_model_fields(data)
 
     @model_validator(mode="after")
     def _llm_matches_kind(self) -> StepSpec:
-        if self.kind == "llm" and self.llm is None:
-            raise ValueError("an llm step needs a prompt")
-        if self.kind != "llm" and self.llm is not None:
-            raise ValueError(f"prompt, output and tier belong to llm steps, not {self.kind} steps")
+        check_model_fields(self.kind, self.llm, self.agent, self.tool)
         return self
 
     def dependencies(self) -> list[str]:
@@ -204,6 +235,8 @@ class StepSpec(BaseModel):
         paths += list(self.success or {})
         if self.llm is not None:
             paths += find_refs(self.llm.prompt) + find_refs(self.llm.system)
+        if self.agent is not None:
+            paths += find_refs(self.agent.prompt) + find_refs(self.agent.instructions)
         for path in paths:
             step = ref_step(path)
             if step is not None and step != self.id and step not in deps:
@@ -247,6 +280,7 @@ class PlanStep(BaseModel):
     idempotent: bool = True
     has_reconcile: bool = False
     llm: LlmSpec | None = None
+    agent: AgentSpec | None = None
     checks: list[Check] = Field(default_factory=list)
     judge: Judge | None = None
     review_if: list[ReviewTrigger] = Field(default_factory=list)

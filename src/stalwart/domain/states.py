@@ -117,8 +117,17 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     S.PENDING: frozenset({S.READY, S.SKIPPED, S.CANCELLED}),
     S.READY: frozenset({S.RUNNING, S.AWAITING_APPROVAL, S.SKIPPED, S.CANCELLED}),
     # running -> ready: a lease that expired on an idempotent tool, or a drained worker.
+    # running -> awaiting_approval: an agent step parks mid-loop on a call that needs a reviewer.
     S.RUNNING: frozenset(
-        {S.SUCCEEDED, S.RETRY_WAIT, S.FAILED, S.INTERRUPTED, S.READY, S.CANCELLED}
+        {
+            S.SUCCEEDED,
+            S.RETRY_WAIT,
+            S.FAILED,
+            S.INTERRUPTED,
+            S.READY,
+            S.CANCELLED,
+            S.AWAITING_APPROVAL,
+        }
     ),
     S.RETRY_WAIT: frozenset({S.READY, S.SKIPPED, S.CANCELLED}),
     S.AWAITING_APPROVAL: frozenset({S.READY, S.REJECTED, S.SKIPPED, S.CANCELLED}),

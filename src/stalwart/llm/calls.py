@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stalwart.domain.agents import TurnCheckpoint
 from stalwart.domain.budgets import BudgetWarning
 from stalwart.llm.types import Message, ToolCall, ToolSpec, check_tools
 
@@ -41,6 +42,8 @@ class LlmCall:
     tools: Sequence[ToolSpec] = ()
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
+    # An agent turn: the answer is recorded with the settle of its ledger row (decision 0039).
+    checkpoint: TurnCheckpoint | None = None
 
     def __post_init__(self) -> None:
         check_tools(self.tools, self.tool_choice)
@@ -63,6 +66,10 @@ class LlmResult:
     warnings: list[BudgetWarning] = field(default_factory=list)
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
+    # The call's `checkpoint` turn was recorded with its settle (not for a cached answer).
+    checkpointed: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @property
     def ref(self) -> str:

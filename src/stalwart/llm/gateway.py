@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from stalwart.domain.agents import AgentTurn, TurnWrite
 from stalwart.domain.budgets import (
     BudgetLine,
     BudgetRecord,
@@ -75,9 +76,15 @@ class Ledger(Protocol):
         ...
 
     async def llm_settle(
-        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+        self,
+        call_id: int,
+        result: CallResult,
+        *,
+        actor: str,
+        warn_ratio: float = 0.8,
+        turn: TurnWrite | None = None,
     ) -> list[BudgetWarning]:
-        """Settle a reserved call."""
+        """Settle a reserved call (and record the agent turn it answered)."""
         ...
 
     async def llm_record(
@@ -291,8 +298,18 @@ class Gateway:
                     valid = True
                 except (ValueError, ValidationError) as exc:
                     problems, valid = _problems(exc), False
+                turn = (
+                    _turn(call, response, model, call_id) if valid and call.checkpoint else None
+                )
                 await self._settle(
-                    call_id, response, model, latency, scope, result, None if valid else problems
+                    call_id,
+                    response,
+                    model,
+                    latency,
+                    scope,
+                    result,
+                    None if valid else problems,
+                    turn,
                 )
                 record_chat(
                     span,
@@ -324,6 +341,8 @@ class Gateway:
             result.text, result.data, result.output = response.text, data, output
             result.tool_calls = response.tool_calls if call.tools else ()
             result.finish_reason = response.finish_reason
+            result.checkpointed = call.checkpoint is not None
+            result.input_tokens, result.output_tokens = response.input_tokens, response.output_tokens
             result.model = response.model or model.model
             return result
         raise InvalidOutputError(
@@ -567,13 +586,24 @@ class Gateway:
             )
             raise
 
-    async def _finish(self, call_id: int, result: CallResult) -> list[BudgetWarning]:
-        """Settle a reserved call to its end, even if the caller is cancelled meanwhile."""
-        return await _uncancellable(
-            self.store.llm_settle(
+    async def _finish(
+        self, call_id: int, result: CallResult, turn: TurnWrite | None = None
+    ) -> list[BudgetWarning]:
+        """Settle a reserved call to its end, even if the caller is cancelled meanwhile; with
+        `turn`, the agent turn it answered is recorded in the same transaction."""
+        if turn is None:  # the ledger's own signature, for stores that know no agent turns
+            settling = self.store.llm_settle(
                 call_id, result, actor=self.actor, warn_ratio=self.settings.budget_warning_ratio
             )
-        )
+        else:
+            settling = self.store.llm_settle(
+                call_id,
+                result,
+                actor=self.actor,
+                warn_ratio=self.settings.budget_warning_ratio,
+                turn=turn,
+            )
+        return await _uncancellable(settling)
 
     async def _abandon(self, reserving: Awaitable[int]) -> None:
         """Give back a reservation whose caller was cancelled before the request was sent."""
@@ -599,6 +629,7 @@ class Gateway:
         scope: CallScope,
         result: LlmResult,
         problems: str | None,
+        turn: TurnWrite | None = None,
     ) -> None:
         cost = self.pricing.cost_nanos(
             model.provider,
@@ -620,6 +651,12 @@ class Gateway:
                 error_class=ErrorClass.SEMANTIC.value if problems else None,
                 error=problems,
                 model=response.model or None,
+            ),
+            turn
+            if turn is None
+            else TurnWrite(
+                turn.checkpoint,
+                replace(turn.turn, cost_nanos=result.cost_nanos + (cost or 0)),
             ),
         )
         result.cost_nanos += cost or 0
@@ -700,6 +737,27 @@ async def _uncancellable(work: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def _turn(call: LlmCall, response: ModelResponse, model: Model, call_id: int) -> TurnWrite:
+    """The agent turn `response` answers, to record with its settle (cost set there)."""
+    assert call.checkpoint is not None
+    return TurnWrite(
+        call.checkpoint,
+        AgentTurn(
+            turn=call.checkpoint.turn,
+            attempt=call.checkpoint.attempt,
+            text=response.text,
+            tool_calls=[c.to_dict() for c in response.tool_calls] if call.tools else [],
+            finish_reason=response.finish_reason,
+            provider=model.provider,
+            model=response.model or model.model,
+            input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens,
+            llm_call_id=call_id,
+            summary=call.checkpoint.summary,
+        ),
+    )
 
 
 def _as_provider_error(exc: Exception, model: Model | EmbeddingModel) -> ProviderError:

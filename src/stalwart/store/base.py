@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stalwart.domain.access import KeyRecord, NewKey
+from stalwart.domain.agents import AgentCall, AgentTurn, Transcript, TurnCheckpoint, TurnWrite
 from stalwart.domain.budgets import (
     BudgetRecord,
     BudgetWarning,
@@ -212,6 +213,17 @@ class MigrationStatus:
     def current(self) -> bool:
         """True when nothing is pending."""
         return not self.pending
+
+
+@dataclass(slots=True)
+class CallStart:
+    """What `agent_call_start` found: the call started (its limits passed), or the lease is
+    gone, or a limit holds the call back until `wait_until` (None: until a slot frees)."""
+
+    started: bool
+    lease_lost: bool = False
+    held_by: str | None = None
+    wait_until: float | None = None
 
 
 class Store(Protocol):
@@ -455,9 +467,68 @@ class Store(Protocol):
         ...
 
     async def llm_settle(
-        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+        self,
+        call_id: int,
+        result: CallResult,
+        *,
+        actor: str,
+        warn_ratio: float = 0.8,
+        turn: TurnWrite | None = None,
     ) -> list[BudgetWarning]:
-        """Settle a reserved call; return the budgets that crossed their warning ratio now."""
+        """Settle a reserved call; return the budgets that crossed their warning ratio now. With
+        `turn`, record the agent turn it answered in the same transaction, fenced."""
+        ...
+
+    # -- agent loops (decision 0039) ---------------------------------------------------------
+
+    async def agent_transcript(self, step_id: int, *, key: str = "") -> Transcript:
+        """An agent step's turns and calls so far, in order."""
+        ...
+
+    async def agent_transcripts(
+        self, job_id: str, *, tenant_id: str | None = None
+    ) -> list[Transcript]:
+        """Every agent step's transcript of the job's current plan, in step order."""
+        ...
+
+    async def agent_turn_record(
+        self, claim: Claim, checkpoint: TurnCheckpoint, turn: AgentTurn, *, actor: str
+    ) -> bool:
+        """Record a turn that settled no ledger row of its own; False when the lease is gone."""
+        ...
+
+    async def agent_call_start(
+        self, claim: Claim, call: AgentCall, *, actor: str, limited: bool = True
+    ) -> CallStart:
+        """Pass the call's tool limits and write it `running`, fenced."""
+        ...
+
+    async def agent_call_finish(
+        self,
+        claim: Claim,
+        call: AgentCall,
+        *,
+        actor: str,
+        effects: Sequence[tuple[str, tuple[Any, ...]]] = (),
+        outcome: StepError | None = None,
+        ran: bool = True,
+    ) -> bool:
+        """Write a call's end with its effects, fenced; False when the lease is gone."""
+        ...
+
+    async def agent_park(
+        self,
+        claim: Claim,
+        call: AgentCall,
+        *,
+        actor: str,
+        kind: str,
+        reason: str,
+        asked: str,
+        options: list[dict[str, Any]],
+        context: dict[str, Any],
+    ) -> bool:
+        """Park an agent step on a call that waits for a reviewer; False when the lease is gone."""
         ...
 
     async def llm_record(

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from stalwart.domain.agents import TurnWrite
 from stalwart.domain.budgets import (
     NANOS_PER_USD,
     BudgetLine,
@@ -33,6 +34,7 @@ from stalwart.domain.events import note
 from stalwart.errors import BudgetExceeded
 from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.rows import loads
+from stalwart.store.sql.transcripts import insert_turn
 from stalwart.store.sql.tx import Tx
 from stalwart.types import dumps
 
@@ -287,20 +289,30 @@ class LlmLedger(SqlBase):
         return await self._write(actor, run)
 
     async def llm_settle(
-        self, call_id: int, result: CallResult, *, actor: str, warn_ratio: float = 0.8
+        self,
+        call_id: int,
+        result: CallResult,
+        *,
+        actor: str,
+        warn_ratio: float = 0.8,
+        turn: TurnWrite | None = None,
     ) -> list[BudgetWarning]:
         """Settle a reserved call to its actual figures; return the budgets that crossed
-        `warn_ratio` of a limit with this call (each budget warns once, with an event)."""
+        `warn_ratio` of a limit with this call (each budget warns once, with an event). With
+        `turn`, the agent turn this call answered is recorded in the same transaction, fenced
+        by its step's lease token (decision 0039)."""
 
         def run(tx: Tx) -> list[BudgetWarning]:
             row = tx.con.execute(
-                "SELECT outcome, budget_keys, reserved_nanos, reserved_tokens, job_id, step_key "
-                f"FROM llm_calls WHERE id = ?{tx.lock}",
+                "SELECT outcome, budget_keys, reserved_nanos, reserved_tokens, job_id, step_key, "
+                f"tenant_id FROM llm_calls WHERE id = ?{tx.lock}",
                 (call_id,),
             ).fetchone()
             if row is None or row[0] not in ("reserved", "abandoned"):
                 return []  # settled already: settling is idempotent
-            outcome, raw_keys, reserved_nanos, reserved_tokens, job_id, step_key = row
+            outcome, raw_keys, reserved_nanos, reserved_tokens, job_id, step_key, tenant = row
+            if turn is not None:
+                insert_turn(tx, turn.checkpoint, turn.turn, tenant, job_id)
             held_nanos, held_tokens = reserved_nanos, reserved_tokens
             if outcome == "abandoned":  # released already; only the spend is left to add
                 held_nanos = held_tokens = 0

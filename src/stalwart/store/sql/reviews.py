@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stalwart.domain.agents import AGENT_REVIEW_KINDS
 from stalwart.domain.records import ReviewRecord, StepError
 from stalwart.domain.states import JOB_TERMINAL, JobStatus, StepStatus
 from stalwart.errors import NotFoundError, ReviewAlreadyDecidedError
+from stalwart.store.sql.agents import decide_call
 from stalwart.store.sql.base import SqlBase, scope_filter
 from stalwart.store.sql.due import REVIEW_OVERDUE
 from stalwart.store.sql.rows import REVIEW_COLUMNS, review_from_row
@@ -92,6 +94,13 @@ class ReviewStore(SqlBase):
             )
             if step is None:
                 return
+            if review.kind in AGENT_REVIEW_KINDS:
+                decide_call(tx, review_id, approve, reviewer, comment)
+                agent = step.spec.get("agent") or {}
+                if not approve and agent.get("on_tool_reject", "tell_model") == "tell_model":
+                    # The loop goes on: the model reads the reviewer's comment as the result.
+                    self._resume(tx, job, step, reviewer)
+                    return
             if approve:
                 self._approve(tx, job, step, reviewer)
             else:
@@ -113,6 +122,22 @@ class ReviewStore(SqlBase):
                 S.READY,
                 f"approved by {reviewer}",
                 sets=", approved = 1, reconcile_pending = 0, due = ?",
+                params=(tx.now,),
+            )
+        advance_job(tx, job)
+
+    def _resume(self, tx: Tx, job: JobHead, step: StepHead, reviewer: str) -> None:
+        """A rejected agent call whose loop goes on: the step is ready again."""
+        if job.status == J.ESCALATED.value and not _has_failed_steps(tx, job):
+            move_job(tx, job, J.EXECUTING, f"decided by {reviewer}", sets=", error = NULL")
+            resolve_dead_letters(tx, job, "resolved", reviewer)
+        if step.status == S.AWAITING_APPROVAL.value:
+            move_step(
+                tx,
+                step,
+                S.READY,
+                f"call rejected by {reviewer}; the model is told",
+                sets=", due = ?",
                 params=(tx.now,),
             )
         advance_job(tx, job)

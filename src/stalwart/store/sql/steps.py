@@ -90,7 +90,7 @@ class StepStore(SqlBase):
             ).fetchone()
             if row is None:
                 return Completion(recorded=False)
-            _apply_effects(tx, claim, effects)
+            apply_effects(tx, claim, effects)
             job = tx.job(claim.job_id)
             assert job is not None
             if claim.limit_keys:
@@ -254,7 +254,7 @@ class StepStore(SqlBase):
         return await self._write(worker_id, run)
 
 
-def _apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
+def apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
     """Run a tool's registered writes inside its completion (after the fence passed)."""
     for number, (sql, params) in enumerate(effects, 1):
         try:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from stalwart.store.base import MigrationStatus
 from stalwart.store.sql.access import AccessStore
+from stalwart.store.sql.agents import AgentStore
 from stalwart.store.sql.claims import ClaimStore
 from stalwart.store.sql.dead_letters import DeadLetterStore
 from stalwart.store.sql.due import DueStore
@@ -51,6 +52,7 @@ class SqlStore(
     AccessStore,
     ObservabilityStore,
     MemoryStore,
+    AgentStore,
     ABC,
 ):
     """The `Store` protocol in SQL both backends accept. A backend supplies how a write

@@ -1,0 +1,298 @@
+"""Agent loops in the SQL store (decision 0039): the turns and tool calls of `agent` steps, each
+written as it completes and fenced by the step's lease token; the park of a step on a call that
+needs a reviewer; and the transcripts read back, to resume a loop and to show it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stalwart.domain.agents import AgentCall, AgentTurn, CallStatus, Transcript, TurnCheckpoint
+from stalwart.domain.limits import tool_key
+from stalwart.domain.records import Claim, StepError
+from stalwart.domain.states import StepStatus
+from stalwart.store.base import CallStart
+from stalwart.store.sql import limits as limits_sql
+from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.steps import apply_effects
+from stalwart.store.sql.transcripts import CALL_COLUMNS, TURN_COLUMNS, assemble, insert_turn
+from stalwart.store.sql.tx import (
+    REFUND_ATTEMPT,
+    STEP_HEAD_COLUMNS,
+    StepHead,
+    Tx,
+    advance_job,
+    move_step,
+    open_review,
+    step_head,
+)
+from stalwart.types import dumps
+
+S = StepStatus
+Effect = tuple[str, tuple[Any, ...]]
+
+
+def fence(tx: Tx, claim: Claim) -> StepHead | None:
+    """The step, locked, if this claim still holds its lease; else None."""
+    row = tx.con.execute(
+        f"SELECT {STEP_HEAD_COLUMNS} FROM steps WHERE id = ? AND lease_token = ? "
+        f"AND status = 'running'{tx.lock}",
+        (claim.step_id, claim.lease_token),
+    ).fetchone()
+    return step_head(row) if row is not None else None
+
+
+def _write_call(tx: Tx, claim: Claim, call: AgentCall) -> None:
+    tx.con.execute(
+        "INSERT INTO agent_calls (step_id, turn, idx, tenant_id, job_id, call_id, tool, "
+        "arguments, status, result, error, attempts, review_id, decision, started, finished, "
+        "created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (step_id, turn, idx) "
+        "DO UPDATE SET status = excluded.status, result = excluded.result, "
+        "error = excluded.error, attempts = excluded.attempts, review_id = excluded.review_id, "
+        "decision = excluded.decision, started = excluded.started, "
+        "finished = excluded.finished",
+        (
+            claim.step_id,
+            call.turn,
+            call.index,
+            claim.tenant_id,
+            claim.job_id,
+            call.call_id,
+            call.tool,
+            call.arguments,
+            call.status,
+            None if call.result is None else dumps(call.result),
+            None if call.error is None else dumps(call.error),
+            call.attempts,
+            call.review_id,
+            None if call.decision is None else dumps(call.decision),
+            call.started,
+            call.finished,
+            tx.now,
+        ),
+    )
+
+
+def release_key(tx: Tx, step_id: int, key: str) -> None:
+    """Give back the slot of one limit key a step holds (a tool call of an agent step ended;
+    the step keeps its other slots)."""
+    tx.con.execute(
+        "UPDATE limit_slots SET step_id = NULL, taken = NULL WHERE step_id = ? AND key = ?",
+        (step_id, key),
+    )
+
+
+class AgentStore(SqlBase):
+    """The agent-loop part of `SqlStore`."""
+
+    async def agent_transcript(self, step_id: int, *, key: str = "") -> Transcript:
+        """An agent step's turns and calls so far, in order (empty before its first turn)."""
+        turns = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM agent_turns WHERE step_id = ? ORDER BY turn", (step_id,)
+        )
+        calls = await self._read(
+            f"SELECT {CALL_COLUMNS} FROM agent_calls WHERE step_id = ? ORDER BY turn, idx",
+            (step_id,),
+        )
+        return assemble(step_id, key, turns, calls)
+
+    async def agent_transcripts(
+        self, job_id: str, *, tenant_id: str | None = None
+    ) -> list[Transcript]:
+        """Every agent step's transcript of the job's current plan, in step order; `NotFoundError`
+        when the job does not exist for this tenant."""
+        job = await self.job_get(job_id, tenant_id=tenant_id)
+        steps = await self._read(
+            "SELECT id, key FROM steps WHERE job_id = ? AND plan_version = ? AND kind = 'agent' "
+            "ORDER BY id",
+            (job_id, job.plan_version),
+        )
+        if not steps:
+            return []
+        turns = await self._read(
+            f"SELECT {TURN_COLUMNS} FROM agent_turns WHERE job_id = ? ORDER BY step_id, turn",
+            (job_id,),
+        )
+        calls = await self._read(
+            f"SELECT {CALL_COLUMNS} FROM agent_calls WHERE job_id = ? ORDER BY step_id, turn, idx",
+            (job_id,),
+        )
+        return [
+            assemble(
+                step_id,
+                key,
+                [r for r in turns if r[0] == step_id],
+                [r for r in calls if r[0] == step_id],
+            )
+            for step_id, key in steps
+        ]
+
+    async def agent_turn_record(
+        self, claim: Claim, checkpoint: TurnCheckpoint, turn: AgentTurn, *, actor: str
+    ) -> bool:
+        """Record a turn that settled no ledger row of its own (a cached answer); False when the
+        lease is gone."""
+
+        def run(tx: Tx) -> bool:
+            return insert_turn(tx, checkpoint, turn, claim.tenant_id, claim.job_id)
+
+        return await self._write(actor, run)
+
+    async def agent_call_start(
+        self, claim: Claim, call: AgentCall, *, actor: str, limited: bool = True
+    ) -> CallStart:
+        """Start a tool call: pass the tool's limits (a slot, a token, a closed breaker) and
+        write the call `running` with its attempt counted, fenced. A limit that holds it back
+        writes nothing and says until when."""
+
+        def run(tx: Tx) -> CallStart:
+            step = fence(tx, claim)
+            if step is None:
+                return CallStart(False, lease_lost=True)
+            key = tool_key(call.tool)
+            if limited and limits_sql.limits_any(tx, [key]):
+                limits = limits_sql.load(tx)
+                job = tx.job(claim.job_id)
+                assert job is not None
+                tx.con.execute("SAVEPOINT agent_call")
+                mark = len(tx.events)
+                try:
+                    release_key(tx, step.id, key)  # a slot left by a call cut off before
+                    limits_sql.admit(tx, limits, job, step.id, [key])
+                except limits_sql.NotAdmitted:
+                    tx.con.execute("ROLLBACK TO agent_call")
+                    del tx.events[mark:]
+                    tx.con.execute("RELEASE agent_call")
+                    return CallStart(
+                        False, held_by=key, wait_until=limits_sql.next_free(tx, limits)
+                    )
+                tx.con.execute("RELEASE agent_call")
+            call.status = CallStatus.RUNNING.value
+            call.attempts += 1
+            call.started = tx.now
+            _write_call(tx, claim, call)
+            return CallStart(True)
+
+        return await self._write(actor, run)
+
+    async def agent_call_finish(
+        self,
+        claim: Claim,
+        call: AgentCall,
+        *,
+        actor: str,
+        effects: Sequence[Effect] = (),
+        outcome: StepError | None = None,
+        ran: bool = True,
+    ) -> bool:
+        """Write a call's end (its status, result or error), with the tool's `effects` when it
+        succeeded, in one fenced transaction; give back its limit slot and move its breaker
+        (`outcome`: the tool's error, None when it succeeded; `ran` False: the tool never ran).
+        False when the lease is gone: nothing is written, no effect applied."""
+
+        def run(tx: Tx) -> bool:
+            step = fence(tx, claim)
+            if step is None:
+                return False
+            if call.status == CallStatus.SUCCEEDED.value:
+                apply_effects(tx, claim, effects)
+            call.finished = tx.now
+            _write_call(tx, claim, call)
+            job = tx.job(claim.job_id)
+            assert job is not None
+            key = tool_key(call.tool)
+            if ran:
+                release_key(tx, step.id, key)
+                limited = tx.con.execute("SELECT 1 FROM limits WHERE key = ?", (key,)).fetchone()
+                if limited is not None or (outcome is not None and outcome.asks_to_wait):
+                    limits_sql.record_outcome(tx, job, call.tool, step.id, error=outcome)
+            tx.note(
+                "agent_tool_call",
+                job,
+                f"{call.tool}: {call.status}"
+                + (f" ({call.error.get('code')})" if call.error and call.error.get("code") else ""),
+                step=step,
+                tool=call.tool,
+                outcome=call.status,
+                turn=call.turn,
+                index=call.index,
+                attempts=call.attempts,
+            )
+            return True
+
+        return await self._write(actor, run)
+
+    async def agent_park(
+        self,
+        claim: Claim,
+        call: AgentCall,
+        *,
+        actor: str,
+        kind: str,
+        reason: str,
+        asked: str,
+        options: list[dict[str, Any]],
+        context: dict[str, Any],
+    ) -> bool:
+        """Park an agent step on a call that waits for a reviewer: the call `awaiting_approval`
+        with its review, the step `running → awaiting_approval` with its lease, slots and attempt
+        given back (a park is no failed attempt), the job waiting if nothing else runs. False
+        when the lease is gone."""
+
+        def run(tx: Tx) -> bool:
+            step = fence(tx, claim)
+            if step is None:
+                return False
+            job = tx.job(claim.job_id)
+            assert job is not None
+            limits_sql.release(tx, step.id)
+            move_step(
+                tx,
+                step,
+                S.AWAITING_APPROVAL,
+                f"call {call.turn}.{call.index} to {call.tool} waits for a reviewer",
+                sets=", lease_owner = NULL, lease_expires = NULL" + REFUND_ATTEMPT,
+            )
+            review_id = open_review(
+                tx,
+                job,
+                step,
+                kind=kind,
+                reason=reason,
+                asked=asked,
+                options=options,
+                context=context,
+            )
+            call.status = CallStatus.AWAITING_APPROVAL.value
+            call.review_id = review_id
+            _write_call(tx, claim, call)
+            advance_job(tx, job)
+            return True
+
+        return await self._write(actor, run)
+
+
+def decide_call(tx: Tx, review_id: str, approve: bool, reviewer: str, comment: str) -> None:
+    """A reviewer's decision on an agent call: write it on the call (`approved`, or `rejected`
+    with the comment the model will read)."""
+    decision = {"decision": "approved" if approve else "rejected", "reviewer": reviewer}
+    if comment:
+        decision["comment"] = comment
+    tx.con.execute(
+        "UPDATE agent_calls SET status = ?, decision = ?, finished = ? WHERE review_id = ?",
+        (
+            CallStatus.APPROVED.value if approve else CallStatus.REJECTED.value,
+            dumps(decision),
+            None if approve else tx.now,
+            review_id,
+        ),
+    )
+
+
+__all__ = [
+    "AgentStore",
+    "CallStart",
+    "decide_call",
+    "fence",
+    "release_key",
+]
