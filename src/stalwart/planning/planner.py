@@ -149,6 +149,21 @@ class TemplatePlanner:
                 problems.append(
                     {"step": step.id, "problem": f"{exc.message}: the input has no {exc.path!r}"}
                 )
+        agent = step.agent
+        if agent is not None:
+            try:
+                agent = agent.model_copy(
+                    update={
+                        "prompt": resolve(agent.prompt, {"input": job_input}, roots=("input",)),
+                        "instructions": resolve(
+                            agent.instructions, {"input": job_input}, roots=("input",)
+                        ),
+                    }
+                )
+            except UnresolvedReferenceError as exc:
+                problems.append(
+                    {"step": step.id, "problem": f"{exc.message}: the input has no {exc.path!r}"}
+                )
         spec = self.tools.get(step.tool) if step.tool else None
         timeout = step.timeout_seconds or (spec.timeout_seconds if spec else None)
         retry = step.retry or (spec.retry if spec else None) or RetryPolicy()
@@ -166,14 +181,16 @@ class TemplatePlanner:
             depends_on=step.dependencies(),
             timeout_seconds=timeout,
             # Tools and models fail transiently (timeouts, outages): both retry durably.
-            retry=retry if step.kind in ("tool", "llm") else RetryPolicy(max_attempts=1),
+            retry=retry if step.kind in ("tool", "llm", "agent") else RetryPolicy(max_attempts=1),
             requires_approval=requires,
             review=step.review,
             critical=step.critical,
             success=step.success,
+            # An agent step resumes from its transcript: its calls carry their own contracts.
             idempotent=spec.idempotent if spec else True,
             has_reconcile=spec.reconcile is not None if spec else False,
             llm=llm,
+            agent=agent,
             checks=step.checks,
             judge=step.judge,
             on_budget=workflow.budget.on_exceeded,
