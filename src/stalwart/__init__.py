@@ -5,6 +5,7 @@ Define tools and workflows on an `App`, submit jobs with a `Client`, run them wi
 
 from stalwart.app import App
 from stalwart.client import Client, Submitted
+from stalwart.domain.agents import AgentSpec
 from stalwart.domain.limits import Breaker
 from stalwart.domain.plans import (
     Check,
@@ -42,6 +43,7 @@ from stalwart.worker.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentSpec",
     "App",
     "ApprovalPolicy",
     "AuthorizationError",

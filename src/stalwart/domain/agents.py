@@ -95,6 +95,7 @@ class CallStatus(StrEnum):
     APPROVED = "approved"  # a reviewer said yes: it runs when the step is claimed again
     REJECTED = "rejected"  # a reviewer said no: the comment went back to the model
     RUNNING = "running"  # started: a crash now leaves its effect unknown
+    RETRY_WAIT = "retry_wait"  # failed for now (transient): it runs again after its backoff
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # an error the model may read (retries exhausted, a bad result)
     REFUSED = "refused"  # non-retriable (permission, policy): the loop stopped for a person

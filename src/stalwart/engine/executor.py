@@ -27,6 +27,7 @@ from stalwart.domain.records import Claim, JobRecord, StepError
 from stalwart.domain.refs import UnresolvedReferenceError, resolve
 from stalwart.domain.retry import RetryPolicy
 from stalwart.domain.states import JOB_TERMINAL
+from stalwart.engine.agent_steps import ESCALATING_CODES, AgentStepRunner
 from stalwart.engine.evaluator import Evaluator
 from stalwart.engine.llm_steps import LlmStepRunner
 from stalwart.errors import (
@@ -80,6 +81,11 @@ class Executor:
         self.settings = settings
         self.gateway = gateway
         self.llm = LlmStepRunner(gateway, schemas or {}, workflows, settings) if gateway else None
+        self.agents = (
+            AgentStepRunner(self.llm, store, tools, schemas or {}, workflows, settings, memory)
+            if self.llm is not None
+            else None
+        )
         self.evaluator = Evaluator(gateway)
         self.llm_planner = (
             LlmPlanner(gateway, planner, max_reasks=settings.llm_max_reasks) if gateway else None
@@ -139,7 +145,10 @@ class Executor:
         """The attempt and its record: the next claim, and the job (or its status) when this
         attempt finished it."""
         started = time.perf_counter()
-        outcome = await self.attempt(claim, ctx)
+        outcome = await self.attempt(claim, ctx, worker_id=worker_id)
+        if outcome.parked:
+            # An agent step waits for a reviewer mid-loop: the park is recorded, the slot free.
+            return None, None
         if outcome.error is None:
             output = outcome.output
             try:
@@ -253,7 +262,11 @@ class Executor:
                 delay = min(delay * 2, 2.0)
 
     def decide(self, claim: Claim, error: StepError) -> Decision:
-        """What follows this failure (domain.failures.decide with the step's policy)."""
+        """What follows this failure (domain.failures.decide with the step's policy). An agent
+        loop that stopped for a person (a refused call, a repeated call, out of turns or calls)
+        escalates whatever the step's criticality."""
+        if claim.kind == "agent" and error.code in ESCALATING_CODES:
+            return Decision(Outcome.ESCALATE, f"{error.code}: a person must look at the loop")
         policy = RetryPolicy.model_validate(claim.spec.get("retry") or {})
         return decide(
             error,
@@ -265,8 +278,11 @@ class Executor:
             on_budget=str(claim.spec.get("on_budget") or "fail"),
         )
 
-    async def attempt(self, claim: Claim, ctx: ToolContext) -> ToolOutcome:
-        """Run the step's work and return its output or its classified error."""
+    async def attempt(
+        self, claim: Claim, ctx: ToolContext, *, worker_id: str = "worker"
+    ) -> ToolOutcome:
+        """Run the step's work and return its output or its classified error (or, for an
+        agent step that parked mid-loop for a reviewer, an outcome marked `parked`)."""
         if ctx.cancelled:
             return ToolOutcome(error=StepError(ErrorClass.CANCELLED, "job cancelled", "cancelled"))
         if claim.kind == "human":
@@ -296,6 +312,17 @@ class Executor:
                         "timeout",
                     )
                 )
+            return await self._checked(claim, outcome, context)
+        if claim.kind == "agent":
+            if self.agents is None:
+                return _critical(
+                    f"step {claim.key} is an agent step but this worker has no LLM gateway "
+                    "(route a model with app.route() or STALWART_LLM_TIERS)",
+                    code="llm_not_configured",
+                )
+            outcome = await self.agents.run(claim, ctx, context, worker_id=worker_id)
+            if outcome.parked:
+                return outcome
             return await self._checked(claim, outcome, context)
         if claim.kind != "tool" or not claim.tool:
             return _critical(f"step kind {claim.kind!r} cannot run in this worker")

@@ -298,9 +298,7 @@ class Gateway:
                     valid = True
                 except (ValueError, ValidationError) as exc:
                     problems, valid = _problems(exc), False
-                turn = (
-                    _turn(call, response, model, call_id) if valid and call.checkpoint else None
-                )
+                turn = _turn(call, response, model, call_id) if valid and call.checkpoint else None
                 await self._settle(
                     call_id,
                     response,
@@ -342,7 +340,10 @@ class Gateway:
             result.tool_calls = response.tool_calls if call.tools else ()
             result.finish_reason = response.finish_reason
             result.checkpointed = call.checkpoint is not None
-            result.input_tokens, result.output_tokens = response.input_tokens, response.output_tokens
+            result.input_tokens, result.output_tokens = (
+                response.input_tokens,
+                response.output_tokens,
+            )
             result.model = response.model or model.model
             return result
         raise InvalidOutputError(

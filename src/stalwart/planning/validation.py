@@ -170,6 +170,8 @@ def _step_problems(
     elif step.kind == "human":
         if step.tool:
             out.append(_problem(sid, "a human step does not call a tool; remove 'tool'"))
+    elif step.kind == "agent":
+        pass  # its tools are checked by the agent step's own rules
     else:
         out.extend(_tool_problems(step, tools, allowed))
     for dep in step.depends_on:

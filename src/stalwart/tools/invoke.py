@@ -19,11 +19,13 @@ from stalwart.tools.registry import ToolSpec
 @dataclass(slots=True)
 class ToolOutcome:
     """Either `output` (plain JSON) or `error`; `warnings` are soft evaluation failures that
-    let the step succeed."""
+    let the step succeed. `parked`: neither, the step waits for a reviewer (an agent step that
+    parked mid-loop has recorded that already)."""
 
     output: dict[str, Any] | None = None
     error: StepError | None = None
     warnings: list[str] = field(default_factory=list)
+    parked: bool = False
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
