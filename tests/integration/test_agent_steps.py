@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 from tests.integration.conftest import query
 
-from stalwart import App, ToolContext
+from stalwart import App, Budget, ToolContext
 from stalwart.client import Client
 from stalwart.errors import AuthorizationError
 from stalwart.llm import CallTools
@@ -54,11 +54,22 @@ class Verdict(BaseModel):
 class Harness:
     """An app with three tools and an agent workflow, its worker running in this loop."""
 
-    def __init__(self, db_url: str, model: ScriptedModel, **agent: Any) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        model: ScriptedModel,
+        *,
+        extra: Any = None,
+        budget: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        **agent: Any,
+    ) -> None:
         self.model = model
         self.looked: list[str] = []
         self.refunds: list[str] = []
-        app = App(Settings(database_url=db_url, poll_interval_seconds=0.05))
+        app = App(
+            Settings(database_url=db_url, poll_interval_seconds=0.05, **(settings or {}))
+        )
         app.model("scripted:agent", model)
         app.route("small", ["scripted:agent"])
         app.schema(Verdict)
@@ -84,16 +95,24 @@ class Harness:
             """Read the finance ledger (the agent may not)."""
             raise AuthorizationError("the agent's key may not read the ledger", code="http_403")
 
+        names = ["lookup_order", "refund", "read_ledger"]
+        if extra is not None:
+            names += extra(app, self)
         step = {
             "id": "agent",
             "kind": "agent",
             "prompt": "${input.question}",
-            "tools": ["lookup_order", "refund", "read_ledger"],
+            "tools": names,
             "output": "Verdict",
             "tier": "small",
             **agent,
         }
-        app.workflow("support", input=Ask, templates=[{"name": "support", "steps": [step]}])
+        app.workflow(
+            "support",
+            input=Ask,
+            templates=[{"name": "support", "steps": [step]}],
+            **({"budget": Budget(**budget)} if budget else {}),
+        )
         self.app = app
 
     async def __aenter__(self) -> Harness:

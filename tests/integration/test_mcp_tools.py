@@ -390,3 +390,46 @@ async def test_a_server_that_never_finishes_its_handshake_is_given_up(
                 await asyncio.wait_for(call(model(), ctx()), 60)
     finally:
         await SESSIONS.aclose()
+
+
+def test_an_agent_step_calls_mcp_tools(db_url: str, server: dict[str, Any]) -> None:
+    """MCP tools are ordinary tools to an agent step: offered with the server's schemas, called
+    with the model's arguments, their structured output read back by the model."""
+    from stalwart.llm import CallTools, ScriptedModel
+    from stalwart.llm.types import ModelRequest
+
+    def answer(request: ModelRequest) -> Any:
+        done = [m.content for m in request.messages if m.role == "tool"]
+        if not done:
+            offered = sorted(t.name for t in request.tools)
+            assert "fake_weather" in offered and "fake_add" in offered, offered
+            return CallTools(("fake_add", {"a": 4, "b": 5}))
+        if len(done) == 1:
+            return CallTools(("fake_weather", {"city": "Oslo"}))
+        return f"sum {done[0]}; weather {done[1]}"
+
+    model = ScriptedModel("agent").on_step("agent", answer)
+    app = mcp_app(server, db_url)
+    app.model("scripted:agent", model)
+    app.route("small", ["scripted:agent"])
+    app.workflow(
+        "mcp_job",
+        input=CityInput,
+        templates=[
+            {
+                "name": "mcp_job",
+                "steps": [
+                    {
+                        "id": "agent",
+                        "kind": "agent",
+                        "prompt": "Add ${input.a} and ${input.b}, then get the weather.",
+                        "tools": ["fake_add", "fake_weather"],
+                        "tier": "small",
+                    }
+                ],
+            }
+        ],
+    )
+    outputs = asyncio.run(_run_job(app))
+    text = outputs["agent"]["text"]
+    assert '"result": "9"' in text and '"celsius": 22.5' in text

@@ -295,3 +295,37 @@ async def test_a_failed_job_has_an_error_root_and_error_type(
     (root,) = [r for r in roots if r["span_id"] == f"{ids[1]:016x}"]
     assert root["status"] == "ERROR"
     assert root["attributes"]["error.type"] == "cancelled"
+
+
+async def test_an_agent_step_traces_its_loop(tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    """`invoke_agent {step}` under the step's span, a `chat {model}` per turn and an
+    `execute_tool {tool}` per call under it (GenAI conventions)."""
+    from tests.integration.test_agent_steps import Harness
+
+    from stalwart.llm import CallTools
+
+    model = ScriptedModel("agent").on_step(
+        "agent",
+        CallTools(("lookup_order", {"order": 7})),
+        CallTools(("lookup_order", {"order": 8})),
+        {"refunded": False, "amount": 25.0},
+    )
+    async with Harness(f"sqlite:///{tmp_path}/a.db", model) as h:
+        job = await h.submit()
+        assert await h.until(job) == "completed"
+    finished = spans.get_finished_spans()
+    by_name: dict[str, list[Any]] = {}
+    for span in finished:
+        by_name.setdefault(span.name, []).append(span)
+    [agent] = by_name["invoke_agent agent"]
+    [step] = by_name["step agent"]
+    assert agent.parent is not None and agent.parent.span_id == step.context.span_id
+    assert agent.attributes is not None
+    assert agent.attributes["gen_ai.operation.name"] == "invoke_agent"
+    chats = by_name["chat agent"]
+    tools = by_name["execute_tool lookup_order"]
+    assert len(chats) == 3 and len(tools) == 2
+    for child in chats + tools:
+        assert child.parent is not None and child.parent.span_id == agent.context.span_id
+    assert [t.attributes["gen_ai.tool.call.id"] for t in tools] == ["call_1", "call_2"]
+    assert all(t.attributes["stalwart.idempotency_key"].endswith(".0") for t in tools)
