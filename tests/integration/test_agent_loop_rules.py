@@ -98,10 +98,7 @@ async def test_a_tools_concurrency_cap_holds_per_call_across_jobs(db_url: str) -
         for job in jobs:
             assert await h.until(job) == "completed"
         events = [
-            e
-            for job in jobs
-            for e in await h.store.event_list(job)
-            if e.kind == "agent_tool_call"
+            e for job in jobs for e in await h.store.event_list(job) if e.kind == "agent_tool_call"
         ]
     assert h.most == 1  # type: ignore[attr-defined]
     assert len(events) == 4 and all(e.data["outcome"] == "succeeded" for e in events)

@@ -37,9 +37,7 @@ async def test_an_agent_loop_over_each_providers_protocol(
 ) -> None:
     base = server.openai_base_url if protocol == "openai" else server.url
     endpoints = {"local": {"kind": protocol, "base_url": base}}
-    h = Harness(
-        db_url, ScriptedModel("unused"), settings={"llm_endpoints": endpoints}, max_turns=4
-    )
+    h = Harness(db_url, ScriptedModel("unused"), settings={"llm_endpoints": endpoints}, max_turns=4)
     h.app.route("small", ["local:m"])
     async with h:
         job = await h.submit()

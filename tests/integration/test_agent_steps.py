@@ -67,9 +67,7 @@ class Harness:
         self.model = model
         self.looked: list[str] = []
         self.refunds: list[str] = []
-        app = App(
-            Settings(database_url=db_url, poll_interval_seconds=0.05, **(settings or {}))
-        )
+        app = App(Settings(database_url=db_url, poll_interval_seconds=0.05, **(settings or {})))
         app.model("scripted:agent", model)
         app.route("small", ["scripted:agent"])
         app.schema(Verdict)
@@ -301,3 +299,48 @@ async def test_a_call_that_needs_approval_parks_the_step_holding_no_slot(
         assert refund_call["status"] == "rejected"
         assert "refunds need a ticket" in results(model.requests[-1])[-1]
         assert output["refunded"] is False
+
+
+async def test_the_review_of_a_call_shows_the_goal_the_transcript_and_the_call(
+    db: str,
+) -> None:
+    import html
+
+    from starlette.testclient import TestClient
+    from tests.integration.test_attempt_arguments import signed_in
+    from tests.integration.test_escalation_cause import admin_key, stalwart
+
+    from stalwart.api import create_api
+
+    def answer(request: ModelRequest) -> Any:
+        done = results(request)
+        if not done:
+            return CallTools(("lookup_order", {"order": 7}), text="First the order.")
+        if len(done) == 1:
+            return CallTools(("refund", {"order": 7, "amount": 12.5}))
+        return {"refunded": True, "amount": 12.5}
+
+    model = ScriptedModel("agent").on_step("agent", answer)
+    async with Harness(db, model) as h:
+        job = await h.submit("Refund order 7 if it was charged twice.")
+        await h.until(job, ("waiting_approval",))
+        [review] = [r for r in await h.client.reviews() if r.job_id == job]
+        token = await admin_key(db)
+
+        def look() -> tuple[str, str]:
+            settings = Settings(database_url=db)
+            with TestClient(create_api(h.app, settings=settings, workers=0)) as http:
+                signed_in(http, token)
+                page = html.unescape(http.get(f"/ui/reviews/{review.id}").text)
+            shown = stalwart(db, "review", "show", review.id).stdout
+            return page, shown
+
+        page, shown = await asyncio.to_thread(look)
+        await h.client.approve(review.id, reviewer="alice")
+        assert await h.until(job) == "completed"
+    goal = page.split('id="agent-goal"', 1)[1].split("</p>", 1)[0]
+    assert "Refund order 7 if it was charged twice." in goal
+    transcript = page.split('id="transcript"', 1)[1].split("</section>", 1)[0]
+    assert "First the order." in transcript and "lookup_order" in transcript
+    assert '"amount": 12.5' in page and "refund" in page
+    assert "goal:   Refund order 7" in shown and "turn 1: lookup_order -> succeeded" in shown

@@ -74,6 +74,16 @@ def review_show(ctx: typer.Context, review_id: str) -> None:
             f"decided {review.decision} by {review.decided_by} "
             f"{ui.when(review.decided)}: {review.comment or ''}"
         )
+    if review.context.get("agent"):
+        # A call in the middle of an agent loop: the goal, the call, then how it got here.
+        ui.out.print(f"goal:   {review.context.get('goal', '')}")
+        turn_of = (review.context.get("call") or {}).get("turn")
+        ui.out.print(f"call:   {review.context.get('tool')} (turn {turn_of})")
+        for turn in review.context.get("transcript") or []:
+            calls = ", ".join(
+                f"{c.get('tool')} -> {c.get('status')}" for c in turn.get("calls") or []
+            )
+            ui.out.print(f"  turn {turn.get('turn')}: {calls or 'answer'}")
     if review.arguments is not None:
         ui.out.print("arguments:")
         ui.out.print_json(json.dumps(review.arguments, default=str))
