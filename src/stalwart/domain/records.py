@@ -137,6 +137,9 @@ class Claim:
     job_created: float | None = None
     # The step's arguments resolved at claim (decision 0037): what the tool is called with.
     args: Any = None
+    # An agent step's tools and the schema hashes the job was planned with (fail closed when a
+    # tool it may call changed since).
+    tool_schema_hashes: dict[str, str] = field(default_factory=dict)
     # When the request that took this lease was sent, on the claiming process's monotonic
     # clock (set by the store): the worker trusts the lease from then on, never from when the
     # answer came back (decision 0032).

@@ -167,6 +167,14 @@ class AgentStepRunner:
                     "in this worker",
                     "tool_unknown",
                 )
+            pinned = claim.tool_schema_hashes.get(name)
+            if pinned and pinned != tool.schema_hash:
+                return _error(
+                    ErrorClass.CRITICAL,
+                    f"tool {name!r} changed since this job was planned (schema hash "
+                    f"{pinned[:12]} became {tool.schema_hash[:12]}); failing closed",
+                    "schema_changed",
+                )
             offered[name] = tool
         output_model = self.schemas.get(spec.output) if spec.output else None
         if spec.output and output_model is None:

@@ -695,6 +695,7 @@ def claim_candidate(
         job_input=inputs,
         outputs=outputs,
         tool_schema_hash=hashes.get(step.tool) if step.tool else None,
+        tool_schema_hashes=_agent_hashes(step, hashes),
         reconcile_pending=bool(reconcile_pending),
         deadline=deadline,
         cancel_requested=bool(cancel),
@@ -705,6 +706,14 @@ def claim_candidate(
         job_created=row[33],
         args=args,
     )
+
+
+def _agent_hashes(step: StepHead, hashes: dict[str, Any]) -> dict[str, str]:
+    """The recorded schema hashes of the tools an agent step may call."""
+    if step.kind != "agent":
+        return {}
+    names = (step.spec.get("agent") or {}).get("tools") or []
+    return {str(n): str(hashes[n]) for n in names if n in hashes}
 
 
 def plan_step(spec: Any, key: str, job_id: str) -> PlanStep:
