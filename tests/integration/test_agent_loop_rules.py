@@ -7,6 +7,7 @@ cancelled job stopping its loop."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from pydantic import BaseModel
@@ -180,3 +181,34 @@ async def test_a_cancelled_job_stops_its_loop(db_url: str) -> None:
         await h.client.cancel(job)
         assert await h.until(job) == "cancelled"
     assert len(model.requests) == 1
+
+
+def rated(app: App, h: Harness) -> list[str]:
+    h.times = []  # type: ignore[attr-defined]
+
+    @app.tool(idempotent=True, rate_limit="5/s", burst=1)
+    async def rated_lookup(args: Lookup, ctx: ToolContext) -> Order:
+        """Look an order up; five a second at most."""
+        h.times.append(asyncio.get_running_loop().time())  # type: ignore[attr-defined]
+        return Order(order=args.order, amount=1.0)
+
+    return ["rated_lookup"]
+
+
+async def test_a_tools_rate_limit_spaces_an_agents_calls(db_url: str) -> None:
+    def answer(request: ModelRequest) -> Any:
+        done = results(request)
+        if len(done) < 4:
+            return CallTools(("rated_lookup", {"order": len(done)}))
+        return {"refunded": False, "amount": 4.0}
+
+    model = ScriptedModel("agent").on_step("agent", answer)
+    async with Harness(db_url, model, extra=rated) as h:
+        job = await h.submit()
+        assert await h.until(job) == "completed"
+    times = h.times  # type: ignore[attr-defined]
+    assert len(times) == 4
+    # One token a fifth of a second, bucket of one: no two calls closer than that (a bound
+    # load can only widen), the first one free.
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.15, gaps
