@@ -490,7 +490,7 @@ class App:
             ),
             schemas=self.schemas,
             tiers=frozenset(t for t in TIERS if router.has(t)),
-            costs=CostEstimator(router, pricing_from_settings(s)),
+            costs=CostEstimator(router, pricing_from_settings(s), tools=self.tools),
         )
         return self._planner
 
