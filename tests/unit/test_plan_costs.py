@@ -317,7 +317,7 @@ def test_without_an_estimator_nothing_changes(tools: ToolRegistry) -> None:
     assert plan.notes == {}
 
 
-# -- agent steps ------------------------------------------------------------------------------------
+# -- agent steps -------------------------------------------------------------------------------
 
 
 def agent_step(sid: str = "research", **fields: Any) -> dict[str, Any]:
