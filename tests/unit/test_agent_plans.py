@@ -392,3 +392,30 @@ async def test_a_submitted_job_pins_the_schemas_of_its_agents_tools(tmp_path: Pa
     spec = app.tools.get("lookup")
     assert spec is not None
     assert submitted.job.tool_schema_hashes == {"lookup": spec.schema_hash}
+
+
+# -- the CLI's views ------------------------------------------------------------------------------
+
+
+def test_plan_show_lists_an_agent_steps_tools_turns_and_gated_calls(tools: ToolRegistry) -> None:
+    from stalwart.cli.plans import step_row
+
+    plan = bind(tools, AGENT, AFTER)
+    rows = [step_row(s.model_dump(mode="json")) for s in plan.steps]
+    assert rows[0] == (
+        "research",
+        "agent: fetch_profile, send_email, charge (max 6 turns, 32 calls) -> Report",
+        "-",
+        "yes",
+        "calls of send_email, charge",
+        "-",
+        plan.steps[0].retry.max_attempts,
+    )
+    assert rows[1][:2] == ("mail", "send_email") and rows[1][4] == "true"
+
+
+def test_a_misspelt_agent_field_is_named_with_the_field_meant() -> None:
+    data = {"name": "t", "steps": [{**AGENT, "max_turn": 3}]}
+    with pytest.raises(TemplateError) as info:
+        template_from_data(data)
+    assert "step research has no field `max_turn`; did you mean `max_turns`?" in info.value.message
