@@ -304,6 +304,16 @@ def test_an_agent_step_offered_no_tools(tools: ToolRegistry) -> None:
     assert (found["field"], found["fix"]) == ("tools", "list the tools it may call")
 
 
+def test_an_agent_step_without_its_spec(tools: ToolRegistry) -> None:
+    plan = bind(tools, AGENT)
+    step = plan.steps[0].model_copy(update={"agent": None})
+    found = only(plan_problems(plan.model_copy(update={"steps": [step]}), tools))
+    assert (found["field"], found["fix"]) == (
+        "prompt",
+        "write prompt: and tools: [...] on the step",
+    )
+
+
 def test_references_in_the_prompt_are_checked_like_an_llm_steps(tools: ToolRegistry) -> None:
     fetch = {"id": "fetch", "tool": "fetch_profile", "args": {"user_id": "${input.user_id}"}}
     agent = {**AGENT, "prompt": "Write to ${steps.fetch.output.emial}", "approve": {}}
