@@ -105,8 +105,8 @@ class App:
     # -- the LLM side ---------------------------------------------------------------------------
 
     def schema(self, model: type[BaseModel], *, name: str | None = None) -> type[BaseModel]:
-        """Register a pydantic model that llm steps may name as their `output` (by its class
-        name unless `name` is given). Usable as a class decorator."""
+        """Register a pydantic model that llm and agent steps may name as their `output` (by its
+        class name unless `name` is given). Usable as a class decorator."""
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise WorkflowDefinitionError("app.schema() takes a pydantic model class")
         key = name or model.__name__
@@ -490,7 +490,7 @@ class App:
             ),
             schemas=self.schemas,
             tiers=frozenset(t for t in TIERS if router.has(t)),
-            costs=CostEstimator(router, pricing_from_settings(s)),
+            costs=CostEstimator(router, pricing_from_settings(s), tools=self.tools),
         )
         return self._planner
 

@@ -219,11 +219,8 @@ class Client:
             await self.app.load_mcp_async()  # MCP tools are listed off the event loop
             with tracing.span(f"plan {workflow}", traceparent, attributes):
                 plan = self.app.planner().plan(flow, job_input, past=past)
-        hashes = {
-            s.tool: spec.schema_hash
-            for s in (plan.steps if plan else [])
-            if s.tool and (spec := self.app.tools.get(s.tool)) is not None
-        }
+        # Every tool the plan may call, an agent step's offered tools too.
+        hashes = self.app.tools.schema_hashes(plan.tool_names() if plan else [])
         job = NewJob(
             id=job_id,
             tenant_id=tenant_id,

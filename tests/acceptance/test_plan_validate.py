@@ -147,3 +147,49 @@ def test_the_examples_templates_are_valid(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("✓") == len(files) == 2
+
+
+AGENT = """\
+name: invoice_agent
+steps:
+  - id: research
+    kind: agent
+    prompt: "Check invoice ${input.invoice_id} and pay it if it is right."
+    tools: [fetch_invoice, validate_invoice, pay_invoice]
+    output: InvoiceExtraction
+    max_turns: 5
+    approve:
+      pay_invoice: {args.amuont: {gt: 1000}}
+"""
+
+
+def test_an_agent_step_is_listed_and_its_problems_name_the_field_and_fix(tmp_path: Path) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text(AGENT, encoding="utf-8")
+
+    done = plan_validate(tmp_path, "plan", "validate", "--workflow", "invoice", str(file))
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [
+        f"✗ {file} (invoice_agent): 1 problem(s)",
+        "    research: condition on 'args.amuont': the argument schema of tool 'pay_invoice' "
+        "(PaymentArgs) has no field 'amuont'; did you mean `amount`? (fields: invoice_id, "
+        "amount, vendor): write args.amount",
+        "    research: agent: fetch_invoice, validate_invoice, pay_invoice (max 5 turns, 32 "
+        "calls) -> InvoiceExtraction",
+    ]
+    file.write_text(AGENT.replace("amuont", "amount"), encoding="utf-8")
+    done = plan_validate(tmp_path, "--json", "plan", "validate", "--workflow", "invoice", str(file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["problems"] == []
+    assert result["agents"] == [
+        {
+            "step": "research",
+            "tools": ["fetch_invoice", "validate_invoice", "pay_invoice"],
+            "max_turns": 5,
+            "max_tool_calls": 32,
+            "output": "InvoiceExtraction",
+            "approve": ["pay_invoice"],
+        }
+    ]

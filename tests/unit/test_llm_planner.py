@@ -284,3 +284,90 @@ async def test_similar_past_jobs_are_shown_to_the_model(
     assert "Similar past jobs" in shown and "the mail server refused u-3" in shown
     await planner.plan(workflow(), INPUT, scope=scope)
     assert "Similar past jobs" not in last_user(model.requests[1])
+
+
+# -- agent steps ----------------------------------------------------------------------------------
+
+RESEARCH = {
+    "id": "research",
+    "kind": "agent",
+    "prompt": "Find everything about ${input.user_id} and report.",
+    "tools": ["fetch_profile", "send_email"],
+    "output": "Dossier",
+    "max_turns": 4,
+}
+MAIL = {
+    "id": "mail",
+    "tool": "send_email",
+    "args": {"to": "ops@example.com", "body": "${steps.research.output.summary}"},
+}
+
+
+class Dossier(BaseModel):
+    summary: str
+
+
+@pytest.fixture
+def agent_planner(gateway: Gateway, tools: ToolRegistry) -> LlmPlanner:
+    schemas: dict[str, type[BaseModel]] = {"Dossier": Dossier}
+    return LlmPlanner(
+        gateway, TemplatePlanner(tools, schemas=schemas, tiers=frozenset({"large"})), max_reasks=1
+    )
+
+
+async def test_the_model_may_write_an_agent_step(
+    agent_planner: LlmPlanner, model: ScriptedModel, scope: CallScope
+) -> None:
+    model.on_step("plan", {"steps": [RESEARCH, MAIL]})
+    plan = await agent_planner.plan(workflow(), INPUT, scope=scope)
+    research, mail = plan.steps
+    assert research.kind == "agent" and research.tool is None
+    assert research.agent is not None
+    assert research.agent.prompt == "Find everything about u-7 and report."
+    assert research.agent.tools == ["fetch_profile", "send_email"]
+    assert (research.agent.output, research.agent.max_turns) == ("Dossier", 4)
+    assert research.requires_approval is False  # its send_email calls ask, mid-loop
+    assert mail.depends_on == ["research"]
+    system, user = model.requests[0].messages
+    assert "kind: agent" in system.content and "max_turns" in system.content
+    assert '"Dossier"' in user.content and '"summary"' in user.content  # the schemas it may name
+    fields = PlanDraft.model_json_schema()["$defs"]["DraftStep"]["properties"]
+    assert {"kind", "prompt", "tools", "output", "max_turns"} <= set(fields)
+
+
+async def test_a_written_agent_step_is_validated_like_a_templates(
+    agent_planner: LlmPlanner, model: ScriptedModel, scope: CallScope
+) -> None:
+    bad = {**RESEARCH, "tools": ["fetch_profile", "send_fax"], "output": "Dosier"}
+    later = {**MAIL, "args": {"to": "x", "body": "${steps.research.output.sumary}"}}
+    model.on_step("plan", {"steps": [bad, later]}, {"steps": [RESEARCH, MAIL]})
+    plan = await agent_planner.plan(workflow(), INPUT, scope=scope)
+    assert [s.id for s in plan.steps] == ["research", "mail"]
+    problems = last_user(model.requests[1])
+    assert "unknown tool 'send_fax' in tools" in problems
+    assert "output schema 'Dosier' is not registered" in problems
+
+
+async def test_agent_fields_on_a_tool_step_are_sent_back(
+    agent_planner: LlmPlanner, model: ScriptedModel, scope: CallScope
+) -> None:
+    confused = {**FETCH, "tools": ["fetch_profile"], "max_turns": 3}
+    model.on_step("plan", {"steps": [confused]}, {"steps": [{**RESEARCH, "tool": "send_email"}]})
+    with pytest.raises(PlanValidationError) as info:
+        await agent_planner.plan(workflow(), INPUT, scope=scope)
+    first = last_user(model.requests[1])
+    assert "tools, max_turns belong to agent steps: set kind: agent" in first
+    # An agent step names the tools it may call in `tools`, not `tool`.
+    assert "write tools: [send_email]" in info.value.problems[0]["problem"]
+
+
+async def test_a_tried_agent_step_is_shown_with_its_prompt_and_tools(
+    agent_planner: LlmPlanner, model: ScriptedModel, scope: CallScope
+) -> None:
+    template = draft_template(PlanDraft.model_validate({"steps": [RESEARCH]}), 1)
+    tried = agent_planner.templates.bind(workflow(), template, INPUT)
+    model.on_step("plan", {"steps": [FETCH]})
+    await agent_planner.plan(workflow(), INPUT, scope=scope, version=2, tried=[tried])
+    text = last_user(model.requests[0])
+    assert '"tools": ["fetch_profile", "send_email"]' in text
+    assert '"prompt": "Find everything about u-7 and report."' in text

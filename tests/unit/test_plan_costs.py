@@ -7,12 +7,20 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from stalwart.domain.agents import DEFAULT_INSTRUCTIONS
 from stalwart.domain.plans import Plan, Template
 from stalwart.errors import PlanValidationError
 from stalwart.llm.pricing import ModelPrice, Pricing, usd
 from stalwart.llm.routing import Router
-from stalwart.llm.tokens import estimate_tokens
-from stalwart.planning.costs import JUDGE_INPUT_TOKENS, REF_TOKENS, CostEstimator
+from stalwart.llm.tokens import estimate_messages, estimate_tokens
+from stalwart.llm.types import Message
+from stalwart.llm.types import ToolSpec as OfferedTool
+from stalwart.planning.costs import (
+    JUDGE_INPUT_TOKENS,
+    REF_TOKENS,
+    TURN_RESULT_TOKENS,
+    CostEstimator,
+)
 from stalwart.planning.planner import TemplatePlanner
 from stalwart.planning.workflows import Budget, Workflow
 from stalwart.settings import Settings
@@ -307,3 +315,112 @@ def test_without_an_estimator_nothing_changes(tools: ToolRegistry) -> None:
     plan = TemplatePlanner(tools).plan(workflow(template, max_usd=0.001), INPUT)
     assert len(plan.steps) == 2
     assert plan.notes == {}
+
+
+# -- agent steps -------------------------------------------------------------------------------
+
+
+def agent_step(sid: str = "research", **fields: Any) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "kind": "agent",
+        "prompt": "Research ${input.q} using ${steps.look.output.text}",
+        "tools": ["lookup", "enrich", "notify"],
+        "purpose": "summarization",  # small tier
+        "max_turns": 3,
+        "max_tokens": 200,
+        "max_tool_calls": 4,
+        **fields,
+    }
+
+
+def research_nanos(
+    tools: ToolRegistry,
+    *,
+    turns: int = 3,
+    calls: int = 4,
+    input_price: int = SMALL_IN,
+    output_price: int = SMALL_OUT,
+) -> int:
+    """The worst case written out: turn k reads the first request plus, for each earlier turn,
+    its answer (200) and its calls' results; the dearest tool (enrich, 5 cents) every call."""
+    prompt = "Research acme using ${steps.look.output.text}"  # input.q bound
+    offered = [
+        OfferedTool(spec.name, spec.description, spec.args_model.model_json_schema())
+        for name in ("lookup", "enrich", "notify")
+        if (spec := tools.get(name)) is not None
+    ]
+    request = [Message("system", DEFAULT_INSTRUCTIONS), Message("user", prompt)]
+    first = estimate_messages(request, tools=offered) + REF_TOKENS
+    model = sum(
+        (first + k * (200 + TURN_RESULT_TOKENS)) * input_price + 200 * output_price
+        for k in range(turns)
+    )
+    return model + calls * 50_000_000
+
+
+@pytest.fixture
+def agent_estimator(tools: ToolRegistry) -> CostEstimator:
+    router = Router({"small": ["scripted:m"], "large": ["scripted:big"]}, Settings())
+    pricing = Pricing(
+        {
+            "scripted:m": ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0),
+            "scripted:big": ModelPrice(input_per_mtok=10.0, output_per_mtok=30.0),
+        }
+    )
+    return CostEstimator(router, pricing, tools=tools)
+
+
+def test_an_agent_step_costs_its_worst_case_of_max_turns(
+    tools: ToolRegistry, agent_estimator: CostEstimator
+) -> None:
+    plan = make_plan(tools, LOOKUP, agent_step())
+    cost = agent_estimator.estimate(plan)
+    expected = research_nanos(tools)
+    assert cost.steps["research"] == usd(expected)
+    assert cost.total_usd == pytest.approx(0.01 + usd(expected))
+    assert cost.unpriced == []
+    # The input grows with every turn: four turns cost more than 4/3 of three.
+    four = agent_estimator.estimate(make_plan(tools, LOOKUP, agent_step(max_turns=4)))
+    assert four.steps["research"] == usd(research_nanos(tools, turns=4))
+    assert (research_nanos(tools, turns=4) - 4 * 50_000_000) > ((expected - 4 * 50_000_000) * 4 / 3)
+    big = make_plan(tools, LOOKUP, agent_step(tier="large"))
+    assert agent_estimator.estimate(big).steps["research"] == usd(
+        research_nanos(tools, input_price=BIG_IN, output_price=BIG_OUT)
+    )
+
+
+def test_without_parallel_calls_an_agent_makes_one_call_a_turn(
+    tools: ToolRegistry, agent_estimator: CostEstimator
+) -> None:
+    plan = make_plan(tools, LOOKUP, agent_step(parallel_tool_calls=False))
+    assert agent_estimator.estimate(plan).steps["research"] == usd(research_nanos(tools, calls=3))
+    plan = make_plan(tools, LOOKUP, agent_step(parallel_tool_calls=False, max_tool_calls=2))
+    assert agent_estimator.estimate(plan).steps["research"] == usd(research_nanos(tools, calls=2))
+
+
+def test_an_agent_step_on_an_unpriced_tier_is_listed(tools: ToolRegistry) -> None:
+    estimator = CostEstimator(Router({}, Settings()), Pricing(), tools=tools)
+    plan = make_plan(tools, LOOKUP, agent_step())
+    cost = estimator.estimate(plan)
+    assert cost.unpriced == ["research"]
+    assert cost.steps["research"] == usd(4 * 50_000_000)  # its calls are still priced
+
+
+def test_fit_drops_a_non_critical_agent_step_like_an_llm_step(
+    tools: ToolRegistry, agent_estimator: CostEstimator
+) -> None:
+    plan = make_plan(tools, LOOKUP, agent_step(critical=False), step("enrich", "enrich"))
+    fitted = agent_estimator.fit(plan, 0.1)
+    assert [s.id for s in fitted.steps] == ["look", "enrich"]
+    assert fitted.notes == {
+        "estimated_usd": pytest.approx(0.06),
+        "dropped_for_budget": ["research"],
+    }
+    kept = agent_estimator.fit(plan, 1.0)
+    assert [s.id for s in kept.steps] == ["look", "research", "enrich"]
+    assert kept.notes["estimated_usd"] == pytest.approx(0.06 + usd(research_nanos(tools)))
+    critical = make_plan(tools, LOOKUP, agent_step())
+    with pytest.raises(PlanValidationError) as info:
+        agent_estimator.fit(critical, 0.1)
+    assert "research $0.2" in info.value.problems[0]["problem"]

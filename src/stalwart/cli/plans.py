@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from stalwart.cli import output as ui
 from stalwart.cli.context import read_input, run_async, state_of, with_client
+from stalwart.domain.agents import AgentSpec
 from stalwart.errors import PlanValidationError, UsageError
 
 plan_cli = typer.Typer(help="Validate templates and show plans.", no_args_is_help=True)
@@ -70,7 +71,15 @@ def plan_validate(
                     )
                     and not any(s == p["step"] and r in p["problem"] for s, r in flagged)
                 ]
-            results.append({"file": str(file), "template": template.name, "problems": problems})
+            result: dict[str, Any] = {
+                "file": str(file),
+                "template": template.name,
+                "problems": problems,
+            }
+            agents = [agent_summary(s.id, s.agent) for s in template.steps if s.agent]
+            if agents:
+                result["agents"] = agents
+            results.append(result)
         return results
 
     async def go() -> list[dict[str, Any]]:
@@ -90,6 +99,8 @@ def plan_validate(
                     ui.out.print(f"    {p['step'] or '<plan>'}: {p['problem']}", markup=False)
             else:
                 ui.out.print(f"[green]✓[/] {r['file']} ({r['template']})")
+            for agent in r.get("agents", []):
+                ui.out.print(f"    {agent['step']}: {agent_text(agent)}", markup=False)
     if bad:
         raise typer.Exit(1)
 
@@ -116,17 +127,51 @@ def plan_show(
             ui.table(
                 None,
                 ["step", "kind/tool", "depends on", "critical", "approval", "timeout", "retries"],
-                [
-                    (
-                        s["id"],
-                        s.get("tool") or s["kind"],
-                        ", ".join(s["depends_on"]) or "-",
-                        "yes" if s["critical"] else "no",
-                        ui.short(s["requires_approval"], 40) if s["requires_approval"] else "-",
-                        f"{s['timeout_seconds']}s" if s.get("timeout_seconds") else "-",
-                        s["retry"]["max_attempts"],
-                    )
-                    for s in p.plan["steps"]
-                ],
+                [step_row(s) for s in p.plan["steps"]],
             )
         )
+
+
+def step_row(step: dict[str, Any]) -> tuple[Any, ...]:
+    """One row of `plan show`'s table, from a plan step as stored (JSON)."""
+    agent = step.get("agent")
+    what = step.get("tool") or step["kind"]
+    approval = ui.short(step["requires_approval"], 40) if step["requires_approval"] else "-"
+    if agent:
+        summary = agent_summary(step["id"], agent)
+        what = agent_text(summary)
+        if summary["approve"]:
+            calls = f"calls of {', '.join(summary['approve'])}"
+            approval = calls if approval == "-" else f"{approval}; {calls}"
+    return (
+        step["id"],
+        what,
+        ", ".join(step["depends_on"]) or "-",
+        "yes" if step["critical"] else "no",
+        approval,
+        f"{step['timeout_seconds']}s" if step.get("timeout_seconds") else "-",
+        step["retry"]["max_attempts"],
+    )
+
+
+def agent_summary(step_id: str, agent: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    """What to show of an agent step: its tools, its bounds and the tools whose calls may wait
+    for a reviewer."""
+    spec = AgentSpec.model_validate(agent)
+    return {
+        "step": step_id,
+        "tools": spec.tools,
+        "max_turns": spec.max_turns,
+        "max_tool_calls": spec.max_tool_calls,
+        "output": spec.output,
+        "approve": [name for name, when in spec.approve.items() if when is not False],
+    }
+
+
+def agent_text(summary: dict[str, Any]) -> str:
+    """`agent: lookup, pay (max 8 turns, 32 calls) -> Report`."""
+    text = (
+        f"agent: {', '.join(summary['tools'])} (max {summary['max_turns']} turns, "
+        f"{summary['max_tool_calls']} calls)"
+    )
+    return f"{text} -> {summary['output']}" if summary["output"] else text

@@ -226,8 +226,9 @@ class StepSpec(BaseModel):
         return self
 
     def dependencies(self) -> list[str]:
-        """Declared dependencies plus every step the arguments or the conditions reference, in
-        order, once (a condition on `steps.x.output` needs x's output)."""
+        """Declared dependencies plus every step the arguments, prompts or conditions reference
+        (an agent step's `approve` conditions too), in order, once (a condition on
+        `steps.x.output` needs x's output)."""
         deps = list(self.depends_on)
         paths = find_refs(self.args)
         if isinstance(self.requires_approval, dict):
@@ -237,6 +238,8 @@ class StepSpec(BaseModel):
             paths += find_refs(self.llm.prompt) + find_refs(self.llm.system)
         if self.agent is not None:
             paths += find_refs(self.agent.prompt) + find_refs(self.agent.instructions)
+            # A call waits for a reviewer when its condition holds: read when the call is made.
+            paths += [p for c in self.agent.approve.values() if isinstance(c, dict) for p in c]
         for path in paths:
             step = ref_step(path)
             if step is not None and step != self.id and step not in deps:
@@ -314,6 +317,17 @@ class Plan(BaseModel):
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+    def tool_names(self) -> list[str]:
+        """Every tool the plan may call, in order, once: each step's `tool` and every tool an
+        agent step is offered (its model picks among them at run time)."""
+        names: dict[str, None] = {}
+        for step in self.steps:
+            if step.tool:
+                names[step.tool] = None
+            if step.agent is not None:
+                names.update(dict.fromkeys(step.agent.tools))
+        return list(names)
 
     def dependents(self) -> dict[str, list[str]]:
         """For each step id, the ids of steps that depend on it."""

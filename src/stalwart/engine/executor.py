@@ -594,11 +594,7 @@ class Executor:
                 claim, actor=worker_id, reason=why, error=_symptom(why, "plan_repeated")
             )
             return
-        hashes = {
-            s.tool: self.tools.get(s.tool).schema_hash  # type: ignore[union-attr]
-            for s in plan.steps
-            if s.tool and s.tool in self.tools
-        }
+        hashes = self.tools.schema_hashes(plan.tool_names())
         plan = plan.model_copy(update={"notes": {**plan.notes, "tool_schema_hashes": hashes}})
         await self.store.job_replan(claim, plan, actor=worker_id)
 

@@ -6,6 +6,18 @@ tier at list price, with `max_tokens` of output and an input estimated from its 
 the calls and a judge adds one. Human steps cost nothing. A model with no known price counts as
 0 and is listed in `unpriced`, so the caller can tell "free" from "unknown".
 
+An agent step costs its worst case, which is what budgets reserve: `max_turns` model turns, each
+with `max_tokens` of output, and as many tool calls as it may make. A turn's input is the first
+request (instructions, prompt and the JSON of the tools offered, as the gateway counts them; a
+reference counts `REF_TOKENS`) plus, for every earlier turn, what that turn added to the
+transcript: its answer (at most `max_tokens`) and the results of its calls (`TURN_RESULT_TOKENS`,
+the size of a reference). So turn k (from 0) reads `first + k * (max_tokens +
+TURN_RESULT_TOKENS)` tokens, and the turns together grow as the square of `max_turns`
+(`context_window` is not taken into account: a summarized transcript should read less). The
+calls cost the dearest offered tool's `cost_usd` each (a model may call the dearest every time),
+for `max_tool_calls` calls, or one per turn (`max_turns`) when parallel calls are off; a tool
+without a `cost_usd` counts 0 and retries are not counted, as for tool steps.
+
 When the estimate is over the budget, `CostEstimator.fit` simplifies the plan by dropping
 non-critical steps that nothing depends on, most expensive first, and rejects it when even its
 critical steps cost too much.
@@ -15,18 +27,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stalwart.domain.agents import DEFAULT_INSTRUCTIONS, AgentSpec
 from stalwart.domain.budgets import nanos, usd
 from stalwart.domain.plans import LlmSpec, Plan, PlanStep
 from stalwart.domain.refs import find_refs, ref_step
 from stalwart.errors import PlanValidationError
 from stalwart.llm.pricing import Pricing
 from stalwart.llm.routing import Router, split_ref
-from stalwart.llm.tokens import estimate_tokens
+from stalwart.llm.tokens import estimate_messages, estimate_tokens
+from stalwart.llm.types import Message
+from stalwart.llm.types import ToolSpec as OfferedTool
+from stalwart.tools.registry import ToolRegistry
 
 REF_TOKENS = 500
 """Input tokens counted for each `${...}` reference in an llm step's prompt or system text."""
 JUDGE_INPUT_TOKENS = 1_000
 """Input tokens counted for a judge's call (the question and the output it looks at)."""
+TURN_RESULT_TOKENS = REF_TOKENS
+"""Input tokens counted, in every later turn of an agent step, for the results of one turn's
+tool calls."""
 
 
 @dataclass(slots=True)
@@ -54,9 +73,14 @@ class _StepCost:
 class CostEstimator:
     """Estimates plans' costs at list price and fits plans into budgets."""
 
-    def __init__(self, router: Router, pricing: Pricing) -> None:
+    def __init__(
+        self, router: Router, pricing: Pricing, *, tools: ToolRegistry | None = None
+    ) -> None:
         self.router = router
         self.pricing = pricing
+        # The tools agent steps are offered: their schemas are input and their calls cost their
+        # `cost_usd`. None: agent steps count neither.
+        self.tools = tools
 
     # -- estimates ----------------------------------------------------------------------------
 
@@ -79,6 +103,8 @@ class CostEstimator:
             cost.add(nanos(step.cost_usd or 0.0))
         elif step.kind == "llm" and step.llm is not None:
             self._add_llm(cost, step.llm)
+        elif step.kind == "agent" and step.agent is not None:
+            self._add_agent(cost, step.agent)
         if step.judge is not None:
             cost.add(self._tier_call(step.judge.tier, JUDGE_INPUT_TOKENS, step.judge.max_tokens))
         return cost
@@ -93,6 +119,27 @@ class CostEstimator:
             return
         one = self._tier_call(Router.tier_for(llm.purpose, llm.tier), tokens, llm.max_tokens)
         cost.add(None if one is None else one * (llm.consensus or 1))
+
+    def _add_agent(self, cost: _StepCost, agent: AgentSpec) -> None:
+        """The worst case of the loop (see the module doc)."""
+        registry = self.tools or ToolRegistry()
+        specs = [s for name in agent.tools if (s := registry.get(name)) is not None]
+        offered = [
+            OfferedTool(s.name, s.description, s.args_model.model_json_schema()) for s in specs
+        ]
+        instructions = agent.instructions or DEFAULT_INSTRUCTIONS
+        messages = [Message("system", instructions), Message("user", agent.prompt)]
+        refs = len(find_refs(agent.prompt)) + len(find_refs(agent.instructions))
+        first = estimate_messages(messages, tools=offered) + REF_TOKENS * refs
+        tier = Router.tier_for(agent.purpose, agent.tier)
+        growth = agent.max_tokens + TURN_RESULT_TOKENS
+        for turn in range(agent.max_turns):
+            cost.add(self._tier_call(tier, first + turn * growth, agent.max_tokens))
+        calls = agent.max_tool_calls
+        if agent.parallel_tool_calls is False:
+            calls = min(calls, agent.max_turns)
+        dearest = max((nanos(s.cost_usd or 0.0) for s in specs), default=0)
+        cost.add(calls * dearest)
 
     def _tier_call(self, tier: str, input_tokens: int, output_tokens: int) -> int | None:
         """One call to the first model of `tier`; None when the tier has no route or the model
@@ -111,7 +158,7 @@ class CostEstimator:
 
     def annotate(self, plan: Plan) -> Plan:
         """The plan with `notes["estimated_usd"]` (and `notes["unpriced_steps"]` when some llm
-        step's model has no known price)."""
+        or agent step's model has no known price)."""
         return _with_notes(plan, self.estimate(plan), [])
 
     def fit(self, plan: Plan, max_usd: float) -> Plan:
@@ -185,6 +232,9 @@ def _without(plan: Plan, dropped: set[str]) -> Plan:
         refs = {ref_step(path) for path in find_refs(step.args)}
         if step.llm is not None:
             refs |= {ref_step(p) for p in find_refs(step.llm.prompt) + find_refs(step.llm.system)}
+        if step.agent is not None:
+            texts = find_refs(step.agent.prompt) + find_refs(step.agent.instructions)
+            refs |= {ref_step(p) for p in texts}
         assert not (set(step.depends_on) | refs) & dropped, (
             f"step {step.id} still refers to a step dropped for budget"
         )
@@ -226,4 +276,4 @@ def _money(value: float) -> str:
     return f"${whole}.{cents.ljust(2, '0')}"
 
 
-__all__ = ["JUDGE_INPUT_TOKENS", "REF_TOKENS", "CostEstimator", "PlanCost"]
+__all__ = ["JUDGE_INPUT_TOKENS", "REF_TOKENS", "TURN_RESULT_TOKENS", "CostEstimator", "PlanCost"]

@@ -2,23 +2,25 @@
 like a template plan.
 
 The model sees the workflow, the job's input, the tools it may use (with their schemas, risk
-and cost) and the budget; on a replan it also sees what failed and the plans already tried. It
-answers a `PlanDraft` (tool steps only). The draft becomes a `Template` that the
-`TemplatePlanner` binds and validates; every problem goes back to the model, a bounded number
-of times, and then the plan is rejected with `PlanValidationError`. Every ask goes through the
-gateway, so it is budgeted and recorded in the ledger.
+and cost), the output schemas registered and the budget; on a replan it also sees what failed
+and the plans already tried. It answers a `PlanDraft` of tool steps and agent steps (a model
+offered some of the tools, for work whose calls depend on what earlier calls return). The
+draft becomes a `Template` that the `TemplatePlanner` binds and validates; every problem goes
+back to the model, a bounded number of times, and then the plan is rejected with
+`PlanValidationError`. Every ask goes through the gateway, so it is budgeted and recorded in
+the ledger.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from stalwart.domain.budgets import CallScope
-from stalwart.domain.plans import STEP_ID_PATTERN, Plan, StepSpec, Template
+from stalwart.domain.plans import STEP_ID_PATTERN, Plan, PlanStep, StepSpec, Template
 from stalwart.errors import PlanValidationError
 from stalwart.llm.gateway import Gateway, LlmCall
 from stalwart.llm.types import Message
@@ -32,21 +34,47 @@ Problems = list[dict[str, str]]
 TOOL_FIELDS = ("name", "description", "args_schema", "result_schema", "risk", "cost_usd")
 
 
+# The fields of a draft step that only an agent step has.
+AGENT_DRAFT_FIELDS = ("prompt", "tools", "output", "max_turns")
+
+
 class DraftStep(BaseModel):
-    """One tool step as the model writes it."""
+    """One step as the model writes it: a tool step, or an agent step."""
 
     id: str = Field(description=f"Unique step id matching {STEP_ID_PATTERN}.")
-    tool: str = Field(description="Name of one of the allowed tools.")
+    kind: Literal["tool", "agent"] = Field(
+        "tool",
+        description="tool: call one tool with the given args. agent: a model calls the listed "
+        "tools itself, turn by turn, until it answers; for work whose calls depend on what "
+        "earlier calls return.",
+    )
+    tool: str | None = Field(None, description="Tool steps: name of one of the allowed tools.")
     description: str = Field("", description="What the step is for, in one sentence.")
     args: dict[str, Any] = Field(
         default_factory=dict,
-        description="The tool's arguments; values may reference ${input.<field>} and "
-        "${steps.<id>.output.<field>}.",
+        description="Tool steps: the tool's arguments; values may reference ${input.<field>} "
+        "and ${steps.<id>.output.<field>}.",
     )
     depends_on: list[str] = Field(
         default_factory=list, description="Ids of steps that must finish first."
     )
     critical: bool = Field(True, description="False when the job may complete without this step.")
+    prompt: str | None = Field(
+        None,
+        description="Agent steps: the task, in words; may reference ${input.<field>} and "
+        "${steps.<id>.output.<field>}.",
+    )
+    tools: list[str] | None = Field(
+        None, description="Agent steps: the allowed tools it may call, each once."
+    )
+    output: str | None = Field(
+        None,
+        description="Agent steps: name of an output schema for its answer; without one it "
+        'answers {"text": ...}.',
+    )
+    max_turns: int | None = Field(
+        None, description="Agent steps: the most model turns (default 8); each one costs a call."
+    )
 
 
 class PlanDraft(BaseModel):
@@ -160,7 +188,7 @@ class LlmPlanner:
         return "\n".join(
             [
                 "You plan the work of one job for a workflow engine. A plan is a DAG of tool "
-                "steps. Rules:",
+                "steps and agent steps. Rules:",
                 "- Answer only with a JSON object that matches the PlanDraft schema: no prose, "
                 "no code fences.",
                 f"- Step ids are unique and match {STEP_ID_PATTERN}.",
@@ -170,6 +198,14 @@ class LlmPlanner:
                 "schema). A whole-string reference keeps the value's type.",
                 "- A step that references another step depends on it; list other ordering "
                 "needs in depends_on. No cycles.",
+                "- A tool step (kind: tool) calls its tool once with its args. An agent step "
+                "(kind: agent) has no tool and no args: its prompt says the task, tools lists "
+                "the allowed tools its model may call (at least one, each once), output names an "
+                'output schema for its answer (without one it answers {"text": ...}), and '
+                "max_turns bounds its model turns. Its output is referenced like any step's: "
+                "${steps.<id>.output.<field>} (fields of its output schema).",
+                "- Use an agent step only when the calls depend on what earlier calls return; "
+                "it costs up to max_turns model calls, so keep max_turns small.",
                 f"- At most {self.templates.limits.max_steps} steps.",
                 "- Mark a step critical: false only when the job can succeed without it.",
                 "- Keep within the budget: prefer fewer and cheaper steps.",
@@ -189,8 +225,12 @@ class LlmPlanner:
             f"Description: {workflow.description or '(none)'}",
             f"Job input (JSON): {_json(job_input)}",
             f"Allowed tools (JSON): {_json([_tool_view(t) for t in self._tools(workflow)])}",
-            f"Budget: {_budget_text(workflow)}",
         ]
+        schemas = self.templates.schemas
+        if schemas:
+            views = {name: model.model_json_schema() for name, model in sorted(schemas.items())}
+            parts.append(f"Output schemas an agent step may name (JSON): {_json(views)}")
+        parts.append(f"Budget: {_budget_text(workflow)}")
         if past:
             parts.append(
                 "Similar past jobs, most similar first (learn from how they ended):\n"
@@ -215,20 +255,33 @@ def draft_template(draft: PlanDraft, version: int) -> Template:
     problems: Problems = []
     steps: list[StepSpec] = []
     for index, step in enumerate(draft.steps):
-        try:
-            steps.append(
-                StepSpec(
-                    id=step.id,
-                    kind="tool",
-                    tool=step.tool,
-                    description=step.description,
-                    args=step.args,
-                    depends_on=step.depends_on,
-                    critical=step.critical,
-                )
+        where = step.id or f"#{index + 1}"
+        data: dict[str, Any] = {
+            "id": step.id,
+            "kind": step.kind,
+            "tool": step.tool,
+            "description": step.description,
+            "args": step.args,
+            "depends_on": step.depends_on,
+            "critical": step.critical,
+        }
+        given = [name for name in AGENT_DRAFT_FIELDS if getattr(step, name) is not None]
+        if step.kind == "agent":
+            # Written flat, as in a template: the step gathers them into its `agent`.
+            data.update({name: getattr(step, name) for name in given})
+        elif given:
+            problems.append(
+                {
+                    "step": where,
+                    "problem": f"{', '.join(given)} belong to agent steps: set kind: agent "
+                    "(and list the tools it may call in tools), or remove them",
+                }
             )
+            continue
+        try:
+            steps.append(StepSpec.model_validate(data))
         except ValidationError as exc:
-            problems.extend(_validation_problems(step.id or f"#{index + 1}", exc))
+            problems.extend(_validation_problems(where, exc))
     if not draft.steps:
         problems.append({"step": "", "problem": "the plan has no steps"})
     if problems:
@@ -276,13 +329,21 @@ def _replan_text(tried: Sequence[Plan], feedback: dict[str, Any] | None) -> str:
     if feedback:
         parts.append(f"What failed (JSON): {_json(feedback)}")
     for plan in tried:
-        steps = [
-            {"id": s.id, "kind": s.kind, "tool": s.tool, "args": s.args, "depends_on": s.depends_on}
-            for s in plan.steps
-        ]
+        steps = [_tried_view(s) for s in plan.steps]
         parts.append(f"Plan version {plan.version}, already tried (JSON): {_json(steps)}")
     parts.append("Write a different plan that avoids the failure; do not repeat a tried plan.")
     return "\n".join(parts)
+
+
+def _tried_view(step: PlanStep) -> dict[str, Any]:
+    """A step of a tried plan as the model is shown it."""
+    view: dict[str, Any] = {"id": step.id, "kind": step.kind}
+    if step.agent is not None:
+        view.update(prompt=step.agent.prompt, tools=step.agent.tools)
+    else:
+        view.update(tool=step.tool, args=step.args)
+    view["depends_on"] = step.depends_on
+    return view
 
 
 def _json(value: Any) -> str:

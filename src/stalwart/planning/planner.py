@@ -200,10 +200,12 @@ class TemplatePlanner:
         )
 
     def output_model(self, step: PlanStep) -> type[BaseModel] | None:
-        """The pydantic model of a step's output, when known (a tool's result, an llm step's
-        schema)."""
+        """The pydantic model of a step's output, when known (a tool's result, an llm or agent
+        step's schema)."""
         if step.llm is not None and step.llm.output:
             return self.schemas.get(step.llm.output)
+        if step.agent is not None and step.agent.output:
+            return self.schemas.get(step.agent.output)
         spec = self.tools.get(step.tool) if step.tool else None
         return spec.result_model if spec else None
 

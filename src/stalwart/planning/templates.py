@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from stalwart.domain.agents import AGENT_FIELDS
 from stalwart.domain.plans import LLM_FIELDS, StepSpec, Template
 from stalwart.errors import TemplateError
 from stalwart.planning.paths import closest
@@ -128,8 +129,8 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     if model is None:
         return []
     names = list(model.model_fields)
-    if model is StepSpec:  # llm fields are written on the step
-        names += sorted(LLM_FIELDS)
+    if model is StepSpec:  # llm and agent fields are written on the step
+        names += sorted(LLM_FIELDS | AGENT_FIELDS)
     return names
 
 

@@ -1,7 +1,10 @@
 """Plan validation: every plan is checked before any of its steps runs.
 
 `plan_problems` returns every problem, each with its step id; `validate_plan` raises
-`PlanValidationError` listing them all.
+`PlanValidationError` listing them all. An agent step is checked as a whole before it runs,
+although its model chooses its calls later: the tools it is offered (registered, allowed, once
+each), the calls that wait for a reviewer (`approve`: one of those tools, a well-formed condition
+on paths that exist), its output schema and tier, and the references in its prompt.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from stalwart.domain.agents import AgentSpec
 from stalwart.domain.conditions import Condition, condition_problems, parse_expression
 from stalwart.domain.plans import Plan, PlanStep, SignOff, StepSpec, Template, TextAnswer
 from stalwart.domain.refs import find_refs
 from stalwart.errors import PlanValidationError
 from stalwart.llm.routing import Router
 from stalwart.planning.paths import closest, path_miss
-from stalwart.tools.registry import ToolRegistry
+from stalwart.tools.registry import ToolRegistry, ToolSpec
 
 log = logging.getLogger("stalwart.planning")
 
@@ -35,6 +39,12 @@ class PlanLimits:
 
 def _problem(step: str | None, text: str) -> dict[str, str]:
     return {"step": step or "", "problem": text}
+
+
+def _fixable(step: str, field: str, text: str, fix: str) -> dict[str, str]:
+    """A problem with the step field at fault (as written in the template) and what to do; the
+    fix is in the sentence too, for the reader of a one-line message."""
+    return {"step": step, "problem": f"{text}: {fix}", "field": field, "fix": fix}
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -60,10 +70,13 @@ def _output_shapes(
         where = f"the output of step {step.id}"
         if step.kind == "human":
             shapes[step.id] = _Shape(f"{where} (a human step's sign-off)", SignOff)
-        elif step.kind == "llm" and step.llm is not None:
-            name = step.llm.output
+        elif (asked := step.llm if step.kind == "llm" else step.agent) is not None:
+            name = asked.output
             if name is None:
-                label = f'{where} (an llm step without an output schema answers {{"text": ...}})'
+                label = (
+                    f"{where} (an {step.kind} step without an output schema answers "
+                    '{"text": ...})'
+                )
                 shapes[step.id] = _Shape(label, TextAnswer)
             elif name in schemas:
                 shapes[step.id] = _Shape(f"{where} (schema {name!r})", schemas[name])
@@ -109,10 +122,12 @@ def plan_problems(
 ) -> list[dict[str, str]]:
     """Every problem of `plan`, each with its step id (empty for plan-wide problems).
 
-    `schemas` are the output schemas llm steps may name; `tiers` the tiers that have a model
-    (None: not checked here). Every `steps.<id>.output.*` path is checked against the output
-    model of step `<id>` when it is known (a tool's result model, an llm step's schema); a miss
-    also carries `reference`, `field` and, when a known field is close, `suggestion`."""
+    `schemas` are the output schemas llm and agent steps may name; `tiers` the tiers that have
+    a model (None: not checked here). Every `steps.<id>.output.*` path is checked against the
+    output model of step `<id>` when it is known (a tool's result model, an llm or agent step's
+    schema, `{"text"}` for one without); a miss also carries `reference`, `field` and, when a
+    known field is close, `suggestion`. A problem of an agent step's own fields carries `field`
+    (the field as written in the template: `tools`, `approve.<tool>`, `output`) and `fix`."""
     limits = limits or PlanLimits()
     problems: list[dict[str, str]] = []
     if not plan.steps:
@@ -131,6 +146,9 @@ def plan_problems(
     for step in plan.steps:
         problems.extend(_step_problems(step, seen, tools, allowed_tools, limits, shapes))
         problems.extend(_llm_problems(step, seen, schemas or {}, tiers, shapes))
+        problems.extend(
+            _agent_problems(step, seen, tools, allowed_tools, schemas or {}, tiers, shapes)
+        )
         problems.extend(_check_problems(step, tiers))
         problems.extend(_condition_path_problems(step, seen, shapes))
     problems.extend(_cycle_problems(plan))
@@ -171,7 +189,7 @@ def _step_problems(
         if step.tool:
             out.append(_problem(sid, "a human step does not call a tool; remove 'tool'"))
     elif step.kind == "agent":
-        pass  # its tools are checked by the agent step's own rules
+        pass  # its tools are checked with the rest of its spec (_agent_problems)
     else:
         out.extend(_tool_problems(step, tools, allowed))
     for dep in step.depends_on:
@@ -257,6 +275,210 @@ def _llm_problems(
     return out
 
 
+def _agent_problems(
+    step: PlanStep,
+    ids: set[str],
+    tools: ToolRegistry,
+    allowed: frozenset[str] | None,
+    schemas: Mapping[str, type[BaseModel]],
+    tiers: frozenset[str] | None,
+    shapes: Mapping[str, _Shape],
+) -> list[dict[str, str]]:
+    """An agent step's spec: its tools, approvals, output schema, tier and prompt references.
+
+    A tool whose risk the workflow sends to a reviewer is fine here: each call of it waits for
+    the reviewer mid-loop, not the whole step before it starts."""
+    agent, sid = step.agent, step.id
+    if agent is None:
+        if step.kind == "agent":
+            return [
+                _fixable(
+                    sid,
+                    "prompt",
+                    "an agent step needs a prompt and tools",
+                    "write prompt: and tools: [...] on the step",
+                )
+            ]
+        return []
+    out = _agent_tool_problems(sid, agent, tools, allowed)
+    if step.args:
+        out.append(
+            _fixable(
+                sid,
+                "args",
+                "an agent step takes no args: its model writes the arguments of each call",
+                "remove args and say what the model needs in the prompt "
+                "(${input.<field>}, ${steps.<id>.output.<field>})",
+            )
+        )
+    for name, approve in agent.approve.items():
+        out.extend(_approve_problems(sid, name, approve, agent, tools, ids, shapes))
+    if agent.output is not None and agent.output not in schemas:
+        known = ", ".join(sorted(schemas)) or "none registered"
+        out.append(
+            _fixable(
+                sid,
+                "output",
+                f"output schema {agent.output!r} is not registered (known: {known})",
+                "register it with app.schema(Model)" + _did_you_mean(agent.output, schemas),
+            )
+        )
+    tier = Router.tier_for(agent.purpose, agent.tier)
+    if tiers is not None and tier not in tiers:
+        out.append(
+            _fixable(
+                sid,
+                "tier" if agent.tier else "purpose",
+                f"no model is routed for tier {tier!r}",
+                "set STALWART_LLM_TIERS or app.route(), or choose a routed tier",
+            )
+        )
+    for path in find_refs(agent.prompt) + find_refs(agent.instructions):
+        out.extend(_ref_problems(sid, path, ids, shapes))
+    return out
+
+
+def _agent_tool_problems(
+    sid: str, agent: AgentSpec, tools: ToolRegistry, allowed: frozenset[str] | None
+) -> list[dict[str, str]]:
+    """The tools an agent step is offered: at least one, each once, registered and allowed."""
+    if not agent.tools:
+        return [
+            _fixable(sid, "tools", "an agent step offers no tools", "list the tools it may call")
+        ]
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for name in agent.tools:
+        if name in seen:
+            out.append(
+                _fixable(sid, "tools", f"tools lists {name!r} more than once", "list it once")
+            )
+            continue
+        seen.add(name)
+        if name not in tools:
+            known = ", ".join(tools.names()) or "none registered"
+            near = closest(name, tools.names())
+            fix = f"write `{near}`" if near else "register it with @app.tool or remove it"
+            out.append(
+                _fixable(sid, "tools", f"unknown tool {name!r} in tools (known: {known})", fix)
+            )
+        elif allowed is not None and name not in allowed:
+            out.append(
+                _fixable(
+                    sid,
+                    "tools",
+                    f"tool {name!r} is not allowed in this workflow",
+                    "remove it from tools, or add it to the workflow's allowed_tools",
+                )
+            )
+    return out
+
+
+def _approve_problems(
+    sid: str,
+    name: str,
+    approve: bool | Condition,
+    agent: AgentSpec,
+    tools: ToolRegistry,
+    ids: set[str],
+    shapes: Mapping[str, _Shape],
+) -> list[dict[str, str]]:
+    """One entry of `approve`: a tool the step is offered, and a condition that can hold. A
+    condition on a path that cannot exist would quietly never ask a reviewer."""
+    field = f"approve.{name}"
+    if name not in agent.tools:
+        near = closest(name, agent.tools)
+        fix = (
+            f"write approve.{near}" if near else f"add {name!r} to tools, or remove approve.{name}"
+        )
+        offered = ", ".join(agent.tools)
+        return [
+            _fixable(
+                sid,
+                field,
+                f"approve names {name!r}, which is not one of the tools ({offered})",
+                fix,
+            )
+        ]
+    if not isinstance(approve, dict):
+        return []
+    out = [
+        _fixable(sid, field, text, "write {path: value} or {path: {operator: value}}")
+        for text in condition_problems(approve)
+    ]
+    spec = tools.get(name)
+    for path in approve:
+        out.extend(_approve_path_problems(sid, field, path, spec, ids, shapes))
+    return out
+
+
+def _approve_path_problems(
+    sid: str,
+    field: str,
+    path: str,
+    spec: ToolSpec | None,
+    ids: set[str],
+    shapes: Mapping[str, _Shape],
+) -> list[dict[str, str]]:
+    """A path of an `approve` condition: the call's arguments (`args.*`, against the tool's
+    arguments model), an earlier step's output, or the input (checked by template_problems)."""
+    parts = path.split(".")
+    what = f"condition on {path!r}"
+    shape: _Shape | None = None
+    if parts[0] == "args" and len(parts) > 1:
+        head = parts[:1]
+        if spec is not None:
+            shape = _Shape(
+                f"the argument schema of tool {spec.name!r} ({spec.args_model.__name__})",
+                spec.args_model,
+            )
+    elif parts[0] == "input":
+        return []
+    elif parts[0] == "steps" and len(parts) >= 3 and parts[2] == "output":
+        head = parts[:3]
+        if parts[1] == sid:
+            return [
+                _fixable(
+                    sid,
+                    field,
+                    f"{what} reads the step's own output, which a call cannot wait for",
+                    "read the call's arguments (args.*) or an earlier step's output",
+                )
+            ]
+        if parts[1] not in ids:
+            near = closest(parts[1], ids - {sid})
+            fix = f"write steps.{near}.output" if near else "name a step of the plan"
+            return [_fixable(sid, field, f"{what} names unknown step {parts[1]!r}", fix)]
+        shape = shapes.get(parts[1])
+    else:
+        fix = (
+            f"write args.{path} for the call's argument {path!r}"
+            if parts[0] not in ("args", "steps")
+            else "write args.<argument>, input.<field> or steps.<id>.output.<field>"
+        )
+        return [
+            _fixable(
+                sid,
+                field,
+                f"{what}: a call's condition reads its arguments, the input or an earlier "
+                "step's output",
+                fix,
+            )
+        ]
+    if shape is None:
+        return []
+    miss = path_miss(shape.model, parts[len(head) :])
+    if miss is None:
+        return []
+    best = miss.suggestion()
+    fix = f"write {'.'.join([*head, *miss.at, best])}" if best else "name a path that exists"
+    problem = _fixable(sid, field, f"{what}: {miss.describe(shape.label)}", fix)
+    problem["reference"] = path
+    if best is not None:
+        problem["suggestion"] = best
+    return [problem]
+
+
 def _check_problems(step: PlanStep, tiers: frozenset[str] | None) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for check in step.checks:
@@ -277,9 +499,9 @@ def template_problems(
 ) -> list[dict[str, str]]:
     """Every `input.*` path of `template` that cannot exist in the workflow's input model: the
     references in arguments and prompts, and the paths of its conditions (`when`,
-    `requires_approval`, `success`, checks). Found without any input, so at registration and by
-    `stalwart plan validate`. Nothing is checked when the input model is not known (None, or
-    `BaseModel` itself)."""
+    `requires_approval`, `success`, checks, an agent step's `approve`). Found without any
+    input, so at registration and by `stalwart plan validate`. Nothing is checked when the
+    input model is not known (None, or `BaseModel` itself)."""
     if input_model is None or input_model is BaseModel:
         return []
     shape = _Shape(f"the input ({input_model.__name__})", input_model)
@@ -299,9 +521,13 @@ def template_problems(
         refs = find_refs(step.args)
         if step.llm is not None:
             refs += find_refs(step.llm.prompt) + find_refs(step.llm.system)
+        conditions = _conditions(step)
+        if step.agent is not None:
+            refs += find_refs(step.agent.prompt) + find_refs(step.agent.instructions)
+            conditions += [c for c in step.agent.approve.values() if isinstance(c, dict)]
         for path in refs:
             check(step.id, path, condition=False)
-        for condition in _conditions(step):
+        for condition in conditions:
             for path in condition:
                 check(step.id, path, condition=True)
     return out

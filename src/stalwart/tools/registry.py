@@ -6,7 +6,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,6 +130,13 @@ class ToolRegistry:
     def get(self, name: str) -> ToolSpec | None:
         """The tool with this name, or None."""
         return self._tools.get(name)
+
+    def schema_hashes(self, names: Iterable[str]) -> dict[str, str]:
+        """The schema hash of each registered tool in `names` (unknown names are left out):
+        what a job pins, so a tool whose schemas change under it fails closed."""
+        return {
+            name: spec.schema_hash for name in names if (spec := self._tools.get(name)) is not None
+        }
 
     def names(self) -> list[str]:
         """All tool names, sorted."""
