@@ -6,6 +6,10 @@ import random
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Jitter draws from a generator of its own: never the global `random` state, which belongs to
+# the application (and which a library must not disturb from a worker thread).
+_JITTER = random.Random()
+
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BASE_SECONDS = 1.0
 DEFAULT_CAP_SECONDS = 60.0
@@ -33,7 +37,7 @@ class RetryPolicy(BaseModel):
         A `retry_after` from the failure (a 429's Retry-After) wins when it asks for longer.
         """
         ceiling = min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempt - 1)))
-        delay = (rng or random).uniform(0, ceiling) if self.jitter else ceiling
+        delay = (rng or _JITTER).uniform(0, ceiling) if self.jitter else ceiling
         if retry_after is not None and retry_after > delay:
             return float(retry_after)
         return delay

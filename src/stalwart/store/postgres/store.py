@@ -47,6 +47,9 @@ RACE_ERRORS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFail
 RACE_RETRIES = 8
 NOW_SQL = "extract(epoch from now())::float8"
 
+# Backoff jitter from a generator of its own, not the application's global `random` state.
+_BACKOFF = random.Random()
+
 
 class _NotCommitted(Exception):
     """A connection failed before COMMIT was sent: the transaction certainly did not apply."""
@@ -96,7 +99,7 @@ class PostgresStore(PgVectorStore, SqlStore):
             except RACE_ERRORS as exc:
                 if attempt == RACE_RETRIES:
                     raise StoreError(f"database error after {attempt + 1} tries: {exc}") from exc
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+                time.sleep(_BACKOFF.uniform(0, 0.002 * 2**attempt))
             except _NotCommitted as exc:
                 if attempt >= 1:
                     raise _unavailable(exc.__cause__) from exc.__cause__
