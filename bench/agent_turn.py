@@ -520,12 +520,12 @@ def report(header: str, m: Measured, cfg: Config, judged: bool) -> list[str]:
         f"{empty / cfg.turns:.1f} to {full / cfg.turns:.1f} µs a turn"
     )
     verdicts = [f"(a) {ratio:.1f}x"]
+    ok = ratio <= TARGET_RATIO
     if m.loop_hi is not None and m.loop_lo is not None:
         hi, lo = m.loop_hi, m.loop_lo
         gap = statistics.median(hi.flat()) * 1e6
         p95 = percentile(hi.flat(), 95) * 1e6
         marginal = (hi.per_job_ms - lo.per_job_ms) / (hi.turns - lo.turns) * 1000
-        fixed = lo.per_job_ms * 1000 - marginal * (lo.turns + 1)
         lines += [
             f"  (b) the real loop, one worker slot, ScriptedModel (no latency), a no-op tool, "
             f"{hi.jobs} jobs of one agent step:",
@@ -534,13 +534,12 @@ def report(header: str, m: Measured, cfg: Config, judged: bool) -> list[str]:
             f"  {'    the same, turn 1 -> 2 and turn ' + str(hi.turns) + ' -> answer:':<{LABEL}}"
             f"{hi.at(0):8.1f} µs and {hi.at(hi.turns - 1):.1f} µs (the request grows a turn)",
             f"  {f'    per turn, marginal ({hi.turns} vs {lo.turns} tool turns a job):':<{LABEL}}"
-            f"{marginal:8.1f} µs   ({marginal / bare:.1f}x)",
+            f"{marginal:8.1f} µs   ({marginal / bare:.1f}x; a cross-check, noisy under load)",
             f"  {f'    per job, {hi.turns} / {lo.turns} tool turns + answer:':<{LABEL}}"
-            f"{hi.per_job_ms:8.2f} / {lo.per_job_ms:.2f} ms; fixed part (claim, transcript read, "
-            f"completion) {fixed / 1000:.2f} ms",
+            f"{hi.per_job_ms:8.2f} / {lo.per_job_ms:.2f} ms",
         ]
         verdicts.append(f"(b) {gap / bare:.1f}x")
-    ok = ratio <= TARGET_RATIO
+        ok = ok and gap / bare <= TARGET_RATIO
     lines.append(
         f"  target: at most {TARGET_RATIO:g}x a bare commit per turn with one tool call"
         + (
