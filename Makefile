@@ -35,6 +35,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/wakeup.py
 	$(BIN)/python bench/worker_memory.py
 	PYTHONPATH=. $(BIN)/python bench/gateway_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/agent_turn.py
 	PYTHONPATH=. $(BIN)/python bench/api_load.py
 	PYTHONPATH=. $(BIN)/python bench/observability_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/recall.py
