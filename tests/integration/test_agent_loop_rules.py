@@ -112,13 +112,17 @@ async def test_a_refused_turn_ends_the_loop_through_the_budget_policy(db_url: st
         {"refunded": False, "amount": 1.0},
     )
     prices = {"scripted:agent": {"input_per_mtok": 100.0, "output_per_mtok": 100.0}}
-    async with Harness(
+    h = Harness(
         db_url,
         model,
-        budget={"max_usd": 0.2, "on_exceeded": "escalate"},
+        budget={"on_exceeded": "escalate"},
         settings={"llm_prices": prices},
         max_tokens=1000,
-    ) as h:
+    )
+    # The tenant's day, not the job's budget: a job's budget that cannot hold every turn's
+    # worst case is refused at submit (the plan's estimate counts max_turns turns).
+    h.app.tenant_budget("default", daily_usd=0.2)
+    async with h:
         job = await h.submit()
         assert await h.until(job) == "escalated"
         record = await h.client.get(job)

@@ -10,6 +10,7 @@ is read from these rows, never asked again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -253,14 +254,19 @@ class TurnCheckpoint:
     turn: int
     attempt: int
     summary: str | None = None
+    # Given the turn's tool calls, the first call to start with the turn's record (a call the
+    # loop would start at once: its tool offered, its arguments valid, no reviewer needed).
+    first_call: Callable[[list[dict[str, Any]]], AgentCall | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TurnWrite:
-    """A turn to record with the settle of the ledger row that answered it."""
+    """A turn to record with the settle of the ledger row that answered it; `start`, the
+    turn's first call to start in the same transaction (its status says whether it did)."""
 
     checkpoint: TurnCheckpoint
     turn: AgentTurn
+    start: AgentCall | None = None
 
 
 __all__ = [

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -50,7 +50,7 @@ from stalwart.errors import (
     ErrorClass,
     ToolError,
 )
-from stalwart.llm.gateway import LlmCall, LlmResult, parse_json
+from stalwart.llm.gateway import LlmCall, LlmResult, Reservation, parse_json
 from stalwart.llm.tokens import estimate_messages, estimate_tokens
 from stalwart.llm.types import Message, ToolCall
 from stalwart.llm.types import ToolSpec as OfferedTool
@@ -79,6 +79,28 @@ class LeaseLostError(Exception):
 
 def _error(error_class: ErrorClass | str, message: str, code: str, **details: Any) -> ToolOutcome:
     return ToolOutcome(error=StepError(error_class, message, code, details=details or {}))
+
+
+@dataclass(slots=True)
+class _Loop:
+    """One attempt's loop: what every turn and call of it needs, and what one step of it hands
+    the next (a turn prepared and reserved with the end of the last call; the first call of a
+    turn started with the turn's record)."""
+
+    claim: Claim
+    spec: AgentSpec
+    system: str
+    prompt: str
+    window: int
+    tools: list[OfferedTool]
+    offered: dict[str, ToolSpec]
+    output_model: type[BaseModel] | None
+    transcript: Transcript
+    context: dict[str, Any]
+    ahead: tuple[LlmCall, Reservation] | None = None
+    refused: tuple[Reservation, BudgetExceeded] | None = None
+    first: AgentCall | None = None
+    started: set[tuple[int, int]] = field(default_factory=set)
 
 
 class AgentStepRunner:
@@ -208,16 +230,34 @@ class AgentStepRunner:
             for t in offered.values()
         ]
         transcript = await self.store.agent_transcript(claim.step_id, key=claim.key)
+        loop = _Loop(
+            claim=claim,
+            spec=spec,
+            system=system,
+            prompt=prompt,
+            window=window,
+            tools=tools,
+            offered=offered,
+            output_model=output_model,
+            transcript=transcript,
+            context=context,
+        )
+        try:
+            return await self._loop(loop, ctx, worker_id)
+        finally:
+            if loop.ahead is not None:  # reserved with a call's end, never sent
+                await self.gateway.release(loop.ahead[1])
+
+    async def _loop(self, loop: _Loop, ctx: ToolContext, worker_id: str) -> ToolOutcome:
+        claim, spec, transcript = loop.claim, loop.spec, loop.transcript
         while True:
             if ctx.cancelled:
                 return _error(ErrorClass.CANCELLED, "job cancelled", "cancelled")
             last = transcript.turns[-1] if transcript.turns else None
             if last is not None and not last.tool_calls:
-                return self._answer(claim, last, output_model)
+                return self._answer(claim, last, loop.output_model)
             if last is not None:
-                stopped = await self._calls(
-                    claim, ctx, spec, transcript, last, offered, context, worker_id
-                )
+                stopped = await self._calls(loop, ctx, last, worker_id)
                 if stopped is not None:
                     return stopped
             number = len(transcript.turns) + 1
@@ -228,18 +268,17 @@ class AgentStepRunner:
                     "agent_max_turns",
                     turns=spec.max_turns,
                 )
-            summary = await self._maybe_summarize(claim, system, prompt, transcript, window)
-            messages = _messages(system, prompt, transcript, summary)
-            checkpoint = TurnCheckpoint(
-                claim.step_id,
-                claim.lease_token,
-                number,
-                claim.attempt,
-                summary[1] if summary is not None else None,
-            )
-            result = await self._turn(
-                claim, spec, messages, tools, output_model, window, checkpoint
-            )
+            ahead, loop.ahead = loop.ahead, None
+            if ahead is not None:
+                call = ahead[0]  # prepared, and reserved, with the end of the last call
+            else:
+                summary = await self._maybe_summarize(
+                    claim, loop.system, loop.prompt, transcript, loop.window
+                )
+                call = self._next_call(loop, number, summary)
+            result = await self._turn(loop, call, ahead[1] if ahead else None, loop.refused)
+            loop.refused = None
+            assert call.checkpoint is not None
             turn = AgentTurn(
                 turn=number,
                 attempt=claim.attempt,
@@ -251,21 +290,86 @@ class AgentStepRunner:
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
                 cost_nanos=result.cost_nanos,
-                summary=checkpoint.summary,
+                summary=call.checkpoint.summary,
                 created=time.time(),
             )
             if not result.checkpointed:  # a cached answer settled no row of its own
                 recorded = await self.store.agent_turn_record(
-                    claim, checkpoint, turn, actor=worker_id
+                    claim, call.checkpoint, turn, actor=worker_id
                 )
                 if not recorded:
                     raise LeaseLostError
+            first, loop.first = loop.first, None
+            if result.checkpointed and first is not None and first.status == "running":
+                # Started with the turn's record (its settle): it runs at once.
+                turn.calls.append(first)
+                loop.started.add((first.turn, first.index))
             transcript.turns.append(turn)
             if not turn.tool_calls:
-                output = result.data if output_model is not None else TextAnswer(text=result.text)
-                if isinstance(output, TextAnswer):
-                    return ToolOutcome(output=output.model_dump())
+                output = result.data if loop.output_model is not None else None
+                if output is None:
+                    return ToolOutcome(output=TextAnswer(text=result.text).model_dump())
                 return ToolOutcome(output=output)
+
+    def _next_call(self, loop: _Loop, number: int, summary: tuple[int, str] | None) -> LlmCall:
+        """The request of turn `number`, its checkpoint asking to start the turn's first call
+        with the turn's record when the loop would start it at once."""
+        messages = _messages(loop.system, loop.prompt, loop.transcript, summary)
+        spec = loop.spec
+
+        def first_call(calls: list[dict[str, Any]]) -> AgentCall | None:
+            loop.first = self._first_call(loop, number, calls[0])
+            return loop.first
+
+        checkpoint = TurnCheckpoint(
+            loop.claim.step_id,
+            loop.claim.lease_token,
+            number,
+            loop.claim.attempt,
+            summary[1] if summary is not None else None,
+            first_call,
+        )
+        return LlmCall(
+            messages=tuple(messages),
+            purpose=spec.purpose,
+            tier=spec.tier,
+            output=loop.output_model,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            tools=loop.tools,
+            parallel_tool_calls=spec.parallel_tool_calls,
+            context_tokens=estimate_messages(messages, None, loop.tools),
+            context_limit=loop.window,
+            checkpoint=checkpoint,
+        )
+
+    def _first_call(self, loop: _Loop, number: int, asked: dict[str, Any]) -> AgentCall | None:
+        """The first call of turn `number` if the loop would start it at once (a pure check of
+        what `_call` checks before it starts a call): else None, and `_call` decides."""
+        spec = loop.spec
+        if number >= spec.max_turns:
+            return None  # the last turn's calls are not run: the loop escalates
+        call = AgentCall(
+            turn=number,
+            index=0,
+            call_id=str(asked.get("id") or f"call_{number}_0"),
+            tool=str(asked.get("name") or ""),
+            arguments=str(asked.get("arguments") or ""),
+            status="new",
+        )
+        tool = loop.offered.get(call.tool)
+        parsed = call.parsed()
+        if tool is None or not isinstance(parsed, dict):
+            return None
+        try:
+            tool.args_model.model_validate(parsed)
+        except ValidationError:
+            return None
+        if self._needs_approval(loop.claim, spec, tool, parsed, loop.context):
+            return None
+        if self._over_bounds(spec, loop.transcript, call) is not None:
+            return None
+        return call
 
     def _answer(
         self, claim: Claim, turn: AgentTurn, output_model: type[BaseModel] | None
@@ -287,37 +391,27 @@ class AgentStepRunner:
 
     async def _turn(
         self,
-        claim: Claim,
-        spec: AgentSpec,
-        messages: list[Message],
-        tools: list[OfferedTool],
-        output_model: type[BaseModel] | None,
-        window: int,
-        checkpoint: TurnCheckpoint,
+        loop: _Loop,
+        call: LlmCall,
+        reserved: Reservation | None,
+        refused: tuple[Reservation, BudgetExceeded] | None,
     ) -> LlmResult:
-        """Ask the model for the next turn, reserving its worst case first; a refused reservation
-        tries each cheaper tier when the workflow says so."""
-        call = LlmCall(
-            messages=tuple(messages),
-            purpose=spec.purpose,
-            tier=spec.tier,
-            output=output_model,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            tools=tools,
-            parallel_tool_calls=spec.parallel_tool_calls,
-            context_tokens=estimate_messages(messages, None, tools),
-            context_limit=window,
-            checkpoint=checkpoint,
-        )
+        """Ask the model for the next turn, its worst case reserved first (ahead, with the end
+        of the last call, or by the gateway); a refused reservation tries each cheaper tier
+        when the workflow says so."""
+        claim, spec = loop.claim, loop.spec
         tier = self.gateway.router.tier_for(call.purpose, call.tier)
         on_budget = str(claim.spec.get("on_budget") or "fail")
         while True:
             try:
+                if refused is not None:
+                    await self.gateway.refused(*refused)
+                    raise refused[1]
                 return await self.gateway.call(
-                    replace(call, tier=tier), self.llm.scope(claim, spec.purpose)
+                    replace(call, tier=tier), self.llm.scope(claim, spec.purpose), reserved=reserved
                 )
             except BudgetExceeded:
+                refused, reserved = None, None
                 cheaper = self.gateway.router.cheaper(tier)
                 if on_budget != "cheaper_tier" or cheaper is None:
                     raise
@@ -349,12 +443,9 @@ class AgentStepRunner:
         summarized; the last stays whole, its calls and results with it). Returns (the first
         turn kept whole, the summary), or None."""
         current = _last_summary(transcript)
-        messages = _messages(system, prompt, transcript, current)
-        limit = window * self.settings.context_summarize_ratio
-        start = current[0] if current is not None else 1
-        whole = [t for t in transcript.turns if t.turn >= start]
-        if estimate_messages(messages, None, ()) <= limit or len(whole) < 3:
+        if not self._due(system, prompt, transcript, window):
             return current
+        start = current[0] if current is not None else 1
         keep = transcript.turns[-1].turn
         earlier = _render(
             [t for t in transcript.turns if start <= t.turn < keep],
@@ -363,21 +454,27 @@ class AgentStepRunner:
         text = await self._summarizer(claim, window)(earlier, max(256, window // 8))
         return keep, text
 
+    def _summary_due(self, loop: _Loop) -> bool:
+        return self._due(loop.system, loop.prompt, loop.transcript, loop.window)
+
+    def _due(self, system: str, prompt: str, transcript: Transcript, window: int) -> bool:
+        """Whether the next request must carry a new summary: the transcript since the last
+        one outgrew `context_summarize_ratio` of the window, over at least three turns."""
+        current = _last_summary(transcript)
+        messages = _messages(system, prompt, transcript, current)
+        start = current[0] if current is not None else 1
+        whole = sum(1 for t in transcript.turns if t.turn >= start)
+        limit = window * self.settings.context_summarize_ratio
+        return whole >= 3 and estimate_messages(messages, None, ()) > limit
+
     # -- tool calls -----------------------------------------------------------------------------
 
     async def _calls(
-        self,
-        claim: Claim,
-        ctx: ToolContext,
-        spec: AgentSpec,
-        transcript: Transcript,
-        turn: AgentTurn,
-        offered: Mapping[str, ToolSpec],
-        context: dict[str, Any],
-        worker_id: str,
+        self, loop: _Loop, ctx: ToolContext, turn: AgentTurn, worker_id: str
     ) -> ToolOutcome | None:
         """Run the calls the model asked for in `turn` that have no result yet, in order. None
         when every call has its result; else why the loop stops (an error, or a park)."""
+        claim, spec = loop.claim, loop.spec
         stored = {c.index: c for c in turn.calls}
         open_calls = [
             i
@@ -407,26 +504,24 @@ class AgentStepRunner:
                 )
                 turn.calls.append(call)
                 turn.calls.sort(key=lambda c: c.index)
-            stopped = await self._call(
-                claim, ctx, spec, transcript, call, offered, context, worker_id
-            )
+            stopped = await self._call(loop, ctx, turn, call, worker_id)
             if stopped is not None:
                 return stopped
         return None
 
     async def _call(
-        self,
-        claim: Claim,
-        ctx: ToolContext,
-        spec: AgentSpec,
-        transcript: Transcript,
-        call: AgentCall,
-        offered: Mapping[str, ToolSpec],
-        context: dict[str, Any],
-        worker_id: str,
+        self, loop: _Loop, ctx: ToolContext, turn: AgentTurn, call: AgentCall, worker_id: str
     ) -> ToolOutcome | None:
         """One call, from wherever it stands to its result (None: the loop goes on)."""
+        claim, spec, transcript = loop.claim, loop.spec, loop.transcript
+        offered, context = loop.offered, loop.context
         tool = offered.get(call.tool)
+        if (call.turn, call.index) in loop.started and tool is not None:
+            # Started with its turn's record a moment ago: checked already, it runs now.
+            loop.started.discard((call.turn, call.index))
+            parsed = call.parsed()
+            assert isinstance(parsed, dict)
+            return await self._execute(loop, ctx, turn, call, tool, parsed, worker_id, True)
         if tool is None:
             return await self._invalid(
                 claim,
@@ -477,7 +572,27 @@ class AgentStepRunner:
                 CallStatus.AWAITING_APPROVAL.value,
             ) and self._needs_approval(claim, spec, tool, parsed, context):
                 return await self._park(claim, spec, transcript, call, tool, context, worker_id)
-        return await self._execute(claim, ctx, spec, call, tool, parsed, worker_id)
+        return await self._execute(loop, ctx, turn, call, tool, parsed, worker_id, False)
+
+    @staticmethod
+    def _over_bounds(
+        spec: AgentSpec, transcript: Transcript, call: AgentCall
+    ) -> tuple[str, int] | None:
+        """Which of the loop's limits a new call passes (`agent_repeated_call`: the same call
+        `max_repeats` times; `agent_max_tool_calls`), with the count; None within them."""
+        earlier = [c for c in transcript.calls if c is not call]
+        signature = call.signature()
+        same = sum(
+            1
+            for c in earlier
+            if c.status != CallStatus.INVALID.value and c.signature() == signature
+        )
+        if same + 1 >= spec.max_repeats:
+            return "agent_repeated_call", same + 1
+        ran = sum(1 for c in earlier if c.attempts > 0)
+        if ran >= spec.max_tool_calls:
+            return "agent_max_tool_calls", ran
+        return None
 
     async def _bounds(
         self,
@@ -488,41 +603,32 @@ class AgentStepRunner:
         worker_id: str,
     ) -> ToolOutcome | None:
         """The loop's limits on a new call: the same call too often, too many calls."""
-        earlier = [c for c in transcript.calls if c is not call]
-        same = [
-            c
-            for c in earlier
-            if c.signature() == call.signature() and c.status != CallStatus.INVALID.value
-        ]
-        if len(same) + 1 >= spec.max_repeats:
-            call.status = CallStatus.SKIPPED.value
-            call.error = {
-                "code": "agent_repeated_call",
-                "message": f"the same call was made {len(same) + 1} times",
-            }
+        over = self._over_bounds(spec, transcript, call)
+        if over is None:
+            return None
+        code, count = over
+        call.status = CallStatus.SKIPPED.value
+        if code == "agent_repeated_call":
+            call.error = {"code": code, "message": f"the same call was made {count} times"}
             await self._finish(claim, call, worker_id, ran=False)
             return _error(
                 ErrorClass.CRITICAL,
                 f"agent step {claim.key} made the same call {call.tool}({call.arguments}) "
-                f"{len(same) + 1} times (max_repeats={spec.max_repeats}); a person must look",
-                "agent_repeated_call",
+                f"{count} times (max_repeats={spec.max_repeats}); a person must look",
+                code,
                 tool=call.tool,
                 arguments=call.parsed(),
-                times=len(same) + 1,
+                times=count,
             )
-        ran = [c for c in earlier if c.attempts > 0]
-        if len(ran) >= spec.max_tool_calls:
-            call.status = CallStatus.SKIPPED.value
-            call.error = {"code": "agent_max_tool_calls", "message": "no tool calls left"}
-            await self._finish(claim, call, worker_id, ran=False)
-            return _error(
-                ErrorClass.CRITICAL,
-                f"agent step {claim.key} made its {spec.max_tool_calls} tool calls "
-                "(max_tool_calls) without an answer",
-                "agent_max_tool_calls",
-                calls=len(ran),
-            )
-        return None
+        call.error = {"code": code, "message": "no tool calls left"}
+        await self._finish(claim, call, worker_id, ran=False)
+        return _error(
+            ErrorClass.CRITICAL,
+            f"agent step {claim.key} made its {spec.max_tool_calls} tool calls "
+            "(max_tool_calls) without an answer",
+            code,
+            calls=count,
+        )
 
     async def _invalid(
         self,
@@ -679,28 +785,36 @@ class AgentStepRunner:
 
     async def _execute(
         self,
-        claim: Claim,
+        loop: _Loop,
         ctx: ToolContext,
-        spec: AgentSpec,
+        turn: AgentTurn,
         call: AgentCall,
         tool: ToolSpec,
         args: dict[str, Any],
         worker_id: str,
+        started: bool,
     ) -> ToolOutcome | None:
-        """Run the call under its limits, timeout and retry policy, and write its end."""
-        reconcile = call.status == CallStatus.RUNNING.value and not tool.idempotent
+        """Run the call under its limits, timeout and retry policy, and write its end (`started`:
+        it was started with its turn's record)."""
+        claim = loop.claim
+        reconcile = not started and call.status == CallStatus.RUNNING.value and not tool.idempotent
         policy = tool.retry or RetryPolicy()
+        limited = False
         while True:
-            start = await self.store.agent_call_start(claim, call, actor=worker_id)
-            if start.lease_lost:
-                raise LeaseLostError
-            if not start.started:
-                wait = LIMIT_POLL_SECONDS
-                if start.wait_until is not None:
-                    wait = min(LIMIT_POLL_SECONDS, max(0.01, start.wait_until - time.time()))
-                if await _cancelled_within(ctx, wait):
-                    return _error(ErrorClass.CANCELLED, "job cancelled", "cancelled")
-                continue
+            if started:
+                started = False
+            else:
+                start = await self.store.agent_call_start(claim, call, actor=worker_id)
+                if start.lease_lost:
+                    raise LeaseLostError
+                if not start.started:
+                    wait = LIMIT_POLL_SECONDS
+                    if start.wait_until is not None:
+                        wait = min(LIMIT_POLL_SECONDS, max(0.01, start.wait_until - time.time()))
+                    if await _cancelled_within(ctx, wait):
+                        return _error(ErrorClass.CANCELLED, "job cancelled", "cancelled")
+                    continue
+                limited = start.limited
             outcome, effects = await self._invoke(claim, ctx, call, tool, args, reconcile)
             if reconcile and outcome.error is None and outcome.output is None:
                 reconcile = False  # nothing happened: the call itself runs
@@ -714,14 +828,14 @@ class AgentStepRunner:
                     None,
                 )
                 try:
-                    await self._finish(claim, call, worker_id, effects=effects)
+                    await self._finish_read(loop, ctx, turn, call, worker_id, effects, limited)
                 except EffectFailedError as exc:
                     call.status = CallStatus.REFUSED.value
                     call.result, call.error = (
                         None,
                         {"code": "effect_failed", "message": exc.message},
                     )
-                    await self._finish(claim, call, worker_id, ran=False)
+                    await self._finish(claim, call, worker_id, limited=limited)
                     return _error(ErrorClass.NON_RETRIABLE, exc.message, "effect_failed")
                 return None
             kind = ErrorClass(error.error_class)
@@ -736,24 +850,19 @@ class AgentStepRunner:
                     if refund:
                         call.attempts = max(call.attempts - 1, 0)
                     call.status, call.error = CallStatus.RETRY_WAIT.value, error.to_dict()
-                    await self._finish(claim, call, worker_id, outcome=error)
+                    await self._finish(claim, call, worker_id, outcome=error, limited=limited)
                     if await _cancelled_within(ctx, delay):
                         return _error(ErrorClass.CANCELLED, "job cancelled", "cancelled")
                     continue
+                # Retries exhausted: the model reads the error and may try something else.
                 call.status, call.error = CallStatus.FAILED.value, error.to_dict()
-                await self._finish(claim, call, worker_id, outcome=error)
-                return None  # the model reads the error and may try something else
-            if kind in (ErrorClass.INVALID_ARGUMENTS,):
+            elif kind is ErrorClass.INVALID_ARGUMENTS:
                 call.status, call.error = CallStatus.INVALID.value, error.to_dict()
-                await self._finish(claim, call, worker_id, outcome=error)
-                return None
-            if kind is ErrorClass.SEMANTIC:
+            elif kind is ErrorClass.SEMANTIC:
                 call.status, call.error = CallStatus.FAILED.value, error.to_dict()
-                await self._finish(claim, call, worker_id, outcome=error)
-                return None
-            if kind in (ErrorClass.AUTHORIZATION, ErrorClass.NON_RETRIABLE):
+            elif kind in (ErrorClass.AUTHORIZATION, ErrorClass.NON_RETRIABLE):
                 call.status, call.error = CallStatus.REFUSED.value, error.to_dict()
-                await self._finish(claim, call, worker_id, outcome=error)
+                await self._finish(claim, call, worker_id, outcome=error, limited=limited)
                 return ToolOutcome(
                     error=StepError(
                         kind,
@@ -764,10 +873,54 @@ class AgentStepRunner:
                         details={"tool": tool.name, "arguments": args, "error": error.to_dict()},
                     )
                 )
-            # cancelled, critical, budget: the step's own failure.
-            call.status, call.error = CallStatus.REFUSED.value, error.to_dict()
-            await self._finish(claim, call, worker_id, outcome=error)
-            return ToolOutcome(error=error)
+            else:  # cancelled, critical, budget: the step's own failure.
+                call.status, call.error = CallStatus.REFUSED.value, error.to_dict()
+                await self._finish(claim, call, worker_id, outcome=error, limited=limited)
+                return ToolOutcome(error=error)
+            await self._finish_read(loop, ctx, turn, call, worker_id, (), limited, error)
+            return None
+
+    async def _finish_read(
+        self,
+        loop: _Loop,
+        ctx: ToolContext,
+        turn: AgentTurn,
+        call: AgentCall,
+        worker_id: str,
+        effects: Sequence[tuple[str, tuple[Any, ...]]],
+        limited: bool,
+        outcome: StepError | None = None,
+    ) -> None:
+        """Write the end of a call whose result the model will read. When it is the last of its
+        turn, the next turn is prepared now and its worst case reserved in the same transaction
+        (decision 0039: one transaction for a call's end and the next turn's reservation)."""
+        prepared: LlmCall | None = None
+        reservation: Reservation | None = None
+        done = {c.index for c in turn.calls if c.status in CALL_DONE}
+        last = len(done) == len(turn.tool_calls) and turn.turn < loop.spec.max_turns
+        if last and not ctx.cancelled and not self._summary_due(loop):
+            prepared = self._next_call(loop, turn.turn + 1, _last_summary(loop.transcript))
+            reservation = await self.gateway.reservation(
+                prepared, self.llm.scope(loop.claim, loop.spec.purpose)
+            )
+        finished = await self.store.agent_call_finish(
+            loop.claim,
+            call,
+            actor=worker_id,
+            effects=effects,
+            outcome=outcome,
+            limited=limited,
+            reserve=reservation.new if reservation is not None else None,
+        )
+        if not finished:
+            raise LeaseLostError
+        if prepared is None or reservation is None:
+            return
+        if finished.refused is not None:
+            loop.refused = (reservation, finished.refused)
+        elif finished.reserved is not None:
+            reservation.call_id = finished.reserved
+        loop.ahead = (prepared, reservation)
 
     async def _invoke(
         self,
@@ -825,12 +978,12 @@ class AgentStepRunner:
         call: AgentCall,
         worker_id: str,
         *,
-        effects: list[tuple[str, tuple[Any, ...]]] | None = None,
         outcome: StepError | None = None,
         ran: bool = True,
+        limited: bool = False,
     ) -> None:
         done = await self.store.agent_call_finish(
-            claim, call, actor=worker_id, effects=effects or (), outcome=outcome, ran=ran
+            claim, call, actor=worker_id, outcome=outcome, ran=ran, limited=limited
         )
         if not done:
             raise LeaseLostError

@@ -123,6 +123,18 @@ class Ledger(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class Reservation:
+    """A request's ledger row reserved ahead (`Gateway.reservation`): `new` to reserve in the
+    caller's transaction, `call_id` once reserved, `used` once its request went (or it was
+    given back)."""
+
+    ref: str
+    new: NewCall
+    call_id: int | None = None
+    used: bool = False
+
+
 class InvalidOutputError(SemanticError):
     """The model's answers did not match the output schema, after every re-ask."""
 
@@ -228,16 +240,66 @@ class Gateway:
 
     # -- calls --------------------------------------------------------------------------------
 
-    async def call(self, call: LlmCall, scope: CallScope) -> LlmResult:
+    async def call(
+        self, call: LlmCall, scope: CallScope, *, reserved: Reservation | None = None
+    ) -> LlmResult:
         """Make `call` for `scope`. Raises `BudgetExceeded` (nothing sent), `ProviderError`
-        (every model of the chain failed; the last error) or `InvalidOutputError`."""
+        (every model of the chain failed; the last error) or `InvalidOutputError`. `reserved`:
+        the first request's worst case, reserved ahead (`reservation`); a reservation the call
+        does not use is given back."""
+        try:
+            return await self._call(call, scope, reserved)
+        finally:
+            if reserved is not None:
+                await self.release(reserved)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give back a reservation made ahead whose request never went (nothing charged)."""
+        if reservation.call_id is None or reservation.used:
+            return
+        reservation.used = True
+        await self._finish(
+            reservation.call_id,
+            CallResult(
+                "abandoned",
+                error_class=ErrorClass.CANCELLED.value,
+                error="reserved ahead and not sent",
+            ),
+        )
+
+    async def reservation(self, call: LlmCall, scope: CallScope) -> Reservation:
+        """The ledger row of `call`'s first request (its first model, its worst case), to
+        reserve ahead in a transaction of the caller's (an agent loop reserves its next turn
+        with the end of the call before it) and hand back to `call(..., reserved=)`."""
+        tier = self.router.tier_for(call.purpose, call.tier)
+        chain = list(call.models) if call.models else self.router.chain(tier)
+        if not chain:
+            raise ConfigurationError(f"tier {tier!r} routes no model")
+        model = await self.models.ready(chain[0])
+        request = self._request(model, call, scope, list(call.messages), 0)
+        return Reservation(chain[0], self._reserve_for(model, tier, request, call, scope, 1))
+
+    async def refused(self, reservation: Reservation, exc: BudgetExceeded) -> None:
+        """Record a reservation made ahead that a budget refused, as `call` records its own."""
+        _, warnings = await self.store.llm_record(
+            reservation.new,
+            CallResult("refused", error_class=ErrorClass.BUDGET.value, error=exc.message),
+            actor=self.actor,
+            refused_by=exc.budget,
+        )
+        await self._alert_all(warnings)
+
+    async def _call(
+        self, call: LlmCall, scope: CallScope, reserved: Reservation | None
+    ) -> LlmResult:
         tier = self.router.tier_for(call.purpose, call.tier)
         chain = list(call.models) if call.models else self.router.chain(tier)
         seq = [0]
         last: ProviderError | None = None
         for ref in chain:
             try:
-                return await self._with_model(ref, tier, call, scope, seq)
+                ahead = reserved if reserved is not None and ref == reserved.ref else None
+                return await self._with_model(ref, tier, call, scope, seq, ahead)
             except ProviderError as exc:
                 if not exc.falls_back:
                     raise
@@ -252,29 +314,39 @@ class Gateway:
         assert last is not None
         raise last
 
+    def _request(
+        self, model: Model, call: LlmCall, scope: CallScope, messages: list[Message], ask: int
+    ) -> ModelRequest:
+        return ModelRequest(
+            model=model.model,
+            messages=tuple(messages),
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            schema=schema_of(call.output) if call.output is not None else None,
+            schema_name=call.output.__name__ if call.output is not None else "answer",
+            timeout_seconds=self.settings.llm_timeout_seconds,
+            meta={"step": scope.step_key, "purpose": call.purpose, "ask": ask},
+            tools=tuple(call.tools),
+            tool_choice=call.tool_choice,
+            parallel_tool_calls=call.parallel_tool_calls,
+        )
+
     async def _with_model(
-        self, ref: str, tier: str, call: LlmCall, scope: CallScope, seq: list[int]
+        self,
+        ref: str,
+        tier: str,
+        call: LlmCall,
+        scope: CallScope,
+        seq: list[int],
+        ahead: Reservation | None = None,
     ) -> LlmResult:
         model = await self.models.ready(ref)
-        schema = schema_of(call.output) if call.output is not None else None
         messages = list(call.messages)
         reasks = self.settings.llm_max_reasks if call.max_reasks is None else call.max_reasks
         result = LlmResult("", None, None, model.provider, model.model, tier)
         problems = ""
         for ask in range(reasks + 1):
-            request = ModelRequest(
-                model=model.model,
-                messages=tuple(messages),
-                max_tokens=call.max_tokens,
-                temperature=call.temperature,
-                schema=schema,
-                schema_name=call.output.__name__ if call.output is not None else "answer",
-                timeout_seconds=self.settings.llm_timeout_seconds,
-                meta={"step": scope.step_key, "purpose": call.purpose, "ask": ask},
-                tools=tuple(call.tools),
-                tool_choice=call.tool_choice,
-                parallel_tool_calls=call.parallel_tool_calls,
-            )
+            request = self._request(model, call, scope, messages, ask)
             key = _cache_key(ref, request) if call.cacheable else None
             with chat_span(model, request, call, scope, tier, self.settings.trace_content) as span:
                 cost_before = result.cost_nanos
@@ -283,7 +355,7 @@ class Gateway:
                     span.set_attribute("stalwart.cache_hit", True)
                     return cached
                 response, call_id, started = await self._send(
-                    model, tier, request, call, scope, seq
+                    model, tier, request, call, scope, seq, ahead if ask == 0 else None
                 )
                 latency = (time.perf_counter() - started) * 1000
                 result.calls += 1
@@ -504,21 +576,38 @@ class Gateway:
         call: LlmCall,
         scope: CallScope,
         seq: list[int],
+        ahead: Reservation | None = None,
     ) -> tuple[ModelResponse, int, float]:
-        estimate = estimate_messages(request.messages, request.schema, request.tools)
-        worst = self.pricing.worst_case_nanos(
-            model.provider, model.model, input_tokens=estimate, max_output_tokens=call.max_tokens
-        )
         seq[0] += 1
-        new = self._new_call(
-            model, tier, scope, seq[0], worst or 0, estimate + call.max_tokens, call
-        )
-        call_id = await self._reserve(new)
+        if ahead is not None and ahead.call_id is not None and not ahead.used:
+            ahead.used = True  # reserved with the caller's own write: the request goes now
+            call_id = ahead.call_id
+        else:
+            call_id = await self._reserve(
+                self._reserve_for(model, tier, request, call, scope, seq[0])
+            )
         started = time.perf_counter()
         response = await self._guarded(
             call_id, model, request.timeout_seconds, started, lambda: model.complete(request)
         )
         return response, call_id, started
+
+    def _reserve_for(
+        self,
+        model: Model,
+        tier: str,
+        request: ModelRequest,
+        call: LlmCall,
+        scope: CallScope,
+        seq: int,
+    ) -> NewCall:
+        """The ledger row of `request`, reserving its worst case: its input estimate (messages,
+        schema, tools) and `max_tokens` of output at list price."""
+        estimate = estimate_messages(request.messages, request.schema, request.tools)
+        worst = self.pricing.worst_case_nanos(
+            model.provider, model.model, input_tokens=estimate, max_output_tokens=call.max_tokens
+        )
+        return self._new_call(model, tier, scope, seq, worst or 0, estimate + call.max_tokens, call)
 
     async def _reserve(self, new: NewCall) -> int:
         """Reserve `new`'s worst case; a refusal is recorded in the ledger, warns, and raises
@@ -741,15 +830,18 @@ async def _uncancellable(work: Awaitable[T]) -> T:
 
 
 def _turn(call: LlmCall, response: ModelResponse, model: Model, call_id: int) -> TurnWrite:
-    """The agent turn `response` answers, to record with its settle (cost set there)."""
+    """The agent turn `response` answers, to record with its settle (cost set there), with
+    the first call the loop would start at once."""
     assert call.checkpoint is not None
+    calls = [c.to_dict() for c in response.tool_calls] if call.tools else []
+    first = call.checkpoint.first_call
     return TurnWrite(
         call.checkpoint,
         AgentTurn(
             turn=call.checkpoint.turn,
             attempt=call.checkpoint.attempt,
             text=response.text,
-            tool_calls=[c.to_dict() for c in response.tool_calls] if call.tools else [],
+            tool_calls=calls,
             finish_reason=response.finish_reason,
             provider=model.provider,
             model=response.model or model.model,
@@ -758,6 +850,7 @@ def _turn(call: LlmCall, response: ModelResponse, model: Model, call_id: int) ->
             llm_call_id=call_id,
             summary=call.checkpoint.summary,
         ),
+        first(calls) if first is not None and calls else None,
     )
 
 
@@ -819,6 +912,7 @@ __all__ = [
     "InvalidOutputError",
     "LlmCall",
     "LlmResult",
+    "Reservation",
     "TenantBudget",
     "parse_json",
 ]

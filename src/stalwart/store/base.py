@@ -50,7 +50,7 @@ from stalwart.domain.records import (
     StepRecord,
     json_ready,
 )
-from stalwart.errors import CorruptStateError
+from stalwart.errors import BudgetExceeded, CorruptStateError
 
 
 @dataclass(slots=True)
@@ -224,6 +224,22 @@ class CallStart:
     lease_lost: bool = False
     held_by: str | None = None
     wait_until: float | None = None
+    # The call went through its tool's limits (its finish gives the slot back, moves the breaker).
+    limited: bool = False
+
+
+@dataclass(slots=True)
+class CallFinish:
+    """What `agent_call_finish` did: `done` False when the lease is gone (nothing written);
+    with a reservation asked, the ledger row of the next turn (`reserved`) or why a budget
+    refused it (`refused`: the call's end is recorded all the same)."""
+
+    done: bool
+    reserved: int | None = None
+    refused: BudgetExceeded | None = None
+
+    def __bool__(self) -> bool:
+        return self.done
 
 
 class Store(Protocol):
@@ -512,8 +528,11 @@ class Store(Protocol):
         effects: Sequence[tuple[str, tuple[Any, ...]]] = (),
         outcome: StepError | None = None,
         ran: bool = True,
-    ) -> bool:
-        """Write a call's end with its effects, fenced; False when the lease is gone."""
+        limited: bool = True,
+        reserve: NewCall | None = None,
+    ) -> CallFinish:
+        """Write a call's end with its effects, fenced (and reserve the next turn, `reserve`);
+        falsy when the lease is gone."""
         ...
 
     async def agent_park(

@@ -7,15 +7,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stalwart.domain.agents import AgentCall, AgentTurn, CallStatus, Transcript, TurnCheckpoint
+from stalwart.domain.agents import (
+    AgentCall,
+    AgentTurn,
+    CallStatus,
+    Transcript,
+    TurnCheckpoint,
+    TurnWrite,
+)
+from stalwart.domain.budgets import NewCall
+from stalwart.domain.events import note
 from stalwart.domain.limits import tool_key
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.states import StepStatus
-from stalwart.store.base import CallStart
+from stalwart.errors import BudgetExceeded
+from stalwart.store.base import CallFinish, CallStart
 from stalwart.store.sql import limits as limits_sql
 from stalwart.store.sql.base import SqlBase
+from stalwart.store.sql.llm import reserve_call
 from stalwart.store.sql.steps import apply_effects
-from stalwart.store.sql.transcripts import CALL_COLUMNS, TURN_COLUMNS, assemble, insert_turn
+from stalwart.store.sql.transcripts import (
+    CALL_COLUMNS,
+    TURN_COLUMNS,
+    assemble,
+    fenced_key,
+    insert_turn,
+    write_call,
+)
 from stalwart.store.sql.tx import (
     REFUND_ATTEMPT,
     STEP_HEAD_COLUMNS,
@@ -40,37 +58,6 @@ def fence(tx: Tx, claim: Claim) -> StepHead | None:
         (claim.step_id, claim.lease_token),
     ).fetchone()
     return step_head(row) if row is not None else None
-
-
-def _write_call(tx: Tx, claim: Claim, call: AgentCall) -> None:
-    tx.con.execute(
-        "INSERT INTO agent_calls (step_id, turn, idx, tenant_id, job_id, call_id, tool, "
-        "arguments, status, result, error, attempts, review_id, decision, started, finished, "
-        "created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (step_id, turn, idx) "
-        "DO UPDATE SET status = excluded.status, result = excluded.result, "
-        "error = excluded.error, attempts = excluded.attempts, review_id = excluded.review_id, "
-        "decision = excluded.decision, started = excluded.started, "
-        "finished = excluded.finished",
-        (
-            claim.step_id,
-            call.turn,
-            call.index,
-            claim.tenant_id,
-            claim.job_id,
-            call.call_id,
-            call.tool,
-            call.arguments,
-            call.status,
-            None if call.result is None else dumps(call.result),
-            None if call.error is None else dumps(call.error),
-            call.attempts,
-            call.review_id,
-            None if call.decision is None else dumps(call.decision),
-            call.started,
-            call.finished,
-            tx.now,
-        ),
-    )
 
 
 def release_key(tx: Tx, step_id: int, key: str) -> None:
@@ -134,7 +121,7 @@ class AgentStore(SqlBase):
         lease is gone."""
 
         def run(tx: Tx) -> bool:
-            return insert_turn(tx, checkpoint, turn, claim.tenant_id, claim.job_id)
+            return insert_turn(tx, TurnWrite(checkpoint, turn), claim.tenant_id, claim.job_id)
 
         return await self._write(actor, run)
 
@@ -146,19 +133,19 @@ class AgentStore(SqlBase):
         writes nothing and says until when."""
 
         def run(tx: Tx) -> CallStart:
-            step = fence(tx, claim)
-            if step is None:
+            if fenced_key(tx, claim.step_id, claim.lease_token) is None:
                 return CallStart(False, lease_lost=True)
             key = tool_key(call.tool)
-            if limited and limits_sql.limits_any(tx, [key]):
+            through = limited and limits_sql.limits_any(tx, [key])
+            if through:
                 limits = limits_sql.load(tx)
                 job = tx.job(claim.job_id)
                 assert job is not None
                 tx.con.execute("SAVEPOINT agent_call")
                 mark = len(tx.events)
                 try:
-                    release_key(tx, step.id, key)  # a slot left by a call cut off before
-                    limits_sql.admit(tx, limits, job, step.id, [key])
+                    release_key(tx, claim.step_id, key)  # a slot left by a call cut off before
+                    limits_sql.admit(tx, limits, job, claim.step_id, [key])
                 except limits_sql.NotAdmitted:
                     tx.con.execute("ROLLBACK TO agent_call")
                     del tx.events[mark:]
@@ -170,8 +157,8 @@ class AgentStore(SqlBase):
             call.status = CallStatus.RUNNING.value
             call.attempts += 1
             call.started = tx.now
-            _write_call(tx, claim, call)
-            return CallStart(True)
+            write_call(tx, claim.step_id, claim.tenant_id, claim.job_id, call)
+            return CallStart(True, limited=through)
 
         return await self._write(actor, run)
 
@@ -184,41 +171,61 @@ class AgentStore(SqlBase):
         effects: Sequence[Effect] = (),
         outcome: StepError | None = None,
         ran: bool = True,
-    ) -> bool:
+        limited: bool = True,
+        reserve: NewCall | None = None,
+    ) -> CallFinish:
         """Write a call's end (its status, result or error), with the tool's `effects` when it
         succeeded, in one fenced transaction; give back its limit slot and move its breaker
-        (`outcome`: the tool's error, None when it succeeded; `ran` False: the tool never ran).
-        False when the lease is gone: nothing is written, no effect applied."""
+        when it went through the tool's limits (`limited`; `outcome`: the tool's error, None
+        when it succeeded; `ran` False: the tool never ran). With `reserve`, the loop's next
+        turn is reserved in the same transaction (decision 0039): a refusal undoes only the
+        reservation and comes back in `refused`. Nothing is written when the lease is gone."""
 
-        def run(tx: Tx) -> bool:
-            step = fence(tx, claim)
-            if step is None:
-                return False
+        def run(tx: Tx) -> CallFinish:
+            key = fenced_key(tx, claim.step_id, claim.lease_token)
+            if key is None:
+                return CallFinish(False)
             if call.status == CallStatus.SUCCEEDED.value:
                 apply_effects(tx, claim, effects)
             call.finished = tx.now
-            _write_call(tx, claim, call)
-            job = tx.job(claim.job_id)
-            assert job is not None
-            key = tool_key(call.tool)
-            if ran:
-                release_key(tx, step.id, key)
-                limited = tx.con.execute("SELECT 1 FROM limits WHERE key = ?", (key,)).fetchone()
-                if limited is not None or (outcome is not None and outcome.asks_to_wait):
-                    limits_sql.record_outcome(tx, job, call.tool, step.id, error=outcome)
-            tx.note(
-                "agent_tool_call",
-                job,
-                f"{call.tool}: {call.status}"
-                + (f" ({call.error.get('code')})" if call.error and call.error.get("code") else ""),
-                step=step,
-                tool=call.tool,
-                outcome=call.status,
-                turn=call.turn,
-                index=call.index,
-                attempts=call.attempts,
+            write_call(tx, claim.step_id, claim.tenant_id, claim.job_id, call)
+            waits = outcome is not None and outcome.asks_to_wait
+            if ran and (limited or waits):
+                job = tx.job(claim.job_id)
+                assert job is not None
+                release_key(tx, claim.step_id, tool_key(call.tool))
+                limits_sql.record_outcome(tx, job, call.tool, claim.step_id, error=outcome)
+            code = (call.error or {}).get("code")
+            tx.events.append(
+                note(
+                    "agent_tool_call",
+                    claim.tenant_id,
+                    claim.job_id,
+                    actor=tx.actor,
+                    at=tx.now,
+                    reason=f"{call.tool}: {call.status}" + (f" ({code})" if code else ""),
+                    step_id=claim.step_id,
+                    step_key=key,
+                    data={
+                        "tool": call.tool,
+                        "outcome": call.status,
+                        "turn": call.turn,
+                        "index": call.index,
+                        "attempts": call.attempts,
+                    },
+                )
             )
-            return True
+            if reserve is None:
+                return CallFinish(True)
+            tx.con.execute("SAVEPOINT agent_reserve")
+            try:
+                reserved = reserve_call(tx, reserve)
+            except BudgetExceeded as exc:
+                tx.con.execute("ROLLBACK TO agent_reserve")
+                tx.con.execute("RELEASE agent_reserve")
+                return CallFinish(True, refused=exc)
+            tx.con.execute("RELEASE agent_reserve")
+            return CallFinish(True, reserved=reserved)
 
         return await self._write(actor, run)
 
@@ -265,7 +272,7 @@ class AgentStore(SqlBase):
             )
             call.status = CallStatus.AWAITING_APPROVAL.value
             call.review_id = review_id
-            _write_call(tx, claim, call)
+            write_call(tx, claim.step_id, claim.tenant_id, claim.job_id, call)
             advance_job(tx, job)
             return True
 

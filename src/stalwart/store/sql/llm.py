@@ -72,12 +72,32 @@ def _describe(line: BudgetLine) -> str:
     )
 
 
+def reserve_call(tx: Tx, call: NewCall) -> int:
+    """Reserve a call's worst case against every budget of its scope and open its ledger row,
+    inside the caller's transaction; `BudgetExceeded` (raised before the row is written) when a
+    budget would pass its limit: the caller rolls back what it reserved."""
+    for line in sorted(call.scope.budgets, key=lambda b: b.key):
+        _reserve_line(tx, line, call.reserved_nanos, call.reserved_tokens)
+    return _insert_call(tx, call, "reserved", tx.now + call.expires_in)
+
+
 def _reserve_line(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> None:
+    # The row exists but for a budget's first call: try the update first, and insert the row
+    # (then update again) only when it found nothing, so a reservation is one statement a line.
+    if _take(tx, line, nanos, tokens):
+        return
     tx.con.execute(
         "INSERT INTO budgets (key, tenant_id, scope, limit_nanos, limit_tokens, updated) "
         "VALUES (?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
         (line.key, line.tenant_id, line.scope, line.limit_nanos, line.limit_tokens, tx.now),
     )
+    if _take(tx, line, nanos, tokens):
+        return
+    _refuse(tx, line, nanos, tokens)
+
+
+def _take(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> bool:
+    """Reserve on one budget row if it exists and has room; False otherwise."""
     sql = (
         "UPDATE budgets SET reserved_nanos = reserved_nanos + ?, "
         "reserved_tokens = reserved_tokens + ?, limit_nanos = ?, limit_tokens = ?, updated = ? "
@@ -90,8 +110,11 @@ def _reserve_line(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> None:
     if line.limit_tokens is not None:
         sql += " AND spent_tokens + reserved_tokens + ? <= ?"
         params += [tokens, line.limit_tokens]
-    if tx.con.execute(sql + " RETURNING key", tuple(params)).fetchone() is not None:
-        return
+    return tx.con.execute(sql + " RETURNING key", tuple(params)).fetchone() is not None
+
+
+def _refuse(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> None:
+    """Raise `BudgetExceeded` for a budget row that had no room, with its figures."""
     row = tx.con.execute(
         "SELECT spent_nanos, reserved_nanos, spent_tokens, reserved_tokens FROM budgets "
         "WHERE key = ?",
@@ -233,14 +256,17 @@ def _warnings(
 def _spend(
     tx: Tx, keys: list[str], nanos: int, tokens: int, held_nanos: int, held_tokens: int
 ) -> None:
-    """Move a settled call's figures into its budgets: add what it spent, release what it held."""
-    for key in keys:
-        tx.con.execute(
-            "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
-            "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
-            "reserved_tokens = reserved_tokens - ?, updated = ? WHERE key = ?",
-            (nanos, tokens, held_nanos, held_tokens, tx.now, key),
-        )
+    """Move a settled call's figures into its budgets: add what it spent, release what it held
+    (one statement for all of them: every budget of a call moves by the same figures)."""
+    if not keys:
+        return
+    tx.con.execute(
+        "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
+        "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
+        "reserved_tokens = reserved_tokens - ?, updated = ? "
+        f"WHERE key IN ({','.join('?' * len(keys))})",
+        (nanos, tokens, held_nanos, held_tokens, tx.now, *keys),
+    )
 
 
 def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
@@ -282,9 +308,7 @@ class LlmLedger(SqlBase):
         pass its limit. Returns the row's id, for `llm_settle`."""
 
         def run(tx: Tx) -> int:
-            for line in sorted(call.scope.budgets, key=lambda b: b.key):
-                _reserve_line(tx, line, call.reserved_nanos, call.reserved_tokens)
-            return _insert_call(tx, call, "reserved", tx.now + call.expires_in)
+            return reserve_call(tx, call)
 
         return await self._write(actor, run)
 
@@ -312,7 +336,7 @@ class LlmLedger(SqlBase):
                 return []  # settled already: settling is idempotent
             outcome, raw_keys, reserved_nanos, reserved_tokens, job_id, step_key, tenant = row
             if turn is not None:
-                insert_turn(tx, turn.checkpoint, turn.turn, tenant, job_id)
+                insert_turn(tx, turn, tenant, job_id)
             held_nanos, held_tokens = reserved_nanos, reserved_tokens
             if outcome == "abandoned":  # released already; only the spend is left to add
                 held_nanos = held_tokens = 0

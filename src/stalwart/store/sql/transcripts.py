@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stalwart.domain.agents import AgentCall, AgentTurn, Transcript, TurnCheckpoint
+from stalwart.domain.agents import AgentCall, AgentTurn, CallStatus, Transcript, TurnWrite
+from stalwart.domain.events import note
+from stalwart.domain.limits import tool_key
+from stalwart.store.sql.limits import limits_any
 from stalwart.store.sql.rows import loads
 from stalwart.store.sql.tx import Tx
 from stalwart.types import dumps
@@ -22,16 +25,24 @@ CALL_COLUMNS = (
 )
 
 
-def insert_turn(
-    tx: Tx, checkpoint: TurnCheckpoint, turn: AgentTurn, tenant_id: str, job_id: str
-) -> bool:
-    """Record an agent turn if the checkpoint's lease still holds (inside the caller's
-    transaction: the settle of the turn's ledger row, or `agent_turn_record`)."""
-    held = tx.con.execute(
-        f"SELECT id FROM steps WHERE id = ? AND lease_token = ? AND status = 'running'{tx.lock}",
-        (checkpoint.step_id, checkpoint.lease_token),
+def fenced_key(tx: Tx, step_id: int, lease_token: int) -> str | None:
+    """The step's key, locked, if `lease_token` still holds its lease; else None."""
+    row = tx.con.execute(
+        f"SELECT key FROM steps WHERE id = ? AND lease_token = ? AND status = 'running'{tx.lock}",
+        (step_id, lease_token),
     ).fetchone()
-    if held is None:
+    return None if row is None else str(row[0])
+
+
+def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
+    """Record an agent turn if its checkpoint's lease still holds (inside the caller's
+    transaction: the settle of the turn's ledger row, or `agent_turn_record`), and start the
+    turn's first call in the same transaction when `write.start` asks (decision 0039: two
+    transactions per turn), unless the call's tool is limited (its limits are taken by
+    `agent_call_start`). `write.start.status` says whether it started."""
+    checkpoint, turn = write.checkpoint, write.turn
+    key = fenced_key(tx, checkpoint.step_id, checkpoint.lease_token)
+    if key is None:
         return False
     response = {
         "text": turn.text,
@@ -59,23 +70,71 @@ def insert_turn(
             tx.now,
         ),
     )
-    step = tx.step(checkpoint.step_id)
-    job = tx.job(job_id)
-    if step is not None and job is not None:
-        tx.note(
+    tx.events.append(
+        note(
             "agent_turn",
-            job,
-            f"turn {checkpoint.turn}: "
+            tenant_id,
+            job_id,
+            actor=tx.actor,
+            at=tx.now,
+            reason=f"turn {checkpoint.turn}: "
             + (f"{len(turn.tool_calls)} tool call(s)" if turn.tool_calls else "answer"),
-            step=step,
-            turn=checkpoint.turn,
-            tool_calls=len(turn.tool_calls),
-            input_tokens=turn.input_tokens,
-            output_tokens=turn.output_tokens,
-            cost_nanos=turn.cost_nanos,
-            model=turn.model,
+            step_id=checkpoint.step_id,
+            step_key=key,
+            data={
+                "turn": checkpoint.turn,
+                "tool_calls": len(turn.tool_calls),
+                "input_tokens": turn.input_tokens,
+                "output_tokens": turn.output_tokens,
+                "cost_nanos": turn.cost_nanos,
+                "model": turn.model,
+            },
         )
+    )
+    start = write.start
+    if start is not None:
+        start.status, start.attempts, start.started = "new", 0, None
+        if not limited(tx, start.tool):
+            start.status, start.attempts, start.started = CallStatus.RUNNING.value, 1, tx.now
+            write_call(tx, checkpoint.step_id, tenant_id, job_id, start)
     return True
+
+
+def limited(tx: Tx, tool: str) -> bool:
+    """Whether the tool's key limits calls now (a cap, a rate, a breaker, a pause)."""
+    return limits_any(tx, [tool_key(tool)])
+
+
+def write_call(tx: Tx, step_id: int, tenant_id: str, job_id: str, call: AgentCall) -> None:
+    """Insert or update one call row."""
+    tx.con.execute(
+        "INSERT INTO agent_calls (step_id, turn, idx, tenant_id, job_id, call_id, tool, "
+        "arguments, status, result, error, attempts, review_id, decision, started, finished, "
+        "created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (step_id, turn, idx) "
+        "DO UPDATE SET status = excluded.status, result = excluded.result, "
+        "error = excluded.error, attempts = excluded.attempts, review_id = excluded.review_id, "
+        "decision = excluded.decision, started = excluded.started, "
+        "finished = excluded.finished",
+        (
+            step_id,
+            call.turn,
+            call.index,
+            tenant_id,
+            job_id,
+            call.call_id,
+            call.tool,
+            call.arguments,
+            call.status,
+            None if call.result is None else dumps(call.result),
+            None if call.error is None else dumps(call.error),
+            call.attempts,
+            call.review_id,
+            None if call.decision is None else dumps(call.decision),
+            call.started,
+            call.finished,
+            tx.now,
+        ),
+    )
 
 
 def turn_from_row(row: Sequence[Any]) -> AgentTurn:
@@ -138,6 +197,9 @@ __all__ = [
     "TURN_COLUMNS",
     "assemble",
     "call_from_row",
+    "fenced_key",
     "insert_turn",
+    "limited",
     "turn_from_row",
+    "write_call",
 ]
