@@ -1,14 +1,17 @@
 """The runtime's own cost per agent turn with one tool call, next to a bare commit.
 
 An agent step's loop (src/stalwart/engine/agent_steps.py) makes, per model turn that asks for
-one tool call, four write transactions besides the model's own latency:
+one tool call, two write transactions besides the model's own latency (decision 0039):
 
-1. `llm_reserve`: the turn's worst case reserved on its budget rows and its ledger row opened;
-2. `llm_settle(..., turn=TurnWrite(...))`: the ledger row and the budgets settled, and the turn
-   recorded, fenced by the step's lease token;
-3. `agent_call_start`: the tool's limits passed and the call written `running`, fenced;
-4. `agent_call_finish`: the call's result written with the tool's `on_commit` effects, fenced.
+1. `llm_settle(..., turn=TurnWrite(..., start=call))`: the turn's ledger row and budgets
+   settled, the turn recorded and its first call started (`running`), fenced by the step's
+   lease token;
+2. `agent_call_finish(..., reserve=next)`: the call's result written with the tool's
+   `on_commit` effects, fenced, and the next turn's worst case reserved on its budget rows with
+   its ledger row opened.
 
+The first turn of an attempt reserves on its own (`llm_reserve`): reported apart, amortized
+over the attempt's turns like the transcript read.
 Each attempt also reads its transcript back once, at its start (two SELECTs); that read is
 reported apart, and amortized over the turns of an attempt.
 
@@ -16,7 +19,7 @@ Measured two ways, on SQLite (WAL; `synchronous=FULL`, the production default, i
 judged, `NORMAL` is shown beside it to separate the fsyncs from the rest) and on PostgreSQL (a
 private server with default durability, tests/pgserver.py):
 
-(a) bookkeeping: the four store calls alone, in the order the loop makes them, on steps claimed
+(a) bookkeeping: the two store calls alone, in the order the loop makes them, on steps claimed
     for the purpose (jobs of one `agent` step each, `--turns` turns per step);
 (b) the real loop: the same jobs run end to end by an in-process `Worker` (one slot) on
     `ScriptedModel` (no latency) calling a no-op tool. Per-turn wall time is the median gap
@@ -85,7 +88,7 @@ from stalwart.store.sql.tx import Tx
 TARGET_RATIO = 3.0
 ACTOR = "bench-agent"
 MODEL_REF = "scripted:agent"
-PHASES = ("reserve", "settle + turn", "call start", "call finish")
+PHASES = ("settle + turn + call start", "call finish + next reserve")
 """The four transactions of a turn with one tool call, in the loop's order."""
 LABEL = 58
 
@@ -162,6 +165,7 @@ class Phases:
     turns: list[float] = field(default_factory=list)
     read_empty: list[float] = field(default_factory=list)
     read_full: list[float] = field(default_factory=list)
+    first_reserve: list[float] = field(default_factory=list)
 
     def us(self, phase: str) -> float:
         return statistics.median(self.seconds[phase]) * 1e6
@@ -188,12 +192,10 @@ async def claims_for(app: App, store: Store, jobs: int) -> list[Claim]:
     return claims
 
 
-async def one_turn(store: Store, scope: CallScope, claim: Claim, number: int, out: Phases) -> None:
-    """Turn `number` of the step `claim` holds, with one tool call: the store calls the loop
-    makes, in its order, each timed into `out`."""
-    arguments = f'{{"n": {number}}}'
+def next_reservation(scope: CallScope, number: int) -> NewCall:
+    """The ledger row of turn `number`, as the loop reserves it."""
     context = 60 + 120 * number  # the request grows by a turn and a tool result each turn
-    new = NewCall(
+    return NewCall(
         scope=scope,
         seq=1,
         provider="scripted",
@@ -205,8 +207,17 @@ async def one_turn(store: Store, scope: CallScope, claim: Claim, number: int, ou
         context_tokens=context,
         context_limit=128_000,
     )
+
+
+async def one_turn(
+    store: Store, scope: CallScope, claim: Claim, number: int, call_id: int, last: bool, out: Phases
+) -> int | None:
+    """Turn `number` of the step `claim` holds (its ledger row `call_id` reserved already), with
+    one tool call: the store calls the loop makes, in its order, each timed into `out`. Returns
+    the next turn's ledger row, reserved with the call's end (None after the `last` turn)."""
+    arguments = f'{{"n": {number}}}'
+    context = 60 + 120 * number
     started = time.perf_counter()
-    call_id = await timed(out.seconds["reserve"], store.llm_reserve(new, actor=ACTOR))
     checkpoint = TurnCheckpoint(claim.step_id, claim.lease_token, number, claim.attempt)
     turn = AgentTurn(
         turn=number,
@@ -220,20 +231,28 @@ async def one_turn(store: Store, scope: CallScope, claim: Claim, number: int, ou
         output_tokens=8,
         llm_call_id=call_id,
     )
+    call = AgentCall(number, 0, f"call_{number}", "noop", arguments, "new")
     result = CallResult("ok", input_tokens=context, output_tokens=8, latency_ms=0.1)
     await timed(
-        out.seconds["settle + turn"],
-        store.llm_settle(call_id, result, actor=ACTOR, turn=TurnWrite(checkpoint, turn)),
+        out.seconds[PHASES[0]],
+        store.llm_settle(call_id, result, actor=ACTOR, turn=TurnWrite(checkpoint, turn, call)),
     )
-    call = AgentCall(number, 0, f"call_{number}", "noop", arguments, "new")
-    start = await timed(out.seconds["call start"], store.agent_call_start(claim, call, actor=ACTOR))
-    assert start.started, start
+    assert call.status == CallStatus.RUNNING.value, "the call did not start with its turn"
     call.status, call.result = CallStatus.SUCCEEDED.value, {}
     done = await timed(
-        out.seconds["call finish"], store.agent_call_finish(claim, call, actor=ACTOR)
+        out.seconds[PHASES[1]],
+        store.agent_call_finish(
+            claim,
+            call,
+            actor=ACTOR,
+            limited=False,
+            reserve=None if last else next_reservation(scope, number + 1),
+        ),
     )
     assert done, "the lease was lost"
     out.turns.append(time.perf_counter() - started)
+    reserved: int | None = done.reserved
+    return reserved
 
 
 async def bookkeeping(app: App, store: Store, claims: Sequence[Claim], turns: int) -> Phases:
@@ -246,8 +265,12 @@ async def bookkeeping(app: App, store: Store, claims: Sequence[Claim], turns: in
     for claim in claims:
         scope = executor.llm.scope(claim, "reasoning")
         await timed(out.read_empty, store.agent_transcript(claim.step_id, key=claim.key))
+        call_id: int | None = await timed(
+            out.first_reserve, store.llm_reserve(next_reservation(scope, 1), actor=ACTOR)
+        )
         for number in range(1, turns + 1):
-            await one_turn(store, scope, claim, number, out)
+            assert call_id is not None
+            call_id = await one_turn(store, scope, claim, number, call_id, number == turns, out)
         transcript = await timed(
             out.read_full, store.agent_transcript(claim.step_id, key=claim.key)
         )
@@ -349,9 +372,10 @@ async def profile_turn(app: App, store: Store, claim: Claim, number: int) -> lis
     executor = app.executor(store)
     assert executor.llm is not None
     scope = executor.llm.scope(claim, "reasoning")
+    call_id = await store.llm_reserve(next_reservation(scope, number), actor=ACTOR)
     setattr(base, "_write", counting)  # noqa: B010 -- on the instance, for this pass only
     try:
-        await one_turn(store, scope, claim, number, Phases())
+        await one_turn(store, scope, claim, number, call_id, False, Phases())
     finally:
         delattr(base, "_write")
     return profiles
@@ -506,12 +530,17 @@ def report(header: str, m: Measured, cfg: Config, judged: bool) -> list[str]:
         f"(rounds: {_spread(m.bare)})",
         f"  {'the same two statements in a store transaction:':<{LABEL}}{store_tx:8.1f} µs   "
         f"({store_tx / bare:.1f}x)",
-        f"  {'(a) bookkeeping per turn (4 transactions):':<{LABEL}}{turn:8.1f} µs   "
+        f"  {'(a) bookkeeping per turn (2 transactions):':<{LABEL}}{turn:8.1f} µs   "
         f"({ratio:.1f}x a bare commit; rounds {_spread(turns)})",
     ]
     for phase in PHASES:
         us = statistics.median(p.us(phase) for p in m.phases)
         lines.append(f"  {'    ' + phase + ':':<{LABEL}}{us:8.1f} µs   ({us / bare:.1f}x)")
+    first = statistics.median(statistics.median(p.first_reserve) for p in m.phases) * 1e6
+    lines.append(
+        f"  {'first turn of an attempt, its own reservation:':<{LABEL}}{first:8.1f} µs   "
+        f"(amortized over {cfg.turns} turns: {first / cfg.turns:.1f} µs a turn)"
+    )
     empty = statistics.median(statistics.median(p.read_empty) for p in m.phases) * 1e6
     full = statistics.median(statistics.median(p.read_full) for p in m.phases) * 1e6
     lines.append(
