@@ -358,10 +358,10 @@ async def _watch(
                     line = _narrate(event, view)
                     if line is not None:
                         live.console.print(line)
-            await _history_reviewer(client, views)
-            await _support_lead(client, views)
+            # A job these reviewers just decided is on the move again, whatever `views` say.
+            decided = await _history_reviewer(client, views) + await _support_lead(client, views)
             live.update(_progress_table(views), refresh=True)
-            if all(v.settled for v in views):
+            if not decided and all(v.settled for v in views):
                 return True
             if any(t.done() for t in tasks):
                 return False  # a worker stopped: _run_workers raises its error
@@ -370,22 +370,29 @@ async def _watch(
             await asyncio.sleep(0.1)
 
 
-async def _history_reviewer(client: Client, views: Sequence[JobView]) -> None:
+async def _history_reviewer(client: Client, views: Sequence[JobView]) -> int:
     """Finance rejects the earlier initech invoice as soon as it asks: the history the review
-    of INV-1003 later recalls."""
+    of INV-1003 later recalls. Returns how many reviews it decided."""
     history = {v.job.id for v in views if v.job.input.get("invoice_id") == HISTORY_INVOICE}
+    decided = 0
     for review in await client.reviews():
         if review.job_id in history:
             await client.reject(review.id, reviewer=HISTORY_REVIEWER, comment=HISTORY_COMMENT)
+            decided += 1
+    return decided
 
 
-async def _support_lead(client: Client, views: Sequence[JobView]) -> None:
+async def _support_lead(client: Client, views: Sequence[JobView]) -> int:
     """The support lead approves the support agent's refund call as soon as it asks, so the
-    agent's loop goes on and the support job completes within the run."""
+    agent's loop goes on and the support job completes within the run. Returns how many
+    reviews it decided."""
     support = {v.job.id for v in views if v.job.workflow == "support"}
+    decided = 0
     for review in await client.reviews():
         if review.job_id in support and review.kind == "agent_call":
             await client.approve(review.id, reviewer=SUPPORT_REVIEWER, comment=SUPPORT_COMMENT)
+            decided += 1
+    return decided
 
 
 # -- what a job looks like ------------------------------------------------------------------------
