@@ -654,7 +654,8 @@ def transcript_lines(label: str, transcript: dict[str, Any]) -> list[RenderableT
             f"${turn['cost_usd']:.4f}",
             Group(*lines),
         )
-    return [heading, table] + ([answer] if answer is not None else [])
+    parts: list[RenderableType] = [heading, table]
+    return parts if answer is None else [*parts, answer]
 
 
 def _indent(text: Text) -> Padding:
