@@ -1,4 +1,4 @@
-"""The example app: two workflows over the flaky local service in `examples/service.py`.
+"""The example app: three workflows over the flaky local service in `examples/service.py`.
 
 * **onboarding** (`{"user_id": "u-1001"}`): fetch the profile, check it against the policy
   engine, open an onboarding ticket (enterprise customers need a person to approve it first),
@@ -7,10 +7,16 @@
   currency and due date from its text with a language model (structured output, validated),
   validate them, and pay (payments over 1000, a low extraction confidence or any risk flag need
   a person to approve).
+* **support** (`{"order_id": "ORD-2033-59.90", "message": "..."}`): one `agent` step answers a
+  customer who was charged twice. It may call three tools: look the order up, check the refund
+  policy, and issue a refund, which waits for a person to approve it; it answers in the
+  `SupportReply` schema.
 
 The extraction runs on a **scripted model** by default (`scripted:invoice-reader`, offline, free,
-clearly not a real model: it reads the fields with a regular expression). Point it at a real one
-by routing the small tier, e.g. `STALWART_LLM_TIERS='{"small": ["openai:gpt-4o-mini"]}'` with
+clearly not a real model: it reads the fields with a regular expression), and so does the agent
+(`scripted:support-agent`, on the large tier that the `reasoning` purpose uses: a few `if`s over
+the tool results it has read). Point them at a real one by routing the tiers, e.g.
+`STALWART_LLM_TIERS='{"small": ["openai:gpt-4o-mini"], "large": ["openai:gpt-4o"]}'` with
 `STALWART_OPENAI_API_KEY`, or any OpenAI-compatible server with `STALWART_OPENAI_BASE_URL`.
 
 Tools call the service over HTTP with `httpx`; the engine classifies what goes wrong (5xx, 429
@@ -26,8 +32,10 @@ stalwart --app examples.app:app worker
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, Field
@@ -42,6 +50,7 @@ from stalwart import (
     Settings,
     ToolContext,
 )
+from stalwart.llm import CallTools
 
 DEFAULT_SERVICE_URL = "http://127.0.0.1:8765"
 SERVICE_URL_ENV = "STALWART_DEMO_SERVICE_URL"
@@ -79,6 +88,13 @@ class InvoiceInput(BaseModel):
     """Input of the invoice workflow."""
 
     invoice_id: str = Field(min_length=1, examples=["INV-7-250.00"])
+
+
+class SupportInput(BaseModel):
+    """Input of the support workflow."""
+
+    order_id: str = Field(min_length=1, examples=["ORD-2033-59.90"])
+    message: str = Field(min_length=1, examples=["I was charged twice for my order."])
 
 
 # -- onboarding tools -----------------------------------------------------------------------------
@@ -287,6 +303,181 @@ async def pay_invoice(args: PaymentArgs, ctx: ToolContext) -> Payment:
         return Payment.model_validate(response.json())
 
 
+# -- support tools and the support agent ----------------------------------------------------------
+
+
+class OrderRef(BaseModel):
+    order_id: str = Field(min_length=1)
+
+
+class Charge(BaseModel):
+    charge_id: str
+    amount: float
+
+
+class Order(BaseModel):
+    order_id: str
+    customer: str
+    item: str
+    amount: float
+    currency: str
+    charges: list[Charge]
+
+
+RefundReason = Literal["duplicate_charge", "damaged", "changed_mind"]
+
+
+class PolicyQuery(BaseModel):
+    reason: RefundReason
+    amount: float = Field(gt=0)
+
+
+class RefundPolicy(BaseModel):
+    eligible: bool
+    refundable: float
+    rule: str
+
+
+class RefundArgs(BaseModel):
+    order_id: str = Field(min_length=1)
+    amount: float = Field(gt=0)
+    reason: RefundReason
+
+
+class Refund(BaseModel):
+    refund_id: str
+    replayed: bool = False
+
+
+class SupportReply(BaseModel):
+    """What the support agent answers (its output schema)."""
+
+    order_id: str
+    refund_id: str | None = Field(None, description="The refund issued, if any.")
+    refunded: float = Field(0.0, description="The amount refunded, in EUR.")
+    reply: str = Field(description="The message to send the customer.")
+
+
+async def lookup_order(args: OrderRef, ctx: ToolContext) -> Order:
+    """Look an order up: customer, item, amount and every charge made for it."""
+    async with _client() as http:
+        response = await http.get(f"/orders/{args.order_id}")
+        response.raise_for_status()
+        return Order.model_validate(response.json())
+
+
+async def check_refund_policy(args: PolicyQuery, ctx: ToolContext) -> RefundPolicy:
+    """What the refund policy allows for this reason and amount (no network)."""
+    if args.reason == "duplicate_charge":
+        return RefundPolicy(
+            eligible=True, refundable=args.amount, rule="a duplicate charge is refunded in full"
+        )
+    if args.reason == "damaged":
+        return RefundPolicy(
+            eligible=True,
+            refundable=args.amount,
+            rule="damaged goods are refunded in full once returned",
+        )
+    return RefundPolicy(eligible=False, refundable=0.0, rule="a change of mind gets store credit")
+
+
+async def issue_refund(args: RefundArgs, ctx: ToolContext) -> Refund:
+    """Refund an amount of an order to the customer's card."""
+    async with _client() as http:
+        response = await http.post(
+            "/refunds",
+            json=args.model_dump(),
+            headers={"Idempotency-Key": ctx.idempotency_key},
+        )
+        response.raise_for_status()
+        return Refund.model_validate(response.json())
+
+
+_ORDER_ID = re.compile(r"\bORD-\d+(?:-\d+(?:\.\d{1,2})?)?")
+
+
+def _tool_results(request: ModelRequest) -> dict[str, Any]:
+    """The results the agent has read so far, by tool name (the last one per tool)."""
+    names = {call.id: call.name for m in request.messages for call in m.tool_calls}
+    results: dict[str, Any] = {}
+    for message in request.messages:
+        if message.role == "tool" and message.tool_call_id in names:
+            try:
+                results[names[message.tool_call_id]] = json.loads(message.content)
+            except ValueError:
+                results[names[message.tool_call_id]] = {"error": {"message": message.content}}
+    return results
+
+
+def _failed(result: Any) -> bool:
+    return not isinstance(result, dict) or "error" in result
+
+
+def support_agent(request: ModelRequest) -> CallTools | dict[str, object]:
+    """The scripted support agent's next turn: a function of the customer's message and the tool
+    results it has read, so the demo and tests run offline and the same way every time. Look
+    the order up; if a charge was made twice, check the policy, then refund the duplicate (a
+    person approves that call); answer in `SupportReply`."""
+    prompt = next((m.content for m in request.messages if m.role == "user"), "")
+    found = _ORDER_ID.search(prompt)
+    order_id = found.group(0) if found else ""
+    done = _tool_results(request)
+
+    def answer(reply: str, refund: dict[str, Any] | None = None) -> dict[str, object]:
+        return {
+            "order_id": order_id,
+            "refund_id": refund["refund_id"] if refund else None,
+            "refunded": refund["amount"] if refund else 0.0,
+            "reply": reply,
+        }
+
+    if "lookup_order" not in done:
+        return CallTools(("lookup_order", {"order_id": order_id}), text="Looking the order up.")
+    order = done["lookup_order"]
+    if _failed(order):
+        return answer(f"I could not find order {order_id}; a colleague will get back to you.")
+    charges = order["charges"]
+    if len(charges) < 2:
+        return answer(
+            f"Order {order_id} was charged once ({order['amount']:.2f} EUR): nothing to refund."
+        )
+    duplicate = charges[-1]["amount"]
+    if "check_refund_policy" not in done:
+        return CallTools(
+            ("check_refund_policy", {"reason": "duplicate_charge", "amount": duplicate}),
+            text=f"Charged {len(charges)} times; checking the refund policy.",
+        )
+    policy = done["check_refund_policy"]
+    if _failed(policy) or not policy["eligible"]:
+        return answer("The refund policy does not cover this; a colleague will follow up.")
+    if "issue_refund" not in done:
+        return CallTools(
+            (
+                "issue_refund",
+                {
+                    "order_id": order_id,
+                    "amount": policy["refundable"],
+                    "reason": "duplicate_charge",
+                },
+            ),
+            text="The policy refunds it in full; refunding the duplicate charge.",
+        )
+    refund = done["issue_refund"]
+    if _failed(refund):
+        return answer("Your refund needs a second look; a colleague will get back to you.")
+    return answer(
+        f"Sorry, {order['customer']}: your {order['item']} was charged twice. I refunded the "
+        f"duplicate {policy['refundable']:.2f} EUR (refund {refund['refund_id']}); it reaches "
+        "your card in 3 to 5 business days.",
+        {"refund_id": refund["refund_id"], "amount": policy["refundable"]},
+    )
+
+
+def support_model() -> ScriptedModel:
+    """The scripted model behind the `large` tier (the agent's `reasoning` purpose)."""
+    return ScriptedModel("support-agent", default=support_agent)
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 
@@ -308,13 +499,22 @@ def build_app(settings: Settings | None = None) -> App:
     app.tool(timeout=HTTP_TIMEOUT, retry=HTTP_RETRY, risk="medium", idempotent=True)(pay_invoice)
     # A pure function of its arguments.
     app.tool(timeout=PURE_TIMEOUT, retry=PURE_RETRY, idempotent=True)(validate_invoice)
+    # The support agent's tools: a read, a pure policy check, and a refund that sends its call's
+    # idempotency key. Medium like pay_invoice: the support template asks a person for every
+    # refund its agent issues (`approve: {issue_refund: true}`).
+    app.tool(timeout=HTTP_TIMEOUT, retry=HTTP_RETRY, idempotent=True)(lookup_order)
+    app.tool(timeout=PURE_TIMEOUT, retry=PURE_RETRY, idempotent=True)(check_refund_policy)
+    app.tool(timeout=HTTP_TIMEOUT, retry=HTTP_RETRY, risk="medium", idempotent=True)(issue_refund)
 
     # The LLM side: the extraction's output schema, and the model that answers it. Settings'
     # STALWART_LLM_TIERS replaces these routes with real models.
     app.schema(InvoiceExtraction)
+    app.schema(SupportReply)
     app.model("scripted:invoice-reader", invoice_reader())
-    for tier in ("small", "medium", "large"):
+    app.model("scripted:support-agent", support_model())
+    for tier in ("small", "medium"):
         app.route(tier, ["scripted:invoice-reader"])
+    app.route("large", ["scripted:support-agent"])
 
     budget = Budget(max_steps=40, max_wall_seconds=3600, max_usd=0.05, max_tokens=20_000)
     app.workflow(
@@ -333,6 +533,13 @@ def build_app(settings: Settings | None = None) -> App:
         max_replans=1,
         review_confidence=0.8,
         description="Pay a vendor invoice: fetch, extract (LLM), validate, pay.",
+    )
+    app.workflow(
+        "support",
+        input=SupportInput,
+        templates=["templates/support.yaml"],
+        budget=budget,
+        description="Answer a customer about an order: an agent looks it up and may refund.",
     )
     return app
 

@@ -7,7 +7,10 @@ service fails about one call in five, answers some too slowly, and one vendor is
 * random failures and timeouts are retried with backoff, and never repeat a side effect (every
   creating call carries the step's idempotency key);
 * the enterprise onboarding ticket and the payment over 1000 EUR wait for a reviewer;
-* the invoice of the vendor in outage runs out of attempts and is dead-lettered.
+* the invoice of the vendor in outage runs out of attempts and is dead-lettered;
+* a support agent (an `agent` step on a scripted model) looks up an order that was charged
+  twice, checks the refund policy and refunds the duplicate once the support lead approves the
+  call; the summary prints its transcript, turn by turn.
 
 It ends by printing the commands to approve, redrive and `stalwart demo --resume`, which keeps
 the database, restarts the service without the outage, and runs the workers again.
@@ -27,12 +30,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -58,6 +63,12 @@ OUTAGE = "vendor:acme"
 HISTORY_INVOICE = "INV-0996-3900.00"
 HISTORY_REVIEWER = "finance@demo"
 HISTORY_COMMENT = "duplicate of an invoice paid in October: ask initech for a credit note"
+# Support: the service charged this order twice; the agent refunds the duplicate, and the
+# support lead approves the refund call as soon as the agent asks.
+SUPPORT_ORDER = "ORD-2033-59.90"
+SUPPORT_MESSAGE = "Hi, my card was charged twice for this order. Can you refund one of them?"
+SUPPORT_REVIEWER = "support-lead@demo"
+SUPPORT_COMMENT = "the card statement shows the same charge twice"
 
 FAILURE_RATE = 0.2  # one call in five answers 503
 TIMEOUT_RATE = 0.05  # one in twenty answers after 1.5 s, past the tools' 1 s timeout
@@ -168,7 +179,12 @@ def _restore_effects(service: FlakyService, effects: Path) -> None:
     the same id (ids are sequential per kind), so later retries replay instead of acting."""
     if not effects.exists():
         return
-    paths = {"payment": "/payments", "ticket": "/tickets", "notification": "/notifications"}
+    paths = {
+        "payment": "/payments",
+        "ticket": "/tickets",
+        "notification": "/notifications",
+        "refund": "/refunds",
+    }
     with httpx.Client(base_url=service.url, timeout=10.0) as http:
         for line in effects.read_text(encoding="utf-8").splitlines():
             if not line.strip():
@@ -285,9 +301,12 @@ async def _submit(console: Console, client: Client) -> list[str]:
         ids.append((await client.submit("onboarding", {"user_id": user}, actor="demo")).job.id)
     for invoice in INVOICES:
         ids.append((await client.submit("invoice", {"invoice_id": invoice}, actor="demo")).job.id)
+    support = {"order_id": SUPPORT_ORDER, "message": SUPPORT_MESSAGE}
+    ids.append((await client.submit("support", support, actor="demo")).job.id)
     console.print(
-        f"Submitted {len(ONBOARDING_USERS)} onboarding and {len(INVOICES)} invoice jobs, and "
-        f"{HISTORY_INVOICE}, an earlier initech invoice {HISTORY_REVIEWER} will reject. "
+        f"Submitted {len(ONBOARDING_USERS)} onboarding and {len(INVOICES)} invoice jobs, "
+        f"{HISTORY_INVOICE}, an earlier initech invoice {HISTORY_REVIEWER} will reject, and a "
+        f"support request about {SUPPORT_ORDER}, whose refund {SUPPORT_REVIEWER} will approve. "
         "Working...\n"
     )
     return ids
@@ -339,9 +358,10 @@ async def _watch(
                     line = _narrate(event, view)
                     if line is not None:
                         live.console.print(line)
-            await _history_reviewer(client, views)
+            # A job these reviewers just decided is on the move again, whatever `views` say.
+            decided = await _history_reviewer(client, views) + await _support_lead(client, views)
             live.update(_progress_table(views), refresh=True)
-            if all(v.settled for v in views):
+            if not decided and all(v.settled for v in views):
                 return True
             if any(t.done() for t in tasks):
                 return False  # a worker stopped: _run_workers raises its error
@@ -350,13 +370,29 @@ async def _watch(
             await asyncio.sleep(0.1)
 
 
-async def _history_reviewer(client: Client, views: Sequence[JobView]) -> None:
+async def _history_reviewer(client: Client, views: Sequence[JobView]) -> int:
     """Finance rejects the earlier initech invoice as soon as it asks: the history the review
-    of INV-1003 later recalls."""
+    of INV-1003 later recalls. Returns how many reviews it decided."""
     history = {v.job.id for v in views if v.job.input.get("invoice_id") == HISTORY_INVOICE}
+    decided = 0
     for review in await client.reviews():
         if review.job_id in history:
             await client.reject(review.id, reviewer=HISTORY_REVIEWER, comment=HISTORY_COMMENT)
+            decided += 1
+    return decided
+
+
+async def _support_lead(client: Client, views: Sequence[JobView]) -> int:
+    """The support lead approves the support agent's refund call as soon as it asks, so the
+    agent's loop goes on and the support job completes within the run. Returns how many
+    reviews it decided."""
+    support = {v.job.id for v in views if v.job.workflow == "support"}
+    decided = 0
+    for review in await client.reviews():
+        if review.job_id in support and review.kind == "agent_call":
+            await client.approve(review.id, reviewer=SUPPORT_REVIEWER, comment=SUPPORT_COMMENT)
+            decided += 1
+    return decided
 
 
 # -- what a job looks like ------------------------------------------------------------------------
@@ -369,7 +405,9 @@ class JobView:
 
     @property
     def label(self) -> str:
-        key = self.job.input.get("user_id") or self.job.input.get("invoice_id") or ""
+        job_input = self.job.input
+        key = job_input.get("user_id") or job_input.get("invoice_id") or job_input.get("order_id")
+        key = key or ""
         return f"{self.job.workflow} {key}"
 
     @property
@@ -444,6 +482,17 @@ def _narrate(event: EventRecord, view: JobView) -> Text | None:
         return None
     if event.kind == "review_requested":
         return _line("review", "yellow", f"{who} · waits for a reviewer ({data.get('review_id')})")
+    if event.kind == "review_approved":
+        said = f": {event.reason}" if event.reason else ""
+        return _line("approved", "green", f"{who} · by {data.get('reviewer')}{said}")
+    if event.kind == "agent_tool_call":
+        call = f"{who} · turn {data.get('turn')} · {data.get('tool')}"
+        if data.get("outcome") == "retry_wait":
+            why = event.reason.partition(": ")[2].removeprefix("retry_wait").strip(" ()")
+            return _line(
+                "retry", "yellow", f"{call} · attempt {data.get('attempts')}: ", (why, "dim")
+            )
+        return _line("agent", "cyan", f"{call}: {data.get('outcome')}")
     if event.kind == "step_skipped":
         return _line("skipped", "yellow", f"{who} · {_short(event.reason)}")
     if event.kind == "job_completed":
@@ -499,6 +548,7 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
             "`stalwart jobs show ID` lists them per job."
         )
     console.print()
+    await _agent_transcripts(console, client, views)
 
     reviews = await client.reviews()
     dead = await client.dead_letters()
@@ -548,6 +598,113 @@ async def _summary(console: Console, client: Client, job_ids: list[str], databas
     console.print()
 
 
+async def _agent_transcripts(console: Console, client: Client, views: Sequence[JobView]) -> None:
+    """Each agent step's loop, compactly: per turn its tokens and cost, and each call with its
+    arguments, the reviewer's decision if it needed one, and its status and result."""
+    for view in views:
+        if not any(s.kind == "agent" for s in view.steps):
+            continue
+        for transcript in await client.store.agent_transcripts(view.job.id):
+            if transcript.turns:
+                for part in transcript_lines(view.label, transcript.to_dict()):
+                    console.print(part, highlight=False)
+                console.print()
+
+
+def transcript_lines(label: str, transcript: dict[str, Any]) -> list[RenderableType]:
+    """An agent transcript (`Transcript.to_dict()`) as a heading, a table of its turns (one row a
+    turn: its tokens, its cost, and its calls, each with the reviewer's decision if it needed
+    one and its result) and its answer."""
+    turns = transcript["turns"]
+    models = sorted({f"{t['provider']}:{t['model']}" for t in turns})
+    heading = Text.assemble(
+        ("Agent transcript", "bold"),
+        f" of {label}, step {transcript['step']} on {', '.join(models)}: "
+        f"{_count(len(turns), 'turn')}, {transcript['tokens']:,} tokens, "
+        f"${transcript['cost_usd']:.4f}",
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("turn", justify="right", no_wrap=True)
+    table.add_column("tokens in/out", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("calls, decisions and results")
+    answer: RenderableType | None = None
+    for turn in turns:
+        lines: list[RenderableType] = []
+        for call in turn["calls"]:
+            lines.append(Text(f"{call['tool']}({_brief_args(call['arguments'])})"))
+            decision = call.get("decision") or {}
+            if decision:
+                said = f": {decision['comment']}" if decision.get("comment") else ""
+                style = "green" if decision.get("decision") == "approved" else "red"
+                lines.append(
+                    _indent(
+                        Text(
+                            f"{decision.get('decision')} by {decision.get('reviewer')}{said}", style
+                        )
+                    )
+                )
+            lines.append(_indent(_call_result(call)))
+        if not turn["tool_calls"]:
+            lines.append(Text("the answer, below"))
+            answer = _indent(Text.assemble(("answer: ", "bold"), _brief(_json(turn["text"]))))
+        table.add_row(
+            str(turn["turn"]),
+            f"{turn['input_tokens']}/{turn['output_tokens']}",
+            f"${turn['cost_usd']:.4f}",
+            Group(*lines),
+        )
+    parts: list[RenderableType] = [heading, table]
+    return parts if answer is None else [*parts, answer]
+
+
+def _indent(text: Text) -> Padding:
+    return Padding(text, (0, 0, 0, 2))
+
+
+def _call_result(call: dict[str, Any]) -> Text:
+    status = str(call["status"])
+    style = {"succeeded": "green", "approved": "green"}.get(status, "yellow")
+    tries = f" after {call['attempts']} attempts" if call.get("attempts", 0) > 1 else ""
+    if status == "succeeded":
+        said = _brief(call["result"], echoed=call["arguments"])
+    else:
+        said = _short(str((call.get("error") or {}).get("message", "")))
+    return Text.assemble("→ ", (status, style), tries, f": {said}" if said else "")
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _brief_args(arguments: Any) -> str:
+    if not isinstance(arguments, dict):
+        return str(arguments)
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items())
+
+
+def _brief(value: Any, echoed: Any = None) -> str:
+    """A value on one line: a dict as `key=value` (without the fields that only repeat the
+    call's arguments, `echoed`), a list inside it by its length."""
+    if not isinstance(value, dict):
+        return json.dumps(value) if not isinstance(value, str) else value
+    same = echoed if isinstance(echoed, dict) else {}
+    parts = []
+    for key, item in value.items():
+        if key in same and same[key] == item:
+            continue
+        if isinstance(item, list):
+            parts.append(f"{key}=[{_count(len(item), 'item')}]")
+        elif isinstance(item, dict):
+            parts.append(f"{key}={{…}}")
+        else:
+            parts.append(f"{key}={json.dumps(item)}")
+    return ", ".join(parts)
+
+
 async def _similar_cases(client: Client, job_id: str, labels: dict[str, str]) -> list[str]:
     """The review packet's similar past cases (episodic memory), as lines."""
     assert client.app is not None
@@ -587,8 +744,8 @@ def _outcome(view: JobView) -> str:
         made = []
         for done in view.steps:
             output = done.output if isinstance(done.output, dict) else {}
-            for field in ("ticket_id", "notification_id", "payment_id"):
-                if field in output:
+            for field in ("ticket_id", "notification_id", "payment_id", "refund_id"):
+                if output.get(field):
                     made.append(f"{field.removesuffix('_id')} {output[field]}")
         skipped = [s.key for s in view.steps if s.status == "skipped"]
         if skipped:
@@ -617,7 +774,8 @@ def _side_effects(console: Console, service: FlakyService) -> None:
         f"[bold]Side effects in the service[/] (every run, logged in {service.effects_path})"
     )
     console.print(
-        "  " + ", ".join(_count(kinds[k], k) for k in ("payment", "ticket", "notification"))
+        "  "
+        + ", ".join(_count(kinds[k], k) for k in ("payment", "ticket", "notification", "refund"))
     )
     if duplicated:
         console.print(f"  [red]duplicated: {', '.join(duplicated)}[/]")

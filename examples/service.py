@@ -4,7 +4,9 @@ It simulates a handful of JSON APIs that example tools call:
 
 * a profile directory (``GET /profiles/{user_id}``) and a policy engine (``POST /policy/check``);
 * a ticketing system (``POST /tickets``) and a notification gateway (``POST /notifications``);
-* an invoice store (``GET /invoices/{invoice_id}``) and a payment processor (``POST /payments``).
+* an invoice store (``GET /invoices/{invoice_id}``) and a payment processor (``POST /payments``);
+* an order system (``GET /orders/{order_id}``) and a refund desk (``POST /refunds``). About one
+  order in four was charged twice (the card processor's glitch a support agent cleans up after).
 
 Creating endpoints require an ``Idempotency-Key`` header: a repeated key replays the original
 response (``"replayed": true``) instead of creating a second side effect. Every new effect is
@@ -14,7 +16,8 @@ tests can assert "exactly one payment happened" even after crashes, retries and 
 Flakiness is configurable and reproducible (seeded): a fraction of requests answer ``503`` with
 ``Retry-After: 0``, a fraction are answered only after ``slow_seconds`` (so short client timeouts
 fire while the effect still happens), and *outages* (``"vendor:acme"``, ``"invoice:INV-3"``,
-``"user:u-1"``, ``"service:payments"``) answer ``503`` for as long as they are configured.
+``"user:u-1"``, ``"order:ORD-1"``, ``"service:payments"``) answer ``503`` for as long as they are
+configured.
 Only the standard library is used. Run it with ``python -m examples.service --port 8765``.
 """
 
@@ -39,16 +42,20 @@ COUNTRIES = ("FR", "DE", "US", "GB", "ES", "IT", "NL", "JP")
 PLANS = ("free", "pro", "enterprise")
 NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus")
 VENDORS = ("acme", "globex", "initech", "umbrella", "hooli")
+ITEMS = ("espresso machine", "desk lamp", "rain jacket", "headphones", "backpack", "kettle")
 _AMOUNT_RE = re.compile(r"^INV-.+-(\d+(?:\.\d{1,2})?)$")
+_ORDER_AMOUNT_RE = re.compile(r"^ORD-.+-(\d+(?:\.\d{1,2})?)$")
 _EFFECT_PATHS = {
     "/tickets": ("ticket", "T"),
     "/notifications": ("notification", "N"),
     "/payments": ("payment", "P"),
+    "/refunds": ("refund", "R"),
 }
 _REQUIRED = {
     "/tickets": ("user_id", "subject"),
     "/notifications": ("user_id", "message"),
     "/payments": ("invoice_id", "amount", "vendor"),
+    "/refunds": ("order_id", "amount", "reason"),
     "/policy/check": ("user_id", "country", "plan"),
 }
 
@@ -275,6 +282,25 @@ class FlakyService:
                 "currency": "EUR",
                 "text": text,
             }
+        if method == "GET" and path.startswith("/orders/"):
+            order_id = path.removeprefix("/orders/")
+            self._chaos(["service:orders", f"order:{order_id}"])
+            if not order_id.startswith("ORD-"):
+                raise HTTPError(404, "not found")
+            match = _ORDER_AMOUNT_RE.match(order_id)
+            amount = float(match.group(1)) if match else 5 + (_hash(order_id) % 20000) / 100
+            charged = 2 if _hash("charges:" + order_id) % 4 == 0 else 1
+            return 200, {
+                "order_id": order_id,
+                "customer": _pick(NAMES, "customer:" + order_id),
+                "item": _pick(ITEMS, "item:" + order_id),
+                "amount": amount,
+                "currency": "EUR",
+                "charges": [
+                    {"charge_id": f"ch-{_hash(f'{order_id}:{n}') % 10**6:06d}", "amount": amount}
+                    for n in range(1, charged + 1)
+                ],
+            }
         if method == "POST" and path in _REQUIRED:
             body = _json_object(raw_body)
             missing = [f for f in _REQUIRED[path] if body.get(f) in (None, "")]
@@ -285,6 +311,7 @@ class FlakyService:
                 f"user:{body.get('user_id')}",
                 f"invoice:{body.get('invoice_id')}",
                 f"vendor:{body.get('vendor')}",
+                f"order:{body.get('order_id')}",
             ]
             if path == "/policy/check":
                 self._chaos(resources)

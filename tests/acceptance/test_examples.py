@@ -1,5 +1,6 @@
-"""The demo, end to end, in-process: flaky service, two workers, approvals, a dead letter, a
-redrive and a resume, on a temporary SQLite database."""
+"""The demo, end to end, in-process: flaky service, two workers, approvals, a dead letter, an
+agent step whose refund call the support lead approves, a redrive and a resume, on a temporary
+SQLite database."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from typing import TypeAlias, TypeVar
 
 import pytest
 from examples import demo
+from examples.app import SERVICE_URL_ENV, build_app
+from examples.service import FlakyService
 
-from stalwart import Client
-from stalwart.domain.records import DeadLetterRecord, JobRecord, ReviewRecord
+from stalwart import Client, Settings
+from stalwart.domain.agents import Transcript
+from stalwart.domain.records import DeadLetterRecord, JobRecord, ReviewRecord, StepRecord
 from stalwart.store import open_store
 
 T = TypeVar("T")
@@ -61,8 +65,8 @@ def test_demo_runs_parks_work_for_people_and_resumes(
     assert sorted(p.role for p in principals) == ["operator", "reviewer"]
 
     jobs, reviews, dead = with_client(url, snapshot)
-    by_input = {j.input.get("invoice_id") or j.input["user_id"]: j for j in jobs}
-    assert len(jobs) == len(demo.ONBOARDING_USERS) + len(demo.INVOICES) + 1
+    by_input = {_key(j): j for j in jobs}
+    assert len(jobs) == len(demo.ONBOARDING_USERS) + len(demo.INVOICES) + 2
     # The earlier initech invoice, rejected by finance, is recalled in INV-1003's review packet.
     history = by_input[demo.HISTORY_INVOICE]
     assert history.status == "rejected"
@@ -94,6 +98,14 @@ def test_demo_runs_parks_work_for_people_and_resumes(
     assert f"dlq redrive {dead_job.id}" in out
     assert "demo --resume" in out
 
+    # The support agent ran to completion within the first run: the support lead approved its
+    # refund call, which ran once; the summary prints its transcript turn by turn.
+    support = by_input[demo.SUPPORT_ORDER]
+    assert support.status == "completed"
+    assert support.id not in waiting
+    transcript, steps = with_client(url, lambda c: agent_run(c, support.id))
+    check_support_agent(transcript, steps, out)
+
     # A reviewer approves, an operator redrives; the resume run finishes the work.
     async def act(client: Client) -> None:
         for review in reviews:
@@ -106,6 +118,7 @@ def test_demo_runs_parks_work_for_people_and_resumes(
     jobs, reviews, dead = with_client(url, snapshot)
     assert {j.id for j in jobs if j.status != "completed"} == {history.id}
     assert reviews == [] and dead == []
+    assert "Agent transcript of support" in capsys.readouterr().out  # the resume's summary too
 
     # Every effect happened once: retries and timeouts replayed, never repeated.
     effects = [
@@ -116,3 +129,133 @@ def test_demo_runs_parks_work_for_people_and_resumes(
     kinds = Counter(e["kind"] for e in effects)
     assert kinds["payment"] == len(demo.INVOICES)
     assert kinds["ticket"] == len(demo.ONBOARDING_USERS)
+    assert kinds["refund"] == 1
+
+
+def _key(job: JobRecord) -> str:
+    return str(job.input.get("invoice_id") or job.input.get("user_id") or job.input["order_id"])
+
+
+async def agent_run(client: Client, job_id: str) -> tuple[Transcript, list[StepRecord]]:
+    [transcript] = await client.store.agent_transcripts(job_id)
+    return transcript, await client.steps(job_id)
+
+
+def check_support_agent(transcript: Transcript, steps: list[StepRecord], out: str) -> None:
+    """The support agent looked the order up, checked the policy and refunded the duplicate
+    charge after the support lead approved that call; the summary shows every turn."""
+    calls = transcript.calls
+    assert [c.tool for c in calls] == ["lookup_order", "check_refund_policy", "issue_refund"]
+    assert {c.status for c in calls} == {"succeeded"}
+    [approved] = [c for c in calls if c.decision is not None]
+    assert approved.tool == "issue_refund" and approved.review_id is not None
+    assert approved.decision == {
+        "decision": "approved",
+        "reviewer": demo.SUPPORT_REVIEWER,
+        "comment": demo.SUPPORT_COMMENT,
+    }
+    assert approved.parsed() == {
+        "order_id": demo.SUPPORT_ORDER,
+        "amount": 59.9,
+        "reason": "duplicate_charge",
+    }
+    refund_id = approved.result["refund_id"]
+    assert len(transcript.turns) == 4 and not transcript.turns[-1].tool_calls
+    assert all(t.input_tokens > 0 and t.output_tokens > 0 for t in transcript.turns)
+    [step] = steps
+    assert step.kind == "agent" and step.status == "succeeded"
+    assert step.output["refund_id"] == refund_id and step.output["refunded"] == 59.9
+
+    # The summary: a heading with the totals, then one row a turn with its tokens, each call
+    # with its arguments and result, the reviewer's decision on the refund, and the answer.
+    summary = out[out.index("Agent transcript of support") :]
+    summary = summary[: summary.index("Waiting for a reviewer")]
+    flat = " ".join(summary.split())
+    tokens = sum(t.input_tokens + t.output_tokens for t in transcript.turns)
+    assert (
+        f"Agent transcript of support {demo.SUPPORT_ORDER}, step resolve on "
+        f"scripted:support-agent: 4 turns, {tokens:,} tokens, $0.0000" in flat
+    )
+    for turn in transcript.turns:
+        row = f"{turn.turn} {turn.input_tokens}/{turn.output_tokens} $0.0000"
+        assert row in flat, row
+    for expected in (
+        f'lookup_order(order_id="{demo.SUPPORT_ORDER}") → succeeded',
+        "charges=[2 items]",
+        'check_refund_policy(reason="duplicate_charge", amount=59.9) → succeeded',
+        f'issue_refund(order_id="{demo.SUPPORT_ORDER}", amount=59.9, reason="duplicate_charge") '
+        f"approved by {demo.SUPPORT_REVIEWER}: {demo.SUPPORT_COMMENT} → succeeded",
+        f'refund_id="{refund_id}"',
+        f'answer: order_id="{demo.SUPPORT_ORDER}", refund_id="{refund_id}", refunded=59.9',
+    ):
+        assert expected in flat, expected
+    # The narration said so while it ran, and the jobs table names the refund.
+    assert re.search(rf"approved +support {re.escape(demo.SUPPORT_ORDER)} · resolve · by", out)
+    assert re.search(
+        rf"support {re.escape(demo.SUPPORT_ORDER)} +completed +refund {refund_id}", out
+    )
+
+
+@pytest.mark.parametrize(
+    ("order", "reviewer_says"),
+    [("ORD-2033-59.90", "reject"), ("ORD-2030-59.90", None)],
+    ids=["charged-twice-refund-rejected", "charged-once"],
+)
+async def test_the_support_agent_answers_from_what_its_tools_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str, reviewer_says: str | None
+) -> None:
+    """The demo's scripted agent decides on its tool results: a rejected refund is not made and
+    the customer hears a colleague will look; an order charged once gets no policy check."""
+    with FlakyService(seed=1) as service:
+        monkeypatch.setenv(SERVICE_URL_ENV, service.url)
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path}/support.db",
+            poll_interval_seconds=0.05,
+            embedder="none",
+        )
+        app = build_app(settings)
+        store = app.store()
+        await store.migrate()
+        client = app.client(store)
+        worker = app.worker(store=store, worker_id="w-support")
+        task = asyncio.create_task(worker.run())
+        try:
+            submitted = await client.submit(
+                "support", {"order_id": order, "message": demo.SUPPORT_MESSAGE}
+            )
+            job = submitted.job.id
+            if reviewer_says is not None:
+                await until(client, job, "waiting_approval")
+                [review] = await client.reviews()
+                assert review.kind == "agent_call" and review.context["tool"] == "issue_refund"
+                await client.reject(review.id, reviewer="lead", comment="ask for the statement")
+            await until(client, job, "completed")
+            [transcript] = await store.agent_transcripts(job)
+            [step] = await client.steps(job)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+            await store.close()
+        refunds = [e for e in service.effects() if e["kind"] == "refund"]
+
+    assert refunds == []
+    assert step.output["refund_id"] is None and step.output["refunded"] == 0.0
+    tools = [(c.tool, c.status) for c in transcript.calls]
+    if reviewer_says == "reject":
+        assert tools == [
+            ("lookup_order", "succeeded"),
+            ("check_refund_policy", "succeeded"),
+            ("issue_refund", "rejected"),
+        ]
+        assert "a colleague will get back to you" in step.output["reply"]
+    else:
+        assert tools == [("lookup_order", "succeeded")]
+        assert "charged once" in step.output["reply"]
+
+
+async def until(client: Client, job_id: str, status: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (now := (await client.get(job_id)).status) != status:
+        assert loop.time() < deadline, f"job {job_id} still {now}, not {status}"
+        await asyncio.sleep(0.02)

@@ -146,7 +146,7 @@ def test_the_examples_templates_are_valid(tmp_path: Path) -> None:
     done = plan_validate(tmp_path, "plan", "validate", *files)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("✓") == len(files) == 2
+    assert done.stdout.count("✓") == len(files) == 3
 
 
 AGENT = """\

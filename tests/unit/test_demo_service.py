@@ -165,3 +165,31 @@ def test_effects_path_gets_one_json_line_per_effect(tmp_path: Path) -> None:
         ("notification", "n1"),
     ]
     assert lines == svc.effects()
+
+
+def test_orders_are_deterministic_and_some_were_charged_twice(service: FlakyService) -> None:
+    status, body, _ = call(f"{service.url}/orders/ORD-2033-59.90")
+    assert status == 200
+    assert set(body) == {"order_id", "customer", "item", "amount", "currency", "charges"}
+    assert body["amount"] == 59.9 and body["currency"] == "EUR"
+    # The demo's support story: this order's card was charged twice, for the same amount.
+    assert [c["amount"] for c in body["charges"]] == [59.9, 59.9]
+    assert len({c["charge_id"] for c in body["charges"]}) == 2
+    assert call(f"{service.url}/orders/ORD-2033-59.90")[1] == body
+    assert len(call(f"{service.url}/orders/ORD-2030-59.90")[1]["charges"]) == 1
+    assert call(f"{service.url}/orders/2033")[:2] == (404, {"error": "not found"})
+
+
+def test_a_refund_is_an_effect_made_once_per_key(service: FlakyService) -> None:
+    body = {"order_id": "ORD-2033-59.90", "amount": 59.9, "reason": "duplicate_charge"}
+    status, first, _ = call(f"{service.url}/refunds", "POST", body, key="refund-1")
+    assert status == 201 and first["refund_id"].startswith("R-")
+    assert call(f"{service.url}/refunds", "POST", body, key="refund-1")[1] == {
+        **first,
+        "replayed": True,
+    }
+    assert call(f"{service.url}/refunds", "POST", {"order_id": "ORD-1"}, key="refund-2")[0] == 400
+    service.configure(outages=["order:ORD-2033-59.90"])
+    assert call(f"{service.url}/refunds", "POST", body, key="refund-3")[0] == 503
+    assert call(f"{service.url}/orders/ORD-2033-59.90")[0] == 503
+    assert [(e["kind"], e["id"]) for e in service.effects()] == [("refund", first["refund_id"])]
