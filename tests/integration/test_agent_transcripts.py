@@ -13,18 +13,27 @@ import asyncio
 import html
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 from tests.browser.conftest import csrf_of
 from tests.integration.transcripts import RESULT, TEXT, Seeded, seed_database
+from tests.observability.conftest import Scrape, parse
 from typer.testing import CliRunner, Result
 
-from stalwart import App, Client, Settings
+from stalwart import App, Client, Settings, ToolContext
 from stalwart.api import create_api
+from stalwart.api.schemas import TranscriptList
 from stalwart.cli.main import cli
 from stalwart.domain.agents import Transcript
+from stalwart.domain.budgets import ledger_totals
 from stalwart.errors import InputValidationError, NotFoundError
+from stalwart.llm import CallTools
+from stalwart.llm.scripted import ScriptedModel
+from stalwart.observability.metrics import MetricsExporter, metrics_registry
 from stalwart.store import open_store
 
 
@@ -256,3 +265,115 @@ def test_jobs_show_json_has_the_transcripts(
         stalwart(monkeypatch, db_url, "--json", "jobs", "show", seeded.plain_id).stdout
     )
     assert plain["transcripts"] == []
+
+
+# -- a loop the engine ran ------------------------------------------------------------------------
+
+
+class Question(BaseModel):
+    question: str
+
+
+class Lookup(BaseModel):
+    order: int
+
+
+class Order(BaseModel):
+    order: int
+    amount: float
+
+
+async def run_agent_job(db_url: str) -> str:
+    """An agent job run to completion by an in-process worker on the scripted model: a turn that
+    looks an order up, then the answer."""
+    model = ScriptedModel("agent").on_step(
+        "agent",
+        CallTools(("lookup_order", {"order": 7}), text="Looking it up."),
+        "Order 7 is 12.5.",
+    )
+    prices = {"scripted:agent": {"input_per_mtok": 3.0, "output_per_mtok": 15.0}}
+    app = App(Settings(database_url=db_url, poll_interval_seconds=0.05, llm_prices=prices))
+    app.model("scripted:agent", model)
+    app.route("small", ["scripted:agent"])
+
+    @app.tool(idempotent=True)
+    async def lookup_order(args: Lookup, ctx: ToolContext) -> Order:
+        """Look an order up by its number."""
+        return Order(order=args.order, amount=12.5)
+
+    step = {"id": "agent", "kind": "agent", "prompt": "${input.question}", "tier": "small"}
+    app.workflow(
+        "support",
+        input=Question,
+        templates=[{"name": "support", "steps": [{**step, "tools": ["lookup_order"]}]}],
+    )
+    store = app.store()
+    await store.migrate()
+    try:
+        client = app.client(store)
+        job_id = (await client.submit("support", {"question": "Order 7?"})).job.id
+        worker = app.worker(store=store, worker_id="w-agent")
+        task = asyncio.create_task(worker.run())
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while (status := (await client.get(job_id)).status) != "completed":
+                assert loop.time() < deadline, f"job {job_id} is still {status}"
+                await asyncio.sleep(0.02)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+        return job_id
+    finally:
+        await store.close()
+
+
+async def figures(db_url: str, job_id: str) -> tuple[list[Transcript], Any, Scrape]:
+    """The job's transcripts, its ledger and the metrics, read back."""
+    store = open_store(db_url, Settings(database_url=db_url))
+    try:
+        client = Client(store)
+        transcripts = await client.transcripts(job_id)
+        calls = await client.llm_calls(job_id)
+        exporter = MetricsExporter(store)
+        await exporter.refresh()
+        scrape = parse(generate_latest(metrics_registry(exporter, process=False)).decode())
+        return transcripts, calls, scrape
+    finally:
+        await store.close()
+
+
+def test_a_loop_the_engine_ran_reads_the_same_in_the_transcript_the_ledger_and_the_metrics(
+    monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    job_id = asyncio.run(run_agent_job(db_url))
+    [transcript], ledger, m = asyncio.run(figures(db_url, job_id))
+
+    assert [len(t.calls) for t in transcript.turns] == [1, 0]
+    assert transcript.turns[0].text == "Looking it up."
+    assert transcript.turns[1].text == "Order 7 is 12.5."
+    # Each turn is a ledger row: the transcript's tokens and cost are the ledger's.
+    body = TranscriptList.of([transcript])
+    totals = ledger_totals(ledger)
+    assert (body.turns, body.tool_calls) == (2, 1)
+    assert (body.input_tokens, body.output_tokens) == (
+        totals["input_tokens"],
+        totals["output_tokens"],
+    )
+    assert body.cost_usd == pytest.approx(totals["cost_usd"]) and body.cost_usd > 0
+    assert m.value("stalwart_agent_turns_total", workflow="support", tenant="default") == 2
+    assert (
+        m.value(
+            "stalwart_agent_tool_calls_total",
+            workflow="support",
+            tool="lookup_order",
+            outcome="succeeded",
+        )
+        == 1
+    )
+    assert m.total("stalwart_agent_escalations_total") == 0
+
+    out = stalwart(monkeypatch, db_url, "jobs", "show", job_id).stdout
+    assert "agent agent: 2 turns" in out
+    assert 'lookup_order({"order": 7}) -> succeeded: {"order": 7, "amount": 12.5}' in out
+    assert "> Order 7 is 12.5." in out

@@ -136,7 +136,8 @@ COUNTERS: dict[str, tuple[str, Labels]] = {
     "stalwart_agent_turns": ("Model turns of agent steps (recorded).", ("workflow", "tenant")),
     "stalwart_agent_tool_calls": (
         "Tool calls of agent steps that ended, by status: succeeded, failed, invalid (the "
-        "arguments failed the tool's schema), refused, skipped.",
+        "arguments failed the tool's schema), refused, retry_wait (a transient failure, tried "
+        "again: each counts).",
         ("workflow", "tool", "outcome"),
     ),
     "stalwart_agent_escalations": (
