@@ -25,6 +25,7 @@ from stalwart.domain.access import (
     new_key,
     parse_token,
 )
+from stalwart.domain.agents import Transcript
 from stalwart.domain.budgets import BudgetRecord, LlmCallRecord
 from stalwart.domain.limits import LimitRecord
 from stalwart.domain.memory import job_query, past_context, uses_past
@@ -282,6 +283,15 @@ class Client:
         """A job's events in order, after `after_id`, at most `limit`."""
         storable.check_id("job_id", job_id)
         return await self.store.event_list(job_id, tenant_id=tenant, after_id=after_id, limit=limit)
+
+    async def transcripts(
+        self, job_id: str, *, tenant: str | None = None
+    ) -> builtins.list[Transcript]:
+        """The transcripts of a job's agent steps (of its current plan), in step order: each
+        model turn with its text, usage and cost, and the tool calls it asked for with their
+        arguments, status and result or error. Empty for a job without agent steps."""
+        storable.check_id("job_id", job_id)
+        return await self.store.agent_transcripts(job_id, tenant_id=tenant)
 
     async def migration_status(self) -> MigrationStatus:
         """Applied and pending schema migrations of the database (readiness)."""

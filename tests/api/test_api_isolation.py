@@ -41,6 +41,7 @@ TABLE: dict[str, tuple[tuple[int, int], ...]] = {
     "GET /v1/jobs/{id}":               ((200, 404), (200, 404), (200, 404), (200, 404)),
     "GET /v1/jobs/{id}/events":        ((200, 404), (200, 404), (200, 404), (200, 404)),
     "GET /v1/jobs/{id}/events/stream": ((200, 404), (200, 404), (200, 404), (200, 404)),
+    "GET /v1/jobs/{id}/transcript":    ((200, 404), (200, 404), (200, 404), (200, 404)),
     "POST /v1/jobs/{id}/cancel":       ((200, 404), (403, 403), (200, 404), (200, 404)),
     "GET /v1/reviews":                 ((403, 403), (200, 200), (200, 200), (200, 200)),
     "GET /v1/reviews/{id}":            ((403, 403), (200, 404), (200, 404), (200, 404)),
@@ -140,6 +141,7 @@ CALLS: dict[str, Callable[[httpx.Client, str], httpx.Response]] = {
     "GET /v1/jobs/{id}": lambda http, i: http.get(f"/v1/jobs/{i}"),
     "GET /v1/jobs/{id}/events": lambda http, i: http.get(f"/v1/jobs/{i}/events"),
     "GET /v1/jobs/{id}/events/stream": lambda http, i: _stream(http, f"/v1/jobs/{i}/events/stream"),
+    "GET /v1/jobs/{id}/transcript": lambda http, i: http.get(f"/v1/jobs/{i}/transcript"),
     "POST /v1/jobs/{id}/cancel": lambda http, i: http.post(f"/v1/jobs/{i}/cancel"),
     "GET /v1/reviews": lambda http, _: http.get("/v1/reviews", params={"limit": 500}),
     "GET /v1/reviews/{id}": lambda http, i: http.get(f"/v1/reviews/{i}"),
@@ -165,7 +167,7 @@ CALLS: dict[str, Callable[[httpx.Client, str], httpx.Response]] = {
 
 def test_the_matrix_covers_every_route_role_and_tenant() -> None:
     assert set(CALLS) == set(EXPECTED)
-    assert len(CASES) == 17 * 4 * 2
+    assert len(CASES) == 18 * 4 * 2
     assert all(len(row) == 4 for row in TABLE.values())
 
 
@@ -218,6 +220,8 @@ def _check_success(
                     assert job.status_code == 200 and job.json()["tenant_id"] == OTHER, item
     elif route == "GET /v1/jobs/{id}/events":
         assert body["items"] and {e["job_id"] for e in body["items"]} == {resource}
+    elif route == "GET /v1/jobs/{id}/transcript":
+        assert body["items"] == [] and body["turns"] == 0, "an order job has no agent step"
     elif route == "POST /v1/jobs/{id}/cancel":
         assert (body["id"], body["status"]) == (resource, "cancelled")
     elif route == "POST /v1/reviews/{id}/approve":

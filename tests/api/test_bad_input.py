@@ -78,6 +78,7 @@ def test_a_malformed_id_is_422_on_every_route_that_takes_one(admin: httpx.Client
         ("GET", "/v1/jobs/{}", "job_id"),
         ("GET", "/v1/jobs/{}/events", "job_id"),
         ("GET", "/v1/jobs/{}/events/stream", "job_id"),
+        ("GET", "/v1/jobs/{}/transcript", "job_id"),
         ("GET", "/v1/jobs/{}/similar", "job_id"),
         ("POST", "/v1/jobs/{}/cancel", "job_id"),
         ("GET", "/v1/reviews/{}", "review_id"),

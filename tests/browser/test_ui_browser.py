@@ -1,13 +1,15 @@
 """The web UI in a real Chromium (Debian's `chromium`, driven by Playwright's sync API): sign in,
-decide reviews, redrive a dead letter, use the keyboard; a full-page screenshot of every page
-lands in the test's artifacts (`$STALWART_TEST_ARTIFACTS` or `.artifacts/`, under
-`browser/<test>/<page>.png`).
+decide reviews, redrive a dead letter, use the keyboard, read an agent step's transcript; a
+full-page screenshot of every page lands in the test's artifacts (`$STALWART_TEST_ARTIFACTS` or
+`.artifacts/`, under `browser/<test>/<page>.png`).
 
 With `CI=true` a missing browser fails the run instead of skipping it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import re
 import time
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from tests.api.conftest import Live
+from tests.api.conftest import Live, start_live
 from tests.api.helpers import open_dead_letter, waiting_review
+from tests.browser.conftest import off_loop
+from tests.integration.transcripts import seed_database
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -231,3 +235,48 @@ def test_sign_in_with_the_keyboard_only(live: Live, page: Page, shoot: Shots) ->
     expect(as_of).to_have_text("just now")
     page.clock.fast_forward("05:00")
     expect(as_of).to_have_text("5 min ago")
+
+
+@pytest.fixture
+def idle(tmp_path: Path) -> Iterator[Live]:
+    """A server without workers (nothing moves its jobs but the test), on a fresh database."""
+    url = f"sqlite:///{tmp_path / 'idle.db'}"
+    server, background = off_loop(functools.partial(start_live, url, workers=0))
+    try:
+        yield server
+    finally:
+        background.stop()
+
+
+def test_read_an_agent_steps_transcript_on_the_job_page(
+    browser: Browser, idle: Live, request: pytest.FixtureRequest
+) -> None:
+    seeded = off_loop(asyncio.run, seed_database(idle.database_url))
+    context = browser.new_context(viewport=VIEWPORT, base_url=idle.url)
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    try:
+        sign_in(page, idle.keys[("acme", "reviewer")])
+        page.goto(f"/ui/jobs/{seeded.job_id}")
+        page.locator("#step-research").get_by_role("link", name="transcript").click()
+        transcript = page.locator("#transcript-research")
+        expect(transcript).to_be_in_viewport()
+        expect(transcript.locator(".turn")).to_have_count(2)
+        # The model's text is shown as it wrote it: its markup is text, not elements.
+        expect(transcript.locator(".turn-text")).to_have_text(
+            "Looking up <b>ACME</b> [bold red]now[/] & then"
+        )
+        expect(transcript.locator(".turn-text b")).to_have_count(0)
+        waiting = transcript.locator("tr.s-awaiting_approval")
+        expect(waiting).to_contain_text("send_payment")
+        expect(waiting.locator(".badge")).to_have_text("awaiting approval")
+        root = Path(os.environ.get("STALWART_TEST_ARTIFACTS") or ROOT / ".artifacts")
+        Shots(page, root / "browser" / request.node.name)("job")
+        waiting.get_by_role("link", name="waits for review").click()
+        expect(page).to_have_url(re.compile(f"/ui/reviews/{seeded.review_id}$"))
+    finally:
+        context.close()
+    assert not problems, problems

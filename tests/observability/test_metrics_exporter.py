@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from tests.observability.conftest import Scrape, parse, settings_for
 from tests.store.conformance import (
     ACTOR,
+    agent_step,
     claim_one,
     decision,
     failure,
@@ -26,11 +27,12 @@ from tests.store.conformance import (
     submit,
 )
 
+from stalwart.domain.agents import AgentCall, AgentTurn, TurnCheckpoint
 from stalwart.domain.budgets import CallResult, CallScope, NewCall
 from stalwart.domain.failures import Outcome, decide
 from stalwart.domain.limits import Breaker, LimitSpec
 from stalwart.domain.observability import FeedEvent
-from stalwart.domain.records import StepError
+from stalwart.domain.records import Claim, StepError
 from stalwart.domain.retry import RetryPolicy
 from stalwart.errors import StoreUnavailableError
 from stalwart.observability.metrics import (
@@ -442,6 +444,91 @@ async def test_a_429_counts_as_a_rate_limit_delay_and_a_pause(store: Store) -> N
     assert m.value("stalwart_limit_pauses_total", key="tool:t") == 1
     assert m.value("stalwart_limit_paused_seconds", key="tool:t") > 0
     assert m.value("stalwart_limit_slots_in_use", key="tool:t") == 0
+
+
+async def agent_turn(store: Store, claim: Claim, number: int, *calls: AgentCall) -> None:
+    """Record turn `number` of a claimed agent step, then end each of its `calls` with the
+    status it carries (an invalid call never runs)."""
+    turn = AgentTurn(
+        number,
+        claim.attempt,
+        "",
+        [{"id": c.call_id, "name": c.tool, "arguments": c.arguments} for c in calls],
+        model="m1",
+        input_tokens=10,
+        output_tokens=5,
+    )
+    checkpoint = TurnCheckpoint(claim.step_id, claim.lease_token, number, claim.attempt)
+    assert await store.agent_turn_record(claim, checkpoint, turn, actor=ACTOR)
+    for call in calls:
+        status, ran = call.status, call.status != "invalid"
+        if ran:
+            assert (await store.agent_call_start(claim, call, actor=ACTOR)).started
+        call.status = status
+        assert await store.agent_call_finish(claim, call, actor=ACTOR, ran=ran)
+
+
+def stopped(code: str) -> StepError:
+    """An agent loop's failure, as the engine words it (`agent_max_turns`...)."""
+    return StepError("non_retriable", f"the agent loop stopped: {code}", code=code)
+
+
+async def test_agent_turns_tool_calls_and_escalations_come_from_the_event_log(
+    store: Store,
+) -> None:
+    acme = await submit(store, agent_step("research"), workflow="agents")
+    claim = await claim_one(store)
+    await agent_turn(
+        store,
+        claim,
+        1,
+        AgentCall(1, 0, "c1", "lookup_vendor", '{"vendor": "ACME"}', "succeeded", result={}),
+        AgentCall(1, 1, "c2", "lookup_vendor", "{", "invalid", error={"code": "invalid"}),
+    )
+    await agent_turn(store, claim, 2)
+    escalate = decision(Outcome.ESCALATE)
+    assert await store.step_fail(claim, stopped("agent_max_turns"), escalate, worker_id="w1")
+
+    await submit(store, agent_step("research"), workflow="agents", tenant="globex")
+    claim = await claim_one(store)
+    failed = AgentCall(1, 0, "c1", "send_payment", "{}", "failed", error={"code": "http_503"})
+    await agent_turn(store, claim, 1, failed)
+    retry = decision(Outcome.RETRY)
+    assert await store.step_fail(claim, stopped("agent_tool_refused"), retry, worker_id="w1")
+    claim = await claim_one(store)  # a retried attempt is no escalation; this one is
+    assert await store.step_fail(claim, stopped("agent_tool_refused"), escalate, worker_id="w1")
+
+    await submit(store, workflow="agents")  # a tool step's failure is not an agent's
+    claim = await claim_one(store)
+    other = StepError("non_retriable", "refused", code="http_403")
+    assert await store.step_fail(claim, other, escalate, worker_id="w1")
+
+    exporter = MetricsExporter(store)
+    m = await read(exporter)
+
+    assert m.value("stalwart_agent_turns_total", workflow="agents", tenant="acme") == 2
+    assert m.value("stalwart_agent_turns_total", workflow="agents", tenant="globex") == 1
+    calls = {
+        (dict(ls)["tool"], dict(ls)["outcome"]): v
+        for (name, ls), v in m.samples.items()
+        if name == "stalwart_agent_tool_calls_total" and dict(ls)["workflow"] == "agents"
+    }
+    assert calls == {
+        ("lookup_vendor", "succeeded"): 1,
+        ("lookup_vendor", "invalid"): 1,
+        ("send_payment", "failed"): 1,
+    }
+    escalations = {
+        dict(ls)["reason"]: v
+        for (name, ls), v in m.samples.items()
+        if name == "stalwart_agent_escalations_total"
+    }
+    assert escalations == {"max_turns": 1, "tool_refused": 1}
+    assert (await store.job_get(acme.id)).status == "escalated"
+    # Each is counted once: a second scrape adds nothing.
+    again = await read(exporter)
+    assert again.total("stalwart_agent_turns_total") == 3
+    assert again.total("stalwart_agent_escalations_total") == 2
 
 
 def test_the_prometheus_rules_file_names_only_metrics_the_exporter_emits() -> None:

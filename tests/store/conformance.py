@@ -65,6 +65,19 @@ def make_step(
     )
 
 
+def agent_step(
+    key: str, tools: Sequence[str] = ("lookup_vendor", "send_payment"), **fields: Any
+) -> PlanStep:
+    """An `agent` step offered `tools` (any other `AgentSpec` field in `fields`)."""
+    spec = make_step(key).model_dump()
+    spec.update(
+        kind="agent",
+        tool=None,
+        agent={"prompt": f"Do {key}.", "tools": list(tools), **fields},
+    )
+    return PlanStep.model_validate(spec)
+
+
 def make_plan(*steps: PlanStep, version: int = 1, template_name: str = "conformance") -> Plan:
     """A plan of these steps, with a template hash derived from their ids."""
     return Plan(

@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.api.params import StorableText
-from stalwart.domain.budgets import LlmCallRecord, ledger_totals
+from stalwart.domain.agents import Transcript
+from stalwart.domain.budgets import LlmCallRecord, ledger_totals, usd
 from stalwart.domain.records import (
     DeadLetterRecord,
     EventRecord,
@@ -161,6 +162,97 @@ def cost_of(calls: list[LlmCallRecord]) -> Cost:
         output_tokens=int(totals["output_tokens"]),
         cost_usd=float(totals["cost_usd"]),
     )
+
+
+class AgentToolCall(BaseModel):
+    """One tool call an agent step's model asked for."""
+
+    turn: int
+    index: int = Field(description="Its place among the calls of its turn, from 0.")
+    call_id: str = Field(description="The id the model gave the call.")
+    tool: str
+    arguments: Any = Field(
+        description="The model's arguments, as JSON; its raw text when that is not JSON."
+    )
+    status: str = Field(
+        description="invalid (the arguments failed the tool's schema), awaiting_approval, "
+        "approved, rejected, running, succeeded, failed, refused or skipped."
+    )
+    result: Any = Field(None, description="What the tool returned (status succeeded).")
+    error: dict[str, Any] | None = Field(
+        None, description="Why the call failed, was refused or was invalid; the model read it."
+    )
+    attempts: int
+    review_id: str | None = Field(None, description="The review of a call that needs approval.")
+    decision: dict[str, Any] | None = Field(
+        None, description="The reviewer's decision: {decision, reviewer, comment}."
+    )
+    started: float | None = Field(None, description="Epoch seconds.")
+    finished: float | None = Field(None, description="Epoch seconds.")
+
+
+class AgentTurn(BaseModel):
+    """One model turn of an agent step: what the model said, what it asked for, what it cost."""
+
+    turn: int
+    attempt: int
+    text: str
+    tool_calls: list[dict[str, Any]] = Field(
+        description="As the model asked: {id, name, arguments}."
+    )
+    finish_reason: str | None
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    summary: str | None = Field(
+        None,
+        description="Set when the turn's request carried this summary of the turns before it "
+        "(the transcript outgrew the context window).",
+    )
+    created: float = Field(description="Epoch seconds.")
+    calls: list[AgentToolCall]
+
+
+class AgentTranscript(BaseModel):
+    """An agent step's loop so far: its turns in order, each with its tool calls."""
+
+    step_id: int
+    step: str = Field(description="The step's key.")
+    turns: list[AgentTurn]
+    tokens: int = Field(description="Input and output tokens of every turn.")
+    cost_usd: float
+
+    @classmethod
+    def of(cls, transcript: Transcript) -> AgentTranscript:
+        """From a stored transcript."""
+        return cls.model_validate(transcript.to_dict())
+
+
+class TranscriptList(BaseModel):
+    """The transcripts of a job's agent steps (its current plan), in step order, and their
+    totals; empty for a job without agent steps."""
+
+    items: list[AgentTranscript]
+    turns: int
+    tool_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+    @classmethod
+    def of(cls, transcripts: list[Transcript]) -> TranscriptList:
+        """From stored transcripts."""
+        turns = [t for transcript in transcripts for t in transcript.turns]
+        return cls(
+            items=[AgentTranscript.of(t) for t in transcripts],
+            turns=len(turns),
+            tool_calls=sum(len(t.calls) for t in turns),
+            input_tokens=sum(t.input_tokens for t in turns),
+            output_tokens=sum(t.output_tokens for t in turns),
+            cost_usd=usd(sum(t.cost_nanos for t in turns)),
+        )
 
 
 class JobPage(BaseModel):

@@ -66,18 +66,23 @@ def jobs_list(
 
 @jobs_cli.command("show")
 def jobs_show(ctx: typer.Context, job_id: str) -> None:
-    """A job: its steps, attempts, outputs and event timeline."""
+    """A job: its steps, attempts, outputs, agent transcripts, model calls and event
+    timeline."""
     state = state_of(ctx)
 
-    async def fetch(c: Client) -> tuple[Any, Any, Any, Any]:
+    async def fetch(c: Client) -> tuple[Any, Any, Any, Any, Any]:
+        job = await c.get(job_id, tenant=state.tenant)
+        steps = await c.steps(job_id, tenant=state.tenant)
+        agents = any(s.kind == "agent" for s in steps)
         return (
-            await c.get(job_id, tenant=state.tenant),
-            await c.steps(job_id, tenant=state.tenant),
+            job,
+            steps,
             await c.events(job_id, tenant=state.tenant),
             await c.llm_calls(job_id, tenant=state.tenant),
+            await c.transcripts(job_id, tenant=state.tenant) if agents else [],
         )
 
-    job, steps, events, calls = with_client(state, fetch)
+    job, steps, events, calls, transcripts = with_client(state, fetch)
     totals = ledger_totals(calls)
     if state.json:
         ui.dump_json(
@@ -87,6 +92,7 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
                 "events": [e.to_dict() for e in events],
                 "llm_calls": [c.to_dict() for c in calls],
                 "llm_totals": totals,
+                "transcripts": [t.to_dict() for t in transcripts],
             }
         )
         return
@@ -120,6 +126,8 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
             ],
         )
     )
+    for transcript in transcripts:
+        ui.out.print("\n".join(ui.transcript(transcript)))
     if calls:
         ui.out.print(
             ui.table(

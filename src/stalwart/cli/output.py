@@ -8,8 +8,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from stalwart.domain.agents import AgentCall, CallStatus, Transcript
 from stalwart.domain.budgets import to_usd
 from stalwart.types import to_datetime
 
@@ -32,6 +34,8 @@ STATUS_STYLE = {
     "cancelled": "dim",
     "skipped": "dim",
     "open": "red",
+    "invalid": "yellow",
+    "refused": "red",
 }
 
 out = Console(highlight=False, soft_wrap=True)
@@ -97,3 +101,62 @@ def usd(nanos: int | None) -> str:
     """An amount of nano-dollars as `$0.000123`; `-` when there is none."""
     amount = to_usd(nanos)
     return "-" if amount is None else f"${amount:.6f}"
+
+
+def one_line(value: Any, limit: int = 80) -> str:
+    """`short`, on one line (newlines and runs of blanks become one space), escaped for rich
+    markup: for text that a model or a tool wrote."""
+    return escape(short(" ".join(value.split()) if isinstance(value, str) else value, limit))
+
+
+def transcript(t: Transcript, *, limit: int = 100) -> list[str]:
+    """An agent step's transcript as lines of rich markup: a head line with its totals, then
+    each turn (model, tokens, cost), the model's text, and each tool call as
+    `tool(arguments) -> status: result or error`. What the model and the tools wrote is escaped
+    and cut to `limit` characters."""
+    tokens = sum(turn.input_tokens + turn.output_tokens for turn in t.turns)
+    nanos = sum(turn.cost_nanos for turn in t.turns)
+    turns = "1 turn" if len(t.turns) == 1 else f"{len(t.turns)} turns"
+    lines = [f"[bold]agent {escape(t.step_key)}[/]: {turns}, {tokens} tokens, {usd(nanos)}"]
+    if not t.turns:
+        lines[0] += "  [dim](no turn yet)[/]"
+    for turn in t.turns:
+        model = escape(f"{turn.provider}:{turn.model}" if turn.provider else turn.model or "-")
+        line = (
+            f"  turn {turn.turn}  {model}  {turn.input_tokens} in / {turn.output_tokens} out  "
+            f"{usd(turn.cost_nanos)}"
+        )
+        if turn.attempt > 1:
+            line += f"  [dim](attempt {turn.attempt})[/]"
+        if turn.summary:
+            line += "  [dim](asked with a summary of the turns before)[/]"
+        lines.append(line)
+        if turn.text.strip():
+            lines.append(f"    [dim]>[/] {one_line(turn.text, limit)}")
+        lines += [f"    {call_line(call, limit=limit)}" for call in turn.calls]
+    return lines
+
+
+def call_line(call: AgentCall, *, limit: int = 100) -> str:
+    """One tool call of an agent loop: `tool(arguments) -> status: what came of it`."""
+    parsed = call.parsed()
+    args = one_line(call.arguments if parsed is None else parsed, limit // 2)
+    head = f"{escape(call.tool)}({args}) -> {status(call.status)}"
+    decision = call.decision or {}
+    who = f" by {escape(str(decision['reviewer']))}" if decision.get("reviewer") else ""
+    if call.status == CallStatus.SUCCEEDED.value:
+        return f"{head}: {one_line(call.result, limit)}"
+    if call.status == CallStatus.AWAITING_APPROVAL.value:
+        return f"{head}: waits for review {escape(call.review_id or '?')}"
+    if call.status == CallStatus.APPROVED.value:
+        return f"{head}{who}: runs when the step is claimed again"
+    if call.status == CallStatus.REJECTED.value:
+        comment = decision.get("comment")
+        return f"{head}{who}" + (f": {one_line(comment, limit)}" if comment else "")
+    if call.error:
+        code = call.error.get("code") or call.error.get("error_class")
+        message = call.error.get("message") or call.error
+        return f"{head}: " + (f"{escape(str(code))}: " if code else "") + one_line(message, limit)
+    if call.status == CallStatus.RUNNING.value:
+        return f"{head} [dim](attempt {call.attempts})[/]"
+    return head

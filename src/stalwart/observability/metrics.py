@@ -68,6 +68,9 @@ COST_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 50
 LLM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
+# A step error whose code starts so is an agent loop that stopped for a person (agent_max_turns...).
+AGENT_CODE_PREFIX = "agent_"
+
 # name (exposed with `_total`): help, labels
 COUNTERS: dict[str, tuple[str, Labels]] = {
     "stalwart_jobs_submitted": ("Jobs submitted.", ("workflow", "tenant")),
@@ -129,6 +132,19 @@ COUNTERS: dict[str, tuple[str, Labels]] = {
     "stalwart_evaluation_warnings": (
         "Soft evaluation failures (output accepted with a warning).",
         ("workflow",),
+    ),
+    "stalwart_agent_turns": ("Model turns of agent steps (recorded).", ("workflow", "tenant")),
+    "stalwart_agent_tool_calls": (
+        "Tool calls of agent steps that ended, by status: succeeded, failed, invalid (the "
+        "arguments failed the tool's schema), refused, retry_wait (a transient failure, tried "
+        "again: each counts).",
+        ("workflow", "tool", "outcome"),
+    ),
+    "stalwart_agent_escalations": (
+        "Agent steps that failed because their loop stopped for a person, by reason: "
+        "max_turns, max_tool_calls, repeated_call, tool_refused, tool_errors (the step's error "
+        "code without its agent_ prefix).",
+        ("workflow", "reason"),
     ),
     "stalwart_llm_calls": ("Model calls, by how they ended.", ("provider", "model", "outcome")),
     "stalwart_llm_tokens": (
@@ -472,6 +488,17 @@ class MetricsExporter:
             self._inc("stalwart_budget_warnings", (e.tenant_id, str(data.get("scope") or "")))
         elif kind == "evaluation_warning":
             self._inc("stalwart_evaluation_warnings", (wf,))
+        elif kind == "agent_turn":
+            self._inc("stalwart_agent_turns", (wf, e.tenant_id))
+        elif kind == "agent_tool_call":
+            tool, outcome = str(data.get("tool") or ""), str(data.get("outcome") or "")
+            self._inc("stalwart_agent_tool_calls", (wf, tool, outcome))
+        elif kind == "step_failed":
+            found = data.get("error")
+            code = str(found.get("code") or "") if isinstance(found, dict) else ""
+            if code.startswith(AGENT_CODE_PREFIX):
+                reason = code.removeprefix(AGENT_CODE_PREFIX)
+                self._inc("stalwart_agent_escalations", (wf, reason))
         return True
 
     def _attempt_ended(self, e: FeedEvent, wf: str) -> None:

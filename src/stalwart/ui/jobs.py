@@ -1,5 +1,5 @@
-"""Job pages: the filterable list, and one job with its plan, steps, trace, timeline and model
-calls."""
+"""Job pages: the filterable list, and one job with its plan, steps, agent transcripts, trace,
+timeline and model calls."""
 
 from __future__ import annotations
 
@@ -74,13 +74,16 @@ async def job_list(
 async def job_page(
     request: Request, session: Session, job_id: str, *, error: str = "", status_code: int = 200
 ) -> Response:
-    """One job: header, plan DAG, steps, trace, timeline, model calls; and a cancel button."""
+    """One job: header, plan DAG, steps, agent transcripts, trace, timeline, model calls; and a
+    cancel button."""
     c, tenant = client(request), session.principal.tenant_id
     job = await c.get(job_id, tenant=tenant)
     every_step = await c.steps(job_id, tenant=tenant, all_versions=True)
     steps = [s for s in every_step if s.plan_version == job.plan_version]
     events = await c.events(job_id, tenant=tenant)
     calls = await c.llm_calls(job_id, tenant=tenant)
+    agents = any(s.kind == "agent" for s in steps)
+    transcripts = await c.transcripts(job_id, tenant=tenant) if agents else []
     trace = build_trace(job, every_step, events, calls, await c.plans(job_id, tenant=tenant))
     # The review each step asked for, to link to it from the steps table and the timeline.
     review_of = {
@@ -102,6 +105,7 @@ async def job_page(
         events=events,
         calls=calls,
         totals=ledger_totals(calls),
+        transcripts=transcripts,
         trace=trace,
         trace_rows=trace_rows(trace, time.time()),
         trace_totals=trace_totals(trace),

@@ -1,4 +1,4 @@
-"""`/v1/jobs`: submit, list, read, follow and cancel jobs."""
+"""`/v1/jobs`: submit, list, read, follow and cancel jobs, and read their agent transcripts."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from stalwart.api.schemas import (
     Reason,
     Step,
     SubmitJob,
+    TranscriptList,
     cost_of,
 )
 from stalwart.api.state import client, server
@@ -114,6 +115,20 @@ async def get_job(job_id: JobId, request: Request, principal: Reader) -> JobDeta
     return JobDetail(
         **Job.of(job).model_dump(), steps=[Step.of(s) for s in steps], cost=cost_of(calls)
     )
+
+
+@router.get(
+    "/{job_id}/transcript",
+    response_model=TranscriptList,
+    responses=responses(401, 403, 404, 422),
+    summary="A job's agent transcripts",
+)
+async def job_transcript(job_id: JobId, request: Request, principal: Reader) -> TranscriptList:
+    """What each agent step of the job's current plan did, turn by turn: the model's text,
+    tokens and cost, and each tool call with its arguments, status and result or error (a
+    call waiting for a reviewer names its review). Empty for a job without agent steps."""
+    transcripts = await client(request).transcripts(job_id, tenant=principal.tenant_id)
+    return TranscriptList.of(transcripts)
 
 
 @router.get(
