@@ -187,8 +187,8 @@ class AgentToolCall(BaseModel):
     decision: dict[str, Any] | None = Field(
         None, description="The reviewer's decision: {decision, reviewer, comment}."
     )
-    started: float | None = Field(None, description="Epoch seconds.")
-    finished: float | None = Field(None, description="Epoch seconds.")
+    started_at: str | None = Field(None, description="When its last attempt started (ISO 8601).")
+    finished_at: str | None = Field(None, description="When it ended (ISO 8601).")
 
 
 class AgentTurn(BaseModel):
@@ -211,7 +211,7 @@ class AgentTurn(BaseModel):
         description="Set when the turn's request carried this summary of the turns before it "
         "(the transcript outgrew the context window).",
     )
-    created: float = Field(description="Epoch seconds.")
+    created_at: str | None = Field(description="When the turn was recorded (ISO 8601).")
     calls: list[AgentToolCall]
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stalwart.domain.conditions import Condition
+from stalwart.types import to_datetime
 
 AGENT_FIELDS = frozenset(
     {
@@ -174,8 +175,8 @@ class AgentCall:
             "attempts": self.attempts,
             "review_id": self.review_id,
             "decision": self.decision,
-            "started": self.started,
-            "finished": self.finished,
+            "started_at": _iso(self.started),
+            "finished_at": _iso(self.finished),
         }
 
 
@@ -214,7 +215,7 @@ class AgentTurn:
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_nanos / 1e9,
             "summary": self.summary,
-            "created": self.created,
+            "created_at": _iso(self.created),
             "calls": [c.to_dict() for c in self.calls],
         }
 
@@ -241,6 +242,12 @@ class Transcript:
             "tokens": sum(t.input_tokens + t.output_tokens for t in self.turns),
             "cost_usd": sum(t.cost_nanos for t in self.turns) / 1e9,
         }
+
+
+def _iso(epoch: float | None) -> str | None:
+    """An epoch time as ISO 8601 (UTC), as every record's `*_at` field is."""
+    moment = to_datetime(epoch)
+    return moment.isoformat() if moment is not None else None
 
 
 @dataclass(frozen=True, slots=True)

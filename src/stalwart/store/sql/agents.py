@@ -217,15 +217,10 @@ class AgentStore(SqlBase):
             )
             if reserve is None:
                 return CallFinish(True)
-            tx.con.execute("SAVEPOINT agent_reserve")
-            try:
-                reserved = reserve_call(tx, reserve)
+            try:  # a refusal leaves nothing of the reservation written (reserve_call)
+                return CallFinish(True, reserved=reserve_call(tx, reserve))
             except BudgetExceeded as exc:
-                tx.con.execute("ROLLBACK TO agent_reserve")
-                tx.con.execute("RELEASE agent_reserve")
                 return CallFinish(True, refused=exc)
-            tx.con.execute("RELEASE agent_reserve")
-            return CallFinish(True, reserved=reserved)
 
         return await self._write(actor, run)
 

@@ -74,11 +74,82 @@ def _describe(line: BudgetLine) -> str:
 
 def reserve_call(tx: Tx, call: NewCall) -> int:
     """Reserve a call's worst case against every budget of its scope and open its ledger row,
-    inside the caller's transaction; `BudgetExceeded` (raised before the row is written) when a
-    budget would pass its limit: the caller rolls back what it reserved."""
-    for line in sorted(call.scope.budgets, key=lambda b: b.key):
-        _reserve_line(tx, line, call.reserved_nanos, call.reserved_tokens)
+    inside the caller's transaction; `BudgetExceeded` when a budget would pass its limit, with
+    nothing of the reservation left written.
+
+    Every budget row is reserved on in one statement when all of them exist and have room (the
+    common case: two statements a reservation). Otherwise what that statement took is given
+    back and the budgets are taken one by one, creating a missing row (a budget's first call)
+    and naming the one that refuses."""
+    lines = sorted(call.scope.budgets, key=lambda b: b.key)
+    nanos, tokens = call.reserved_nanos, call.reserved_tokens
+    took = _take_all(tx, lines, nanos, tokens)
+    if len(took) < len(lines):
+        _give_back(tx, took, nanos, tokens)
+        tx.con.execute("SAVEPOINT reserve_lines")
+        try:
+            for line in lines:
+                _reserve_line(tx, line, nanos, tokens)
+        except BudgetExceeded:
+            tx.con.execute("ROLLBACK TO reserve_lines")
+            tx.con.execute("RELEASE reserve_lines")
+            raise
+        tx.con.execute("RELEASE reserve_lines")
     return _insert_call(tx, call, "reserved", tx.now + call.expires_in)
+
+
+def _take_all(tx: Tx, lines: Sequence[BudgetLine], nanos: int, tokens: int) -> list[str]:
+    """Reserve on every budget row of `lines` that exists and has room, in one statement (rows
+    locked in key order); the keys it reserved on."""
+    if not lines:
+        return []
+    limit_nanos, limit_tokens, room = [], [], []
+    params_nanos: list[Any] = []
+    params_tokens: list[Any] = []
+    params_room: list[Any] = []
+    for line in lines:
+        limit_nanos.append("WHEN ? THEN CAST(? AS BIGINT)")
+        params_nanos += [line.key, line.limit_nanos]
+        limit_tokens.append("WHEN ? THEN CAST(? AS BIGINT)")
+        params_tokens += [line.key, line.limit_tokens]
+        test, test_params = ["1 = 1"], []
+        if line.limit_nanos is not None:
+            test.append("spent_nanos + reserved_nanos + ? <= ?")
+            test_params += [nanos, line.limit_nanos]
+        if line.limit_tokens is not None:
+            test.append("spent_tokens + reserved_tokens + ? <= ?")
+            test_params += [tokens, line.limit_tokens]
+        room.append(f"WHEN ? THEN ({' AND '.join(test)})")
+        params_room += [line.key, *test_params]
+    marks = ",".join("?" * len(lines))
+    rows = tx.con.execute(
+        "UPDATE budgets SET reserved_nanos = reserved_nanos + ?, "
+        "reserved_tokens = reserved_tokens + ?, "
+        f"limit_nanos = CASE key {' '.join(limit_nanos)} END, "
+        f"limit_tokens = CASE key {' '.join(limit_tokens)} END, updated = ? "
+        f"WHERE key IN ({marks}) AND CASE key {' '.join(room)} ELSE 1 = 0 END RETURNING key",
+        (
+            nanos,
+            tokens,
+            *params_nanos,
+            *params_tokens,
+            tx.now,
+            *(line.key for line in lines),
+            *params_room,
+        ),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _give_back(tx: Tx, keys: Sequence[str], nanos: int, tokens: int) -> None:
+    """Undo `_take_all` on `keys`."""
+    if keys:
+        tx.con.execute(
+            "UPDATE budgets SET reserved_nanos = reserved_nanos - ?, "
+            "reserved_tokens = reserved_tokens - ? "
+            f"WHERE key IN ({','.join('?' * len(keys))})",
+            (nanos, tokens, *keys),
+        )
 
 
 def _reserve_line(tx: Tx, line: BudgetLine, nanos: int, tokens: int) -> None:
