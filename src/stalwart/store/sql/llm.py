@@ -291,8 +291,35 @@ def _warnings(
         f"RETURNING key, tenant_id, scope, limit_nanos, limit_tokens, {usd}, {tokens}",
         (*keys, ratio, ratio),
     ).fetchall()
+    return _warned(tx, rows, job_id, ratio, step_key, committed=committed)
+
+
+def _crossing(row: Sequence[Any], ratio: float) -> bool:
+    """Whether a budget row (key, tenant, scope, limit_nanos, limit_tokens, spent_nanos,
+    spent_tokens, warned) has not warned yet and its spend reached `ratio` of a limit."""
+    _, _, _, limit_nanos, limit_tokens, spent_nanos, spent_tokens, warned = row
+    if warned:
+        return False
+    by_usd = bool(limit_nanos) and limit_nanos > 0 and spent_nanos >= limit_nanos * ratio
+    by_tokens = bool(limit_tokens) and limit_tokens > 0 and spent_tokens >= limit_tokens * ratio
+    return by_usd or by_tokens
+
+
+def _warned(
+    tx: Tx,
+    rows: Sequence[Sequence[Any]],
+    job_id: str,
+    ratio: float,
+    step_key: str | None,
+    *,
+    committed: bool = False,
+) -> list[BudgetWarning]:
+    """The warnings (and their events) of budget rows just marked `warned`: (key, tenant,
+    scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens)."""
     out = []
-    for key, tenant, scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens in sorted(rows):
+    for key, tenant, scope, limit_nanos, limit_tokens, spent_nanos, spent_tokens in sorted(
+        tuple(r) for r in rows
+    ):
         # The unit that crossed: USD when its limit did, else tokens.
         by_usd = bool(limit_nanos) and spent_nanos >= limit_nanos * ratio
         limit, spent = (limit_nanos, spent_nanos) if by_usd else (limit_tokens, spent_tokens)
@@ -326,18 +353,36 @@ def _warnings(
 
 def _spend(
     tx: Tx, keys: list[str], nanos: int, tokens: int, held_nanos: int, held_tokens: int
-) -> None:
+) -> list[tuple[Any, ...]]:
     """Move a settled call's figures into its budgets: add what it spent, release what it held
-    (one statement for all of them: every budget of a call moves by the same figures)."""
+    (one statement for all of them: every budget of a call moves by the same figures). Returns
+    each budget's row as `_crossing` reads it, after the move."""
     if not keys:
-        return
-    tx.con.execute(
+        return []
+    rows = tx.con.execute(
         "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
         "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
         "reserved_tokens = reserved_tokens - ?, updated = ? "
-        f"WHERE key IN ({','.join('?' * len(keys))})",
+        f"WHERE key IN ({','.join('?' * len(keys))}) RETURNING key, tenant_id, scope, "
+        "limit_nanos, limit_tokens, spent_nanos, spent_tokens, warned",
         (nanos, tokens, held_nanos, held_tokens, tx.now, *keys),
+    ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def _warn_settled(
+    tx: Tx, rows: Sequence[Sequence[Any]], job_id: str, ratio: float, step_key: str | None
+) -> list[BudgetWarning]:
+    """Mark (once) the budgets a settle moved past `ratio` of a limit, with an event each; no
+    statement at all when none did (the common case)."""
+    crossed = [r for r in rows if _crossing(r, ratio)]
+    if not crossed:
+        return []
+    marks = ",".join("?" * len(crossed))
+    tx.con.execute(
+        f"UPDATE budgets SET warned = 1 WHERE key IN ({marks})", tuple(r[0] for r in crossed)
     )
+    return _warned(tx, [r[:7] for r in crossed], job_id, ratio, step_key)
 
 
 def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
@@ -418,8 +463,8 @@ class LlmLedger(SqlBase):
                 spent, tokens = reserved_nanos, reserved_tokens
             keys = sorted(loads(raw_keys, "budget keys of an LLM call"))
             _write_result(tx, call_id, replace(result, cost_nanos=spent))
-            _spend(tx, keys, spent, tokens, held_nanos, held_tokens)
-            return _warnings(tx, keys, job_id, warn_ratio, step_key)
+            rows = _spend(tx, keys, spent, tokens, held_nanos, held_tokens)
+            return _warn_settled(tx, rows, job_id, warn_ratio, step_key)
 
         return await self._write(actor, run)
 
