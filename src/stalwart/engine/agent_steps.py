@@ -101,6 +101,8 @@ class _Loop:
     refused: tuple[Reservation, BudgetExceeded] | None = None
     first: AgentCall | None = None
     started: set[tuple[int, int]] = field(default_factory=set)
+    # The messages of turns whose calls all have their results (they never change again).
+    rendered: dict[int, list[Message]] = field(default_factory=dict)
 
 
 class AgentStepRunner:
@@ -311,10 +313,17 @@ class AgentStepRunner:
                     return ToolOutcome(output=TextAnswer(text=result.text).model_dump())
                 return ToolOutcome(output=output)
 
-    def _next_call(self, loop: _Loop, number: int, summary: tuple[int, str] | None) -> LlmCall:
+    def _next_call(
+        self,
+        loop: _Loop,
+        number: int,
+        summary: tuple[int, str] | None,
+        messages: list[Message] | None = None,
+    ) -> LlmCall:
         """The request of turn `number`, its checkpoint asking to start the turn's first call
         with the turn's record when the loop would start it at once."""
-        messages = _messages(loop.system, loop.prompt, loop.transcript, summary)
+        if messages is None:
+            messages = _messages(loop.system, loop.prompt, loop.transcript, summary, loop.rendered)
         spec = loop.spec
 
         def first_call(calls: list[dict[str, Any]]) -> AgentCall | None:
@@ -454,14 +463,20 @@ class AgentStepRunner:
         text = await self._summarizer(claim, window)(earlier, max(256, window // 8))
         return keep, text
 
-    def _summary_due(self, loop: _Loop) -> bool:
-        return self._due(loop.system, loop.prompt, loop.transcript, loop.window)
-
-    def _due(self, system: str, prompt: str, transcript: Transcript, window: int) -> bool:
+    def _due(
+        self,
+        system: str,
+        prompt: str,
+        transcript: Transcript,
+        window: int,
+        messages: list[Message] | None = None,
+    ) -> bool:
         """Whether the next request must carry a new summary: the transcript since the last
-        one outgrew `context_summarize_ratio` of the window, over at least three turns."""
+        one (`messages`: the request with the last summary) outgrew `context_summarize_ratio`
+        of the window, over at least three turns."""
         current = _last_summary(transcript)
-        messages = _messages(system, prompt, transcript, current)
+        if messages is None:
+            messages = _messages(system, prompt, transcript, current)
         start = current[0] if current is not None else 1
         whole = sum(1 for t in transcript.turns if t.turn >= start)
         limit = window * self.settings.context_summarize_ratio
@@ -898,8 +913,12 @@ class AgentStepRunner:
         reservation: Reservation | None = None
         done = {c.index for c in turn.calls if c.status in CALL_DONE}
         last = len(done) == len(turn.tool_calls) and turn.turn < loop.spec.max_turns
-        if last and not ctx.cancelled and not self._summary_due(loop):
-            prepared = self._next_call(loop, turn.turn + 1, _last_summary(loop.transcript))
+        if last and not ctx.cancelled:
+            summary = _last_summary(loop.transcript)
+            messages = _messages(loop.system, loop.prompt, loop.transcript, summary, loop.rendered)
+            if not self._due(loop.system, loop.prompt, loop.transcript, loop.window, messages):
+                prepared = self._next_call(loop, turn.turn + 1, summary, messages)
+        if prepared is not None:
             reservation = await self.gateway.reservation(
                 prepared, self.llm.scope(loop.claim, loop.spec.purpose)
             )
@@ -1018,10 +1037,16 @@ def _last_summary(transcript: Transcript) -> tuple[int, str] | None:
 
 
 def _messages(
-    system: str, prompt: str, transcript: Transcript, summary: tuple[int, str] | None
+    system: str,
+    prompt: str,
+    transcript: Transcript,
+    summary: tuple[int, str] | None,
+    rendered: dict[int, list[Message]] | None = None,
 ) -> list[Message]:
     """The request of the next turn: instructions, the task, a summary of the earlier turns if
-    there is one, and the turns since, each with its calls' results in the order asked."""
+    there is one, and the turns since, each with its calls' results in the order asked.
+    `rendered` keeps the messages of turns whose calls all have their results (they do not
+    change again), so a loop renders each turn once, not once a turn after it."""
     messages = [Message("system", system), Message("user", prompt)]
     first = 1
     if summary is not None:
@@ -1030,27 +1055,37 @@ def _messages(
     for turn in transcript.turns:
         if turn.turn < first:
             continue
-        calls = [
-            ToolCall.from_text(str(c.get("id")), str(c.get("name")), str(c.get("arguments")))
-            for c in turn.tool_calls
-        ]
-        if not calls:
-            messages.append(Message("assistant", turn.text))
-            continue
-        messages.append(Message.assistant_tool_calls(calls, turn.text))
-        results = {c.index: c for c in turn.calls}
-        for index, asked in enumerate(calls):
-            done = results.get(index)
-            if done is None or done.status not in CALL_DONE:
-                continue
-            messages.append(
-                Message.tool_result(
-                    asked.id,
-                    done.answer(),
-                    is_error=done.status != CallStatus.SUCCEEDED.value,
-                )
-            )
+        kept = rendered.get(turn.turn) if rendered is not None else None
+        if kept is None:
+            kept, whole = _turn_messages(turn)
+            if whole and rendered is not None:
+                rendered[turn.turn] = kept
+        messages += kept
     return messages
+
+
+def _turn_messages(turn: AgentTurn) -> tuple[list[Message], bool]:
+    """One turn's messages, and whether every call it asked for has its result in them."""
+    calls = [
+        ToolCall.from_text(str(c.get("id")), str(c.get("name")), str(c.get("arguments")))
+        for c in turn.tool_calls
+    ]
+    if not calls:
+        return [Message("assistant", turn.text)], True
+    out = [Message.assistant_tool_calls(calls, turn.text)]
+    results = {c.index: c for c in turn.calls}
+    for index, asked in enumerate(calls):
+        done = results.get(index)
+        if done is None or done.status not in CALL_DONE:
+            continue
+        out.append(
+            Message.tool_result(
+                asked.id,
+                done.answer(),
+                is_error=done.status != CallStatus.SUCCEEDED.value,
+            )
+        )
+    return out, len(out) == len(calls) + 1
 
 
 def _render(turns: list[AgentTurn], summary: str | None) -> str:
