@@ -216,3 +216,29 @@ async def test_a_tools_rate_limit_spaces_an_agents_calls(db_url: str) -> None:
     # load can only widen), the first one free.
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.15, gaps
+
+
+async def test_the_steps_timeout_bounds_a_whole_attempt(db_url: str) -> None:
+    def stuck(app: App, h: Harness) -> list[str]:
+        @app.tool(idempotent=True, timeout=600)
+        async def hang(args: Word, ctx: ToolContext) -> Word:
+            """Never answers."""
+            await asyncio.Event().wait()
+            return args
+
+        return ["hang"]
+
+    model = ScriptedModel("agent").on_step(
+        "agent", CallTools(("hang", {"word": "x"})), {"refunded": False, "amount": 0.0}
+    )
+    async with Harness(
+        db_url, model, extra=stuck, timeout_seconds=0.5, retry={"max_attempts": 1}
+    ) as h:
+        job = await h.submit()
+        assert await h.until(job) == "dead_lettered"
+        record = await h.client.get(job)
+        transcript = await h.transcript(job)
+    assert record.error is not None and record.error["code"] == "timeout"
+    assert "timed out after 0.5s" in record.error["message"]
+    # The call it cut off stays `running`: a redrive would follow the tool-step rules for it.
+    assert transcript["turns"][0]["calls"][0]["status"] == "running"

@@ -320,7 +320,21 @@ class Executor:
                     "(route a model with app.route() or STALWART_LLM_TIERS)",
                     code="llm_not_configured",
                 )
-            outcome = await self.agents.run(claim, ctx, context, worker_id=worker_id)
+            raw = claim.spec.get("timeout_seconds")
+            seconds = float(raw) if raw else None
+            try:
+                # A bound on the whole attempt when the step sets one: a call cut off by it is
+                # found running by the next attempt and follows the tool-step rules.
+                async with asyncio.timeout(seconds):
+                    outcome = await self.agents.run(claim, ctx, context, worker_id=worker_id)
+            except TimeoutError:
+                outcome = ToolOutcome(
+                    error=StepError(
+                        ErrorClass.TRANSIENT,
+                        f"agent step {claim.key} timed out after {seconds:g}s",
+                        "timeout",
+                    )
+                )
             if outcome.parked:
                 return outcome
             return await self._checked(claim, outcome, context)
