@@ -90,12 +90,15 @@ def test_fifty_agent_jobs_never_overshoot_a_shared_tenant_budget(
         "AGENT_APP_DAILY_USD": str(DAILY_USD),
         "AGENT_APP_LOG": str(log),
         "AGENT_APP_GATE": str(tmp_path / "gate"),
+        # No worker dies here: no lease may expire under load either (a lost lease would
+        # rightly leave a paid turn unrecorded and run its call again).
+        "STALWART_LEASE_SECONDS": "15",
     }
     for _ in range(2):
         workers.start(db_url, "agent_app", env=env, concurrency=10)
     wait_until(
         lambda: len(s := _statuses(db_url)) == JOBS and all(v in DONE for v in s.values()),
-        120,
+        180,
         0.2,
         "every job to finish",
     )

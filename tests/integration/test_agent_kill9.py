@@ -38,7 +38,10 @@ THIRD = {"plain": "tool_c", "hold": "tool_c", "idempotent": "slow_idem", "write"
 ANSWER = "All three things are done."
 THIRD_ORDER = ("tool_a", "tool_b", "tool_c")
 MODE = re.compile(r"Mode (\w+):")
-DEADLINE = 60.0  # generous: worker starts take seconds on a loaded machine
+DEADLINE = 90.0  # generous: worker starts take seconds on a loaded machine
+# No lease expires under load while a worker lives: a restarted worker takes back the dead
+# one's lease at once anyway (same host, dead pid).
+LEASE_SECONDS = "15"
 
 
 class Script:
@@ -117,6 +120,7 @@ def _env(server: ProviderServer, folder: Path, **extra: str) -> dict[str, str]:
         "STALWART_LLM_PRICES": json.dumps({"local:cheap": PRICE}),
         "AGENT_APP_LOG": str(folder / "executions.jsonl"),
         "AGENT_APP_GATE": str(folder / "gate"),
+        "STALWART_LEASE_SECONDS": LEASE_SECONDS,
         **extra,
     }
 
