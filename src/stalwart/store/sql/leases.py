@@ -141,11 +141,16 @@ class LeaseStore(SqlBase):
                 move_step(tx, step, S.FAILED, f"{why} on every attempt", sets=clear)
                 exhaust_step(tx, job, step, f"{why} on all {step.attempt} attempts", lost)
             else:
+                again = (
+                    "the agent loop resumes from its transcript"
+                    if step.kind == "agent"
+                    else "idempotent tool, runs again"
+                )
                 move_step(
                     tx,
                     step,
                     S.READY,
-                    f"{why}; idempotent tool, runs again",
+                    f"{why}; {again}",
                     sets=clear + ", due = ?",
                     params=(tx.now,),
                 )

@@ -98,6 +98,15 @@ def reserve_call(tx: Tx, call: NewCall) -> int:
     return _insert_call(tx, call, "reserved", tx.now + call.expires_in)
 
 
+def _in_key_order(tx: Tx, count: int) -> str:
+    """The WHERE term naming `count` budget keys (`?` parameters) so that an UPDATE of several
+    budget rows locks them in key order on PostgreSQL. A plain `key IN (...)` locks them in the
+    order a scan finds them, which moves as the rows are updated: two such UPDATEs sharing a
+    tenant's rows would deadlock, over and over under load."""
+    marks = ",".join("?" * count)
+    return f"key IN (SELECT key FROM budgets WHERE key IN ({marks}) ORDER BY key{tx.lock})"
+
+
 def _take_all(tx: Tx, lines: Sequence[BudgetLine], nanos: int, tokens: int) -> list[str]:
     """Reserve on every budget row of `lines` that exists and has room, in one statement (rows
     locked in key order); the keys it reserved on."""
@@ -121,13 +130,13 @@ def _take_all(tx: Tx, lines: Sequence[BudgetLine], nanos: int, tokens: int) -> l
             test_params += [tokens, line.limit_tokens]
         room.append(f"WHEN ? THEN ({' AND '.join(test)})")
         params_room += [line.key, *test_params]
-    marks = ",".join("?" * len(lines))
     rows = tx.con.execute(
         "UPDATE budgets SET reserved_nanos = reserved_nanos + ?, "
         "reserved_tokens = reserved_tokens + ?, "
         f"limit_nanos = CASE key {' '.join(limit_nanos)} END, "
         f"limit_tokens = CASE key {' '.join(limit_tokens)} END, updated = ? "
-        f"WHERE key IN ({marks}) AND CASE key {' '.join(room)} ELSE 1 = 0 END RETURNING key",
+        f"WHERE {_in_key_order(tx, len(lines))} AND CASE key {' '.join(room)} ELSE 1 = 0 END "
+        "RETURNING key",
         (
             nanos,
             tokens,
@@ -146,8 +155,7 @@ def _give_back(tx: Tx, keys: Sequence[str], nanos: int, tokens: int) -> None:
     if keys:
         tx.con.execute(
             "UPDATE budgets SET reserved_nanos = reserved_nanos - ?, "
-            "reserved_tokens = reserved_tokens - ? "
-            f"WHERE key IN ({','.join('?' * len(keys))})",
+            f"reserved_tokens = reserved_tokens - ? WHERE {_in_key_order(tx, len(keys))}",
             (nanos, tokens, *keys),
         )
 
@@ -363,7 +371,7 @@ def _spend(
         "UPDATE budgets SET spent_nanos = spent_nanos + ?, "
         "spent_tokens = spent_tokens + ?, reserved_nanos = reserved_nanos - ?, "
         "reserved_tokens = reserved_tokens - ?, updated = ? "
-        f"WHERE key IN ({','.join('?' * len(keys))}) RETURNING key, tenant_id, scope, "
+        f"WHERE {_in_key_order(tx, len(keys))} RETURNING key, tenant_id, scope, "
         "limit_nanos, limit_tokens, spent_nanos, spent_tokens, warned",
         (nanos, tokens, held_nanos, held_tokens, tx.now, *keys),
     ).fetchall()
