@@ -11,6 +11,7 @@ import itertools
 from typing import Any
 
 from pydantic import BaseModel
+from tests.integration.conftest import query
 from tests.integration.test_agent_steps import Harness, Lookup, Order, results
 
 from stalwart import App, RetryPolicy, ToolContext
@@ -242,3 +243,33 @@ async def test_the_steps_timeout_bounds_a_whole_attempt(db_url: str) -> None:
     assert "timed out after 0.5s" in record.error["message"]
     # The call it cut off stays `running`: a redrive would follow the tool-step rules for it.
     assert transcript["turns"][0]["calls"][0]["status"] == "running"
+
+
+async def test_a_calls_failed_effect_is_named_and_nothing_of_it_is_kept(db_url: str) -> None:
+    def broken(app: App, h: Harness) -> list[str]:
+        @app.tool(idempotent=True)
+        async def write_note(args: Word, ctx: ToolContext) -> Word:
+            """Note a word in the user's table (its SQL is wrong)."""
+            ctx.on_commit(
+                "INSERT INTO agent_effects (job, call_key) VALUES (?, ?)", (ctx.job_id, "k")
+            )
+            ctx.on_commit("INSERT INTO no_such_table (x) VALUES (?)", (1,))
+            return args
+
+        return ["write_note"]
+
+    model = ScriptedModel("agent").on_step(
+        "agent", CallTools(("write_note", {"word": "x"})), {"refunded": False, "amount": 0.0}
+    )
+    async with Harness(db_url, model, extra=broken) as h:
+        job = await h.submit()
+        assert await h.until(job) == "escalated"
+        record = await h.client.get(job)
+        transcript = await h.transcript(job)
+    assert record.error is not None and record.error["code"] == "effect_failed"
+    assert "on_commit effect 2 failed" in record.error["message"]
+    [call] = transcript["turns"][0]["calls"]
+    assert call["status"] == "refused" and call["error"]["code"] == "effect_failed"
+    # The first effect went with the failed transaction: nothing of the call's writes is kept.
+    assert query(db_url, "SELECT count(*) FROM agent_effects WHERE job = ?", (job,)) == [(0,)]
+    assert len(model.requests) == 1

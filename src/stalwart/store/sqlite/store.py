@@ -50,7 +50,7 @@ class SqliteStore(SqlStore):
             self._con.close()
             raise
 
-    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
+    async def _write(self, actor: str, fn: Callable[[Tx], T], *, pipelined: bool = False) -> T:
         try:
             with connection.immediate(self._con):
                 tx = Tx(self._con, epoch_now(), actor)
