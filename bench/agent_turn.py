@@ -357,7 +357,7 @@ async def profile_turn(app: App, store: Store, claim: Claim, number: int) -> lis
     original = base._write
     profiles: list[Profile] = []
 
-    async def counting(actor: str, fn: Callable[[Tx], Any], **kw: Any) -> Any:
+    async def counting(actor: str, fn: Callable[[Tx], Any]) -> Any:
         log: list[tuple[str, float]] = []
 
         def wrapped(tx: Tx) -> Any:
@@ -365,7 +365,7 @@ async def profile_turn(app: App, store: Store, claim: Claim, number: int) -> lis
             return fn(tx)
 
         start = time.perf_counter()
-        result = await original(actor, wrapped, **kw)
+        result = await original(actor, wrapped)
         profiles.append(Profile(PHASES[len(profiles)], log, time.perf_counter() - start))
         return result
 

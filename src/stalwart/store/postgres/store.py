@@ -84,19 +84,17 @@ class PostgresStore(PgVectorStore, SqlStore):
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _write(self, actor: str, fn: Callable[[Tx], T], *, pipelined: bool = False) -> T:
+    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._write_sync, actor, fn, pipelined)
+        return await loop.run_in_executor(self._threads, self._write_sync, actor, fn)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, self._read_sync, sql, params)
 
-    def _write_sync(self, actor: str, fn: Callable[[Tx], T], pipelined: bool = False) -> T:
+    def _write_sync(self, actor: str, fn: Callable[[Tx], T]) -> T:
         for attempt in range(RACE_RETRIES + 1):
             try:
-                if pipelined:
-                    return self._pipelined(actor, fn)
                 return self._attempt(actor, fn)
             except RACE_ERRORS as exc:
                 if attempt == RACE_RETRIES:
@@ -139,52 +137,6 @@ class PostgresStore(PgVectorStore, SqlStore):
                 done = raw.execute("COMMIT")
                 if done.statusmessage != "COMMIT":
                     # A failed statement whose error was swallowed: the server rolled back.
-                    raise StoreError(f"the transaction was rolled back ({done.statusmessage})")
-                return result
-            except RACE_ERRORS:
-                raise
-            except psycopg.Error as exc:
-                if not raw.closed:
-                    raise StoreError(f"database error: {exc}") from exc
-                if not committing:
-                    raise _NotCommitted() from exc
-                raise _unavailable(exc) from exc
-
-    def _pipelined(self, actor: str, fn: Callable[[Tx], T]) -> T:
-        """`_attempt` in pipeline mode: the statements `fn` sends are answered only when it
-        reads a result (or calls `tx.sync()`), and the events and COMMIT go with the last batch,
-        so a transaction of many writes costs a few round trips, not one a statement."""
-        with self._pool.connection() as raw:
-            committing = False
-            try:
-                cur = raw.execute(f"BEGIN; SELECT {NOW_SQL}")
-                cur.nextset()
-                now = cur.fetchone()
-                assert now is not None
-                try:
-                    with raw.pipeline() as pipe:
-                        tx = Tx(
-                            PgConnection(raw),
-                            float(now[0]),
-                            actor,
-                            row_locks=True,
-                            retryable=(*RACE_ERRORS, psycopg.OperationalError),
-                            syncer=pipe.sync,
-                        )
-                        result = fn(tx)
-                        if _made_ready(tx):
-                            raw.execute("SELECT pg_notify(%s, '')", (READY_CHANNEL,))
-                        tx.flush()
-                        # Sent with the last writes; an error of any of them makes the server
-                        # skip it (the transaction stays open and is rolled back below).
-                        committing = True
-                        done = raw.execute("COMMIT")
-                except BaseException:
-                    if not raw.closed:
-                        with contextlib.suppress(psycopg.Error):
-                            raw.execute("ROLLBACK")
-                    raise
-                if done.statusmessage != "COMMIT":
                     raise StoreError(f"the transaction was rolled back ({done.statusmessage})")
                 return result
             except RACE_ERRORS:

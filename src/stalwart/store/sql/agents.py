@@ -222,7 +222,7 @@ class AgentStore(SqlBase):
             except BudgetExceeded as exc:
                 return CallFinish(True, refused=exc)
 
-        return await self._write(actor, run, pipelined=True)
+        return await self._write(actor, run)
 
     async def agent_park(
         self,

@@ -38,11 +38,8 @@ class SqlBase(ABC):
     now_sql: str
 
     @abstractmethod
-    async def _write(self, actor: str, fn: Callable[[Tx], T], *, pipelined: bool = False) -> T:
-        """Run `fn` in one write transaction and commit, with its events; all or nothing.
-        `pipelined`: on PostgreSQL, statements whose results `fn` does not read are sent
-        without waiting for each answer (fewer round trips); `fn` calls `tx.sync()` where an
-        error must surface at its statement."""
+    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in one write transaction and commit, with its events; all or nothing."""
 
     @abstractmethod
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

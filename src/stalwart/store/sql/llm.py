@@ -474,8 +474,7 @@ class LlmLedger(SqlBase):
             rows = _spend(tx, keys, spent, tokens, held_nanos, held_tokens)
             return _warn_settled(tx, rows, job_id, warn_ratio, step_key)
 
-        # An agent turn's settle writes the turn and starts its call too: pipelined.
-        return await self._write(actor, run, pipelined=turn is not None)
+        return await self._write(actor, run)
 
     async def llm_record(
         self,

@@ -259,7 +259,6 @@ def apply_effects(tx: Tx, claim: Claim, effects: Sequence[Effect]) -> None:
     for number, (sql, params) in enumerate(effects, 1):
         try:
             tx.con.execute(sql, params)
-            tx.sync()  # a pipelined transaction: its error is raised here, named as the effect's
         except tx.retryable:
             raise  # a lost connection or a lost race is the database's trouble, not the tool's
         except Exception as exc:

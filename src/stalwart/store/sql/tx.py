@@ -163,15 +163,6 @@ class Tx:
     events: list[Event] = field(default_factory=list)
     # Errors that mean "run the transaction again" or "the database went away", not bad SQL.
     retryable: tuple[type[BaseException], ...] = ()
-    # Set on a pipelined PostgreSQL transaction: waits for the statements sent so far, so an
-    # error of one of them is raised here (`sync`), not at a later statement.
-    syncer: Callable[[], None] | None = None
-
-    def sync(self) -> None:
-        """Have every statement sent so far answered (its error raised now); a no-op unless
-        the transaction is pipelined."""
-        if self.syncer is not None:
-            self.syncer()
 
     @property
     def lock(self) -> str:

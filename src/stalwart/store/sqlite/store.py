@@ -50,7 +50,7 @@ class SqliteStore(SqlStore):
             self._con.close()
             raise
 
-    async def _write(self, actor: str, fn: Callable[[Tx], T], *, pipelined: bool = False) -> T:
+    async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:
         try:
             with connection.immediate(self._con):
                 tx = Tx(self._con, epoch_now(), actor)
