@@ -59,6 +59,21 @@ def status(applied: list[tuple[int, str, float]], package: str, url: str) -> Mig
 
 
 def statements(sql: str) -> list[str]:
-    """The statements of a migration file (`;`-separated; `--` comment lines dropped)."""
+    """The statements of a migration file (`;`-separated; `--` comment lines dropped; a `;`
+    inside a `$$`-quoted function body does not end its statement)."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out, current, quoted = [], [], False
+    for part in "\n".join(lines).split("$$"):
+        if quoted:
+            current.append(part)
+        else:
+            pieces = part.split(";")
+            current.append(pieces[0])
+            for piece in pieces[1:]:
+                out.append("".join(current))
+                current = [piece]
+        current.append("$$")
+        quoted = not quoted
+    current.pop()  # the marker after the last part
+    out.append("".join(current))
+    return [s.strip() for s in out if s.strip()]

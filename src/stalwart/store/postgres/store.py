@@ -60,6 +60,7 @@ class PostgresStore(PgVectorStore, SqlStore):
 
     now_sql = NOW_SQL
     wakeups = True
+    server_turns = True
 
     def __init__(self, url: str, settings: Settings | None = None) -> None:
         settings = settings or Settings()

@@ -30,6 +30,7 @@ from stalwart.store.sql.transcripts import (
     CALL_COLUMNS,
     TURN_COLUMNS,
     assemble,
+    call_event,
     fenced_key,
     insert_turn,
     write_call,
@@ -58,6 +59,80 @@ def fence(tx: Tx, claim: Claim) -> StepHead | None:
         (claim.step_id, claim.lease_token),
     ).fetchone()
     return step_head(row) if row is not None else None
+
+
+def _end_call_in_server(
+    tx: Tx, claim: Claim, call: AgentCall, reserve: NewCall | None
+) -> CallFinish:
+    """`agent_call_finish` of a call that took no limit and made no effect, as one call into
+    the server (`stalwart_agent_call_end`, migration 0009 on PostgreSQL): the call's end, its
+    event and, when every budget row exists and has room, the next turn's reservation. A
+    reservation the server left (a budget's first call, no room) is made here, in the same
+    transaction, as everywhere else: refused, it names the budget."""
+    call.finished = tx.now
+    reason, data = call_event(call)
+    lines = sorted(reserve.scope.budgets, key=lambda b: b.key) if reserve is not None else []
+    s = reserve.scope if reserve is not None else None
+    params: tuple[Any, ...] = (
+        claim.step_id,
+        claim.lease_token,
+        claim.tenant_id,
+        claim.job_id,
+        call.turn,
+        call.index,
+        call.call_id,
+        call.tool,
+        call.arguments,
+        call.status,
+        None if call.result is None else dumps(call.result),
+        None if call.error is None else dumps(call.error),
+        call.attempts,
+        call.review_id,
+        None if call.decision is None else dumps(call.decision),
+        call.started,
+        tx.now,
+        tx.actor,
+        reason,
+        dumps(data),
+        [line.key for line in lines] if reserve is not None else None,
+        [line.limit_nanos for line in lines],
+        [line.limit_tokens for line in lines],
+        reserve.reserved_nanos if reserve is not None else 0,
+        reserve.reserved_tokens if reserve is not None else 0,
+        s.step_key if s is not None else None,
+        s.attempt if s is not None else 0,
+        reserve.seq if reserve is not None else 0,
+        s.purpose if s is not None else "",
+        reserve.provider if reserve is not None else "",
+        reserve.model if reserve is not None else "",
+        reserve.tier if reserve is not None else None,
+        dumps([line.key for line in lines]),
+        reserve.context_tokens if reserve is not None else None,
+        reserve.context_limit if reserve is not None else None,
+        tx.now + reserve.expires_in if reserve is not None else None,
+    )
+    done, reserved = tx.con.execute(
+        f"SELECT * FROM stalwart_agent_call_end({CALL_END_ARGS})", params
+    ).fetchone()
+    if not done:
+        return CallFinish(False)
+    if reserve is None:
+        return CallFinish(True)
+    if reserved is not None:
+        return CallFinish(True, reserved=int(reserved))
+    try:
+        return CallFinish(True, reserved=reserve_call(tx, reserve))
+    except BudgetExceeded as exc:
+        return CallFinish(True, refused=exc)
+
+
+CALL_END_ARGS = (
+    "?::bigint, ?::bigint, ?::text, ?::text, ?::int, ?::int, ?::text, ?::text, ?::text, "
+    "?::text, ?::text, ?::text, ?::int, ?::text, ?::text, ?::double precision, "
+    "?::double precision, ?::text, ?::text, ?::text, ?::text[], ?::bigint[], ?::bigint[], "
+    "?::bigint, ?::bigint, ?::text, ?::int, ?::int, ?::text, ?::text, ?::text, ?::text, "
+    "?::text, ?::bigint, ?::bigint, ?::double precision"
+)
 
 
 def release_key(tx: Tx, step_id: int, key: str) -> None:
@@ -181,6 +256,14 @@ class AgentStore(SqlBase):
         turn is reserved in the same transaction (decision 0039): a refusal undoes only the
         reservation and comes back in `refused`. Nothing is written when the lease is gone."""
 
+        waits = outcome is not None and outcome.asks_to_wait
+        if self.server_turns and not effects and not (ran and (limited or waits)):
+
+            def in_server(tx: Tx) -> CallFinish:
+                return _end_call_in_server(tx, claim, call, reserve)
+
+            return await self._write(actor, in_server)
+
         def run(tx: Tx) -> CallFinish:
             key = fenced_key(tx, claim.step_id, claim.lease_token)
             if key is None:
@@ -189,13 +272,12 @@ class AgentStore(SqlBase):
                 apply_effects(tx, claim, effects)
             call.finished = tx.now
             write_call(tx, claim.step_id, claim.tenant_id, claim.job_id, call)
-            waits = outcome is not None and outcome.asks_to_wait
             if ran and (limited or waits):
                 job = tx.job(claim.job_id)
                 assert job is not None
                 release_key(tx, claim.step_id, tool_key(call.tool))
                 limits_sql.record_outcome(tx, job, call.tool, claim.step_id, error=outcome)
-            code = (call.error or {}).get("code")
+            reason, data = call_event(call)
             tx.events.append(
                 note(
                     "agent_tool_call",
@@ -203,16 +285,10 @@ class AgentStore(SqlBase):
                     claim.job_id,
                     actor=tx.actor,
                     at=tx.now,
-                    reason=f"{call.tool}: {call.status}" + (f" ({code})" if code else ""),
+                    reason=reason,
                     step_id=claim.step_id,
                     step_key=key,
-                    data={
-                        "tool": call.tool,
-                        "outcome": call.status,
-                        "turn": call.turn,
-                        "index": call.index,
-                        "attempts": call.attempts,
-                    },
+                    data=data,
                 )
             )
             if reserve is None:

@@ -36,6 +36,9 @@ class SqlBase(ABC):
     """A backend supplies `_write`, `_read` and `now_sql` (the database's clock, epoch seconds)."""
 
     now_sql: str
+    # PostgreSQL runs the two transactions of an agent turn as calls into the server (migration
+    # 0009, decision 0040); SQLite runs their statements on its own connection.
+    server_turns: bool = False
 
     @abstractmethod
     async def _write(self, actor: str, fn: Callable[[Tx], T]) -> T:

@@ -34,7 +34,7 @@ from stalwart.domain.events import note
 from stalwart.errors import BudgetExceeded
 from stalwart.store.sql.base import SqlBase
 from stalwart.store.sql.rows import loads
-from stalwart.store.sql.transcripts import insert_turn
+from stalwart.store.sql.transcripts import insert_turn, response_json, turn_event
 from stalwart.store.sql.tx import Tx
 from stalwart.types import dumps
 
@@ -393,6 +393,66 @@ def _warn_settled(
     return _warned(tx, [r[:7] for r in crossed], job_id, ratio, step_key)
 
 
+def _settle_turn_in_server(
+    tx: Tx, call_id: int, result: CallResult, turn: TurnWrite, warn_ratio: float
+) -> list[BudgetWarning]:
+    """`llm_settle` of an agent turn as one call into the server (`stalwart_agent_settle`,
+    migration 0009 on PostgreSQL): the same writes, one round trip; the warnings (rare) here."""
+    point, record, start = turn.checkpoint, turn.turn, turn.start
+    reason, data = turn_event(turn)
+    params: tuple[Any, ...] = (
+        call_id,
+        result.outcome,
+        result.input_tokens,
+        result.output_tokens,
+        result.cached_tokens,
+        result.cost_nanos,
+        int(result.priced),
+        int(result.cache_hit),
+        result.latency_ms,
+        result.error_class,
+        result.error,
+        result.model,
+        tx.now,
+        tx.actor,
+        point.step_id,
+        point.lease_token,
+        point.turn,
+        point.attempt,
+        response_json(record),
+        point.summary,
+        record.provider,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.cost_nanos,
+        reason,
+        dumps(data),
+        start.index if start is not None else None,
+        start.call_id if start is not None else None,
+        start.tool if start is not None else None,
+        start.arguments if start is not None else None,
+    )
+    row = tx.con.execute(f"SELECT * FROM stalwart_agent_settle({SETTLE_ARGS})", params).fetchone()
+    settled, job_id, step_key, budgets, _recorded, started = row
+    if start is not None:
+        start.status, start.attempts, start.started = (
+            ("running", 1, tx.now) if started else ("new", 0, None)
+        )
+    if not settled:
+        return []
+    rows = [tuple(r) for r in loads(budgets, "budgets of a settle", list) or []]
+    return _warn_settled(tx, rows, job_id, warn_ratio, step_key)
+
+
+SETTLE_ARGS = (
+    "?::bigint, ?::text, ?::bigint, ?::bigint, ?::bigint, ?::bigint, ?::int, ?::int, "
+    "?::double precision, ?::text, ?::text, ?::text, ?::double precision, ?::text, ?::bigint, "
+    "?::bigint, ?::int, ?::int, ?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint, "
+    "?::bigint, ?::text, ?::text, ?::int, ?::text, ?::text, ?::text"
+)
+
+
 def charge_reserved(tx: Tx, job_id: str, step_key: str, attempt: int) -> int:
     """Settle the calls of one step attempt that are still `reserved`, in the transaction that
     takes the attempt's lease back from a worker that died or went silent. Its request may have
@@ -474,6 +534,12 @@ class LlmLedger(SqlBase):
             rows = _spend(tx, keys, spent, tokens, held_nanos, held_tokens)
             return _warn_settled(tx, rows, job_id, warn_ratio, step_key)
 
+        def in_server(tx: Tx) -> list[BudgetWarning]:
+            assert turn is not None
+            return _settle_turn_in_server(tx, call_id, result, turn, warn_ratio)
+
+        if turn is not None and self.server_turns:
+            return await self._write(actor, in_server)
         return await self._write(actor, run)
 
     async def llm_record(

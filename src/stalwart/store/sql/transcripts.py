@@ -44,11 +44,6 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
     key = fenced_key(tx, checkpoint.step_id, checkpoint.lease_token)
     if key is None:
         return False
-    response = {
-        "text": turn.text,
-        "tool_calls": turn.tool_calls,
-        "finish_reason": turn.finish_reason,
-    }
     tx.con.execute(
         "INSERT INTO agent_turns (step_id, turn, tenant_id, job_id, attempt, response, summary, "
         "provider, model, input_tokens, output_tokens, cost_nanos, llm_call_id, created) "
@@ -59,7 +54,7 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
             tenant_id,
             job_id,
             checkpoint.attempt,
-            dumps(response),
+            response_json(turn),
             checkpoint.summary,
             turn.provider,
             turn.model,
@@ -70,6 +65,7 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
             tx.now,
         ),
     )
+    reason, data = turn_event(write)
     tx.events.append(
         note(
             "agent_turn",
@@ -77,18 +73,10 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
             job_id,
             actor=tx.actor,
             at=tx.now,
-            reason=f"turn {checkpoint.turn}: "
-            + (f"{len(turn.tool_calls)} tool call(s)" if turn.tool_calls else "answer"),
+            reason=reason,
             step_id=checkpoint.step_id,
             step_key=key,
-            data={
-                "turn": checkpoint.turn,
-                "tool_calls": len(turn.tool_calls),
-                "input_tokens": turn.input_tokens,
-                "output_tokens": turn.output_tokens,
-                "cost_nanos": turn.cost_nanos,
-                "model": turn.model,
-            },
+            data=data,
         )
     )
     start = write.start
@@ -98,6 +86,41 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
             start.status, start.attempts, start.started = CallStatus.RUNNING.value, 1, tx.now
             write_call(tx, checkpoint.step_id, tenant_id, job_id, start)
     return True
+
+
+def turn_event(write: TurnWrite) -> tuple[str, dict[str, Any]]:
+    """The reason and data of a recorded turn's `agent_turn` event."""
+    turn = write.turn
+    reason = f"turn {write.checkpoint.turn}: " + (
+        f"{len(turn.tool_calls)} tool call(s)" if turn.tool_calls else "answer"
+    )
+    return reason, {
+        "turn": write.checkpoint.turn,
+        "tool_calls": len(turn.tool_calls),
+        "input_tokens": turn.input_tokens,
+        "output_tokens": turn.output_tokens,
+        "cost_nanos": turn.cost_nanos,
+        "model": turn.model,
+    }
+
+
+def call_event(call: AgentCall) -> tuple[str, dict[str, Any]]:
+    """The reason and data of a call's `agent_tool_call` event."""
+    code = (call.error or {}).get("code")
+    return f"{call.tool}: {call.status}" + (f" ({code})" if code else ""), {
+        "tool": call.tool,
+        "outcome": call.status,
+        "turn": call.turn,
+        "index": call.index,
+        "attempts": call.attempts,
+    }
+
+
+def response_json(turn: AgentTurn) -> str:
+    """What `agent_turns.response` holds."""
+    return dumps(
+        {"text": turn.text, "tool_calls": turn.tool_calls, "finish_reason": turn.finish_reason}
+    )
 
 
 def limited(tx: Tx, tool: str) -> bool:
@@ -196,10 +219,13 @@ __all__ = [
     "CALL_COLUMNS",
     "TURN_COLUMNS",
     "assemble",
+    "call_event",
     "call_from_row",
     "fenced_key",
     "insert_turn",
     "limited",
+    "response_json",
+    "turn_event",
     "turn_from_row",
     "write_call",
 ]
