@@ -322,7 +322,8 @@ async def test_the_review_of_a_call_shows_the_goal_the_transcript_and_the_call(
 
     model = ScriptedModel("agent").on_step("agent", answer)
     async with Harness(db, model) as h:
-        job = await h.submit("Refund order 7 if it was charged twice.")
+        # Square brackets in the goal: shown as written, never read as rich markup.
+        job = await h.submit("Refund order 7 if it was charged twice. [/] [bold]")
         await h.until(job, ("waiting_approval",))
         [review] = [r for r in await h.client.reviews() if r.job_id == job]
         token = await admin_key(db)
@@ -343,4 +344,5 @@ async def test_the_review_of_a_call_shows_the_goal_the_transcript_and_the_call(
     transcript = page.split('id="transcript"', 1)[1].split("</section>", 1)[0]
     assert "First the order." in transcript and "lookup_order" in transcript
     assert '"amount": 12.5' in page and "refund" in page
-    assert "goal:   Refund order 7" in shown and "turn 1: lookup_order -> succeeded" in shown
+    assert "goal:   Refund order 7 if it was charged twice. [/] [bold]" in shown
+    assert "turn 1: lookup_order -> succeeded" in shown

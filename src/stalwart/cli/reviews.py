@@ -64,8 +64,8 @@ def review_show(ctx: typer.Context, review_id: str) -> None:
         f"[bold]{review.id}[/]  {ui.status(review.status)}  job {review.job_id}  "
         f"step {review.step_key}  ({review.kind})"
     )
-    ui.out.print(f"why:    {review.reason}")
-    ui.out.print(f"asked:  {review.asked}")
+    ui.out.print(f"why:    {review.reason}", markup=False)
+    ui.out.print(f"asked:  {review.asked}", markup=False)
     for option in review.options:
         ui.out.print(f"  - {option.get('name')}: {option.get('impact', '')}")
     ui.out.print(f"SLA:    {ui.when(review.sla_deadline)}")
@@ -76,14 +76,15 @@ def review_show(ctx: typer.Context, review_id: str) -> None:
         )
     if review.context.get("agent"):
         # A call in the middle of an agent loop: the goal, the call, then how it got here.
-        ui.out.print(f"goal:   {review.context.get('goal', '')}")
+        # The goal and the transcript are the job's and the model's words: shown as written.
+        ui.out.print(f"goal:   {review.context.get('goal', '')}", markup=False)
         turn_of = (review.context.get("call") or {}).get("turn")
-        ui.out.print(f"call:   {review.context.get('tool')} (turn {turn_of})")
+        ui.out.print(f"call:   {review.context.get('tool')} (turn {turn_of})", markup=False)
         for turn in review.context.get("transcript") or []:
             calls = ", ".join(
                 f"{c.get('tool')} -> {c.get('status')}" for c in turn.get("calls") or []
             )
-            ui.out.print(f"  turn {turn.get('turn')}: {calls or 'answer'}")
+            ui.out.print(f"  turn {turn.get('turn')}: {calls or 'answer'}", markup=False)
     if review.arguments is not None:
         ui.out.print("arguments:")
         ui.out.print_json(json.dumps(review.arguments, default=str))
