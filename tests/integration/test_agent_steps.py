@@ -186,6 +186,13 @@ async def test_the_loop_runs_turn_by_turn_and_stores_everything(db: str) -> None
     assert h.looked == [f"default:{job}:agent:1.0"]
     rows = query(db, "SELECT call_key FROM agent_effects WHERE job = ?", (job,))
     assert rows == [(f"default:{job}:agent:1.0",)]
+    # Each turn's and call's event names the worker that ran the loop.
+    actors = query(
+        db,
+        "SELECT DISTINCT actor FROM events WHERE job_id = ? AND kind IN (?, ?)",
+        (job, "agent_turn", "agent_tool_call"),
+    )
+    assert actors == [("w-agent",)]
 
 
 async def test_invalid_arguments_go_back_to_the_model_which_corrects_them(db: str) -> None:

@@ -264,6 +264,8 @@ class TurnCheckpoint:
     # Given the turn's tool calls, the first call to start with the turn's record (a call the
     # loop would start at once: its tool offered, its arguments valid, no reviewer needed).
     first_call: Callable[[list[dict[str, Any]]], AgentCall | None] | None = None
+    # Who records the turn (the worker running the loop), for its event; else the writer's.
+    actor: str = ""
 
 
 @dataclass(frozen=True, slots=True)

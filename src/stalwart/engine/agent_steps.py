@@ -101,6 +101,7 @@ class _Loop:
     refused: tuple[Reservation, BudgetExceeded] | None = None
     first: AgentCall | None = None
     started: set[tuple[int, int]] = field(default_factory=set)
+    worker_id: str = ""
     # The messages of turns whose calls all have their results (they never change again).
     rendered: dict[int, list[Message]] = field(default_factory=dict)
 
@@ -243,6 +244,7 @@ class AgentStepRunner:
             output_model=output_model,
             transcript=transcript,
             context=context,
+            worker_id=worker_id,
         )
         try:
             return await self._loop(loop, ctx, worker_id)
@@ -337,6 +339,7 @@ class AgentStepRunner:
             loop.claim.attempt,
             summary[1] if summary is not None else None,
             first_call,
+            loop.worker_id,
         )
         return LlmCall(
             messages=tuple(messages),

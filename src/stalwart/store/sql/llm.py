@@ -414,7 +414,7 @@ def _settle_turn_in_server(
         result.error,
         result.model,
         tx.now,
-        tx.actor,
+        point.actor or tx.actor,
         point.step_id,
         point.lease_token,
         point.turn,

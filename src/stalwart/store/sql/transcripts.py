@@ -71,7 +71,7 @@ def insert_turn(tx: Tx, write: TurnWrite, tenant_id: str, job_id: str) -> bool:
             "agent_turn",
             tenant_id,
             job_id,
-            actor=tx.actor,
+            actor=checkpoint.actor or tx.actor,
             at=tx.now,
             reason=reason,
             step_id=checkpoint.step_id,
