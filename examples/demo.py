@@ -604,7 +604,7 @@ async def _agent_transcripts(console: Console, client: Client, views: Sequence[J
     for view in views:
         if not any(s.kind == "agent" for s in view.steps):
             continue
-        for transcript in await client.store.agent_transcripts(view.job.id):
+        for transcript in await client.transcripts(view.job.id):
             if transcript.turns:
                 for part in transcript_lines(view.label, transcript.to_dict()):
                     console.print(part, highlight=False)
