@@ -41,8 +41,9 @@ from stalwart.domain.conditions import evaluate
 from stalwart.domain.plans import TextAnswer
 from stalwart.domain.records import Claim, StepError
 from stalwart.domain.retry import RetryPolicy
-from stalwart.engine.llm_steps import SUMMARY_SYSTEM, LlmStepRunner
+from stalwart.engine.llm_steps import LlmStepRunner, model_call_error
 from stalwart.engine.memory import WorkingMemory
+from stalwart.engine.tool_spans import traced_invoke
 from stalwart.errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -59,7 +60,7 @@ from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
 from stalwart.store.base import Store
 from stalwart.tools.context import MemorySearch, ToolContext
-from stalwart.tools.invoke import ToolOutcome, invoke_tool, validation_details
+from stalwart.tools.invoke import ToolOutcome, validation_details
 from stalwart.tools.registry import ToolRegistry, ToolSpec
 
 log = logging.getLogger("stalwart.engine")
@@ -147,25 +148,8 @@ class AgentStepRunner:
                 outcome = _error(
                     ErrorClass.TRANSIENT, "the step's lease was lost mid-loop", "lease_lost"
                 )
-            except BudgetExceeded as exc:
-                outcome = ToolOutcome(
-                    error=StepError(
-                        ErrorClass.BUDGET, exc.message, "budget_exceeded", details=exc.details
-                    )
-                )
-            except ToolError as exc:  # ProviderError, InvalidOutputError
-                outcome = ToolOutcome(
-                    error=StepError(
-                        exc.error_class,
-                        exc.message,
-                        exc.code,
-                        retry_after=exc.retry_after,
-                        exception_type=type(exc).__name__,
-                        details=exc.details,
-                    )
-                )
-            except ConfigurationError as exc:
-                outcome = _error(ErrorClass.CRITICAL, exc.message, "llm_not_configured")
+            except (ToolError, ConfigurationError) as exc:
+                outcome = ToolOutcome(error=model_call_error(exc))
             if outcome.error is not None:
                 tracing.fail(current, outcome.error.error_class, outcome.error.message)
             elif outcome.parked:
@@ -220,9 +204,8 @@ class AgentStepRunner:
             order=list(claim.spec.get("depends_on") or []),
         )
         if memory.items:
-            await memory.fit(
-                self._summarizer(claim, window), reserve=estimate_tokens(prompt) + spec.max_tokens
-            )
+            reserve = estimate_tokens(prompt) + spec.max_tokens
+            await memory.fit(self.llm.summarizer(claim, window), reserve=reserve)
             prompt = f"# Context\n{memory.render()}\n\n# Task\n{prompt}"
         tools = [
             OfferedTool(
@@ -431,22 +414,6 @@ class AgentStepRunner:
 
     # -- summarization --------------------------------------------------------------------------
 
-    def _summarizer(self, claim: Claim, window: int) -> Any:
-        async def summarize(text: str, max_tokens: int) -> str:
-            result = await self.gateway.call(
-                LlmCall(
-                    messages=(Message("system", SUMMARY_SYSTEM), Message("user", text)),
-                    purpose="summarization",
-                    max_tokens=max_tokens,
-                    context_tokens=estimate_tokens(text),
-                    context_limit=window,
-                ),
-                self.llm.scope(claim, "summarization"),
-            )
-            return result.text
-
-        return summarize
-
     async def _maybe_summarize(
         self, claim: Claim, system: str, prompt: str, transcript: Transcript, window: int
     ) -> tuple[int, str] | None:
@@ -463,7 +430,7 @@ class AgentStepRunner:
             [t for t in transcript.turns if start <= t.turn < keep],
             current[1] if current is not None else None,
         )
-        text = await self._summarizer(claim, window)(earlier, max(256, window // 8))
+        text = await self.llm.summarizer(claim, window)(earlier, max(256, window // 8))
         return keep, text
 
     def _due(
@@ -968,30 +935,20 @@ class AgentStepRunner:
         )
         if ctx.cancelled:
             own.cancel()
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": tool.name,
-            "gen_ai.tool.call.id": call.call_id,
-            "gen_ai.tool.type": "function",
-            "stalwart.idempotency_key": own.idempotency_key,
-            "stalwart.agent.turn": call.turn,
-        }
-        if reconcile:
-            attributes["stalwart.tool.reconcile"] = True
-        if self.settings.trace_content:
-            attributes["gen_ai.tool.call.arguments"] = tracing.content(args)
-        with tracing.span(f"execute_tool {tool.name}", None, attributes) as current:
-            watch = asyncio.ensure_future(_mirror_cancel(ctx, own))
-            try:
-                outcome = await invoke_tool(
-                    tool, args, own, timeout_seconds=seconds, reconcile=reconcile
-                )
-            finally:
-                watch.cancel()
-            if outcome.error is not None:
-                tracing.fail(current, outcome.error.error_class, outcome.error.message)
-            elif self.settings.trace_content and outcome.output is not None:
-                current.set_attribute("gen_ai.tool.call.result", tracing.content(outcome.output))
+        watch = asyncio.ensure_future(_mirror_cancel(ctx, own))
+        try:
+            outcome = await traced_invoke(
+                tool,
+                args,
+                own,
+                call_id=call.call_id,
+                timeout_seconds=seconds,
+                content=self.settings.trace_content,
+                reconcile=reconcile,
+                **{"stalwart.agent.turn": call.turn},
+            )
+        finally:
+            watch.cancel()
         return outcome, own.effects
 
     async def _finish(

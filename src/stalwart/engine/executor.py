@@ -30,6 +30,7 @@ from stalwart.domain.states import JOB_TERMINAL
 from stalwart.engine.agent_steps import ESCALATING_CODES, AgentStepRunner
 from stalwart.engine.evaluator import Evaluator
 from stalwart.engine.llm_steps import LlmStepRunner
+from stalwart.engine.tool_spans import traced_invoke
 from stalwart.errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -50,7 +51,7 @@ from stalwart.planning.workflows import Workflow
 from stalwart.settings import Settings
 from stalwart.store.base import ReplanClaim, Store
 from stalwart.tools.context import MemorySearch, ToolContext
-from stalwart.tools.invoke import ToolOutcome, invoke_tool
+from stalwart.tools.invoke import ToolOutcome
 from stalwart.tools.registry import ToolRegistry, ToolSpec
 from stalwart.types import dumps
 
@@ -299,19 +300,7 @@ class Executor:
                     "(route a model with app.route() or STALWART_LLM_TIERS)",
                     code="llm_not_configured",
                 )
-            raw = claim.spec.get("timeout_seconds")
-            seconds = float(raw) if raw else None
-            try:
-                async with asyncio.timeout(seconds):
-                    outcome = await self.llm.run(claim, context)
-            except TimeoutError:
-                outcome = ToolOutcome(
-                    error=StepError(
-                        ErrorClass.TRANSIENT,
-                        f"llm step {claim.key} timed out after {seconds:g}s",
-                        "timeout",
-                    )
-                )
+            outcome = await _bounded(claim, self.llm.run(claim, context))
             return await self._checked(claim, outcome, context)
         if claim.kind == "agent":
             if self.agents is None:
@@ -320,21 +309,11 @@ class Executor:
                     "(route a model with app.route() or STALWART_LLM_TIERS)",
                     code="llm_not_configured",
                 )
-            raw = claim.spec.get("timeout_seconds")
-            seconds = float(raw) if raw else None
-            try:
-                # A bound on the whole attempt when the step sets one: a call cut off by it is
-                # found running by the next attempt and follows the tool-step rules.
-                async with asyncio.timeout(seconds):
-                    outcome = await self.agents.run(claim, ctx, context, worker_id=worker_id)
-            except TimeoutError:
-                outcome = ToolOutcome(
-                    error=StepError(
-                        ErrorClass.TRANSIENT,
-                        f"agent step {claim.key} timed out after {seconds:g}s",
-                        "timeout",
-                    )
-                )
+            # A call cut off by the step's timeout is found running by the next attempt and
+            # follows the tool-step rules.
+            outcome = await _bounded(
+                claim, self.agents.run(claim, ctx, context, worker_id=worker_id)
+            )
             if outcome.parked:
                 return outcome
             return await self._checked(claim, outcome, context)
@@ -379,26 +358,15 @@ class Executor:
         reconcile: bool = False,
     ) -> ToolOutcome:
         """Invoke the tool (or its reconcile function) in an `execute_tool {tool}` span."""
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": spec.name,
-            "gen_ai.tool.call.id": f"{claim.step_id}.{claim.attempt}",
-            "gen_ai.tool.type": "function",
-            "stalwart.idempotency_key": claim.idempotency_key,
-        }
-        if reconcile:
-            attributes["stalwart.tool.reconcile"] = True
-        if self.settings.trace_content:
-            attributes["gen_ai.tool.call.arguments"] = tracing.content(args)
-        with tracing.span(f"execute_tool {spec.name}", None, attributes) as current:
-            outcome = await invoke_tool(
-                spec, args, ctx, timeout_seconds=seconds, reconcile=reconcile
-            )
-            if outcome.error is not None:
-                tracing.fail(current, outcome.error.error_class, outcome.error.message)
-            elif self.settings.trace_content:
-                current.set_attribute("gen_ai.tool.call.result", tracing.content(outcome.output))
-            return outcome
+        return await traced_invoke(
+            spec,
+            args,
+            ctx,
+            call_id=f"{claim.step_id}.{claim.attempt}",
+            timeout_seconds=seconds,
+            content=self.settings.trace_content,
+            reconcile=reconcile,
+        )
 
     async def _checked(
         self, claim: Claim, outcome: ToolOutcome, context: dict[str, Any]
@@ -611,6 +579,24 @@ class Executor:
         hashes = self.tools.schema_hashes(plan.tool_names())
         plan = plan.model_copy(update={"notes": {**plan.notes, "tool_schema_hashes": hashes}})
         await self.store.job_replan(claim, plan, actor=worker_id)
+
+
+async def _bounded(claim: Claim, work: Awaitable[ToolOutcome]) -> ToolOutcome:
+    """`work` (a model step's attempt) under the step's `timeout_seconds` when it sets one; past
+    it, a transient `timeout` error naming the step's kind and key."""
+    raw = claim.spec.get("timeout_seconds")
+    seconds = float(raw) if raw else None
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        return ToolOutcome(
+            error=StepError(
+                ErrorClass.TRANSIENT,
+                f"{claim.kind} step {claim.key} timed out after {seconds:g}s",
+                "timeout",
+            )
+        )
 
 
 def _critical(message: str, code: str = "critical") -> ToolOutcome:

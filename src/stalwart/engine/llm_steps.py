@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -107,27 +107,27 @@ class LlmStepRunner:
         its classified error."""
         try:
             return await self._run(claim, context)
-        except BudgetExceeded as exc:
-            return ToolOutcome(
-                error=StepError(
-                    ErrorClass.BUDGET, exc.message, "budget_exceeded", details=exc.details
-                )
+        except (ToolError, ConfigurationError) as exc:
+            return ToolOutcome(error=model_call_error(exc))
+
+    def summarizer(self, claim: Claim, window: int) -> Callable[[str, int], Awaitable[str]]:
+        """What shrinks a step's context to fit `window`: a `summarization` call for the
+        attempt, charged to the job."""
+
+        async def summarize(text: str, max_tokens: int) -> str:
+            result = await self.gateway.call(
+                LlmCall(
+                    messages=(Message("system", SUMMARY_SYSTEM), Message("user", text)),
+                    purpose="summarization",
+                    max_tokens=max_tokens,
+                    context_tokens=estimate_tokens(text),
+                    context_limit=window,
+                ),
+                self.scope(claim, "summarization"),
             )
-        except ToolError as exc:  # ProviderError, InvalidOutputError
-            return ToolOutcome(
-                error=StepError(
-                    exc.error_class,
-                    exc.message,
-                    exc.code,
-                    retry_after=exc.retry_after,
-                    exception_type=type(exc).__name__,
-                    details=exc.details,
-                )
-            )
-        except ConfigurationError as exc:
-            return ToolOutcome(
-                error=StepError(ErrorClass.CRITICAL, exc.message, "llm_not_configured")
-            )
+            return result.text
+
+        return summarize
 
     async def _run(self, claim: Claim, context: dict[str, Any]) -> ToolOutcome:
         spec = LlmSpec.model_validate(claim.spec.get("llm") or {})
@@ -159,21 +159,7 @@ class LlmStepRunner:
             order=list(claim.spec.get("depends_on") or []),
         )
         reserve = estimate_tokens(prompt + system) + spec.max_tokens
-
-        async def summarize(text: str, max_tokens: int) -> str:
-            result = await self.gateway.call(
-                LlmCall(
-                    messages=(Message("system", SUMMARY_SYSTEM), Message("user", text)),
-                    purpose="summarization",
-                    max_tokens=max_tokens,
-                    context_tokens=estimate_tokens(text),
-                    context_limit=window,
-                ),
-                self.scope(claim, "summarization"),
-            )
-            return result.text
-
-        await memory.fit(summarize, reserve=reserve)
+        await memory.fit(self.summarizer(claim, window), reserve=reserve)
         body = f"# Context\n{memory.render()}\n\n# Task\n{prompt}" if memory.items else prompt
         call = LlmCall(
             messages=(Message("system", system), Message("user", body)),
@@ -245,6 +231,24 @@ class LlmStepRunner:
                 details={"answers": seen},
             )
         )
+
+
+def model_call_error(exc: ToolError | ConfigurationError) -> StepError:
+    """A model call's failure as a step error: a refused budget (`budget`), the provider's or
+    the output's own class (`ProviderError`, `InvalidOutputError`), or no gateway configured
+    for it (`critical`)."""
+    if isinstance(exc, BudgetExceeded):
+        return StepError(ErrorClass.BUDGET, exc.message, "budget_exceeded", details=exc.details)
+    if isinstance(exc, ToolError):
+        return StepError(
+            exc.error_class,
+            exc.message,
+            exc.code,
+            retry_after=exc.retry_after,
+            exception_type=type(exc).__name__,
+            details=exc.details,
+        )
+    return StepError(ErrorClass.CRITICAL, exc.message, "llm_not_configured")
 
 
 def _output(result: LlmResult, call: LlmCall) -> Any:

@@ -252,26 +252,30 @@ def _insert_call(tx: Tx, call: NewCall, outcome: str, expires: float | None) -> 
     return int(row[0])
 
 
+def _result_fields(result: CallResult) -> tuple[Any, ...]:
+    """A call's figures in the order the ledger row's settle writes them (`_write_result`, and
+    `stalwart_agent_settle` on PostgreSQL)."""
+    return (
+        result.outcome,
+        result.input_tokens,
+        result.output_tokens,
+        result.cached_tokens,
+        result.cost_nanos,
+        int(result.priced),
+        int(result.cache_hit),
+        result.latency_ms,
+        result.error_class,
+        result.error,
+        result.model,
+    )
+
+
 def _write_result(tx: Tx, call_id: int, result: CallResult) -> None:
     tx.con.execute(
         "UPDATE llm_calls SET outcome = ?, input_tokens = ?, output_tokens = ?, "
         "cached_tokens = ?, cost_nanos = ?, priced = ?, cache_hit = ?, latency_ms = ?, "
         "error_class = ?, error = ?, model = COALESCE(?, model), settled = ? WHERE id = ?",
-        (
-            result.outcome,
-            result.input_tokens,
-            result.output_tokens,
-            result.cached_tokens,
-            result.cost_nanos,
-            int(result.priced),
-            int(result.cache_hit),
-            result.latency_ms,
-            result.error_class,
-            result.error,
-            result.model,
-            tx.now,
-            call_id,
-        ),
+        (*_result_fields(result), tx.now, call_id),
     )
 
 
@@ -402,17 +406,7 @@ def _settle_turn_in_server(
     reason, data = turn_event(turn)
     params: tuple[Any, ...] = (
         call_id,
-        result.outcome,
-        result.input_tokens,
-        result.output_tokens,
-        result.cached_tokens,
-        result.cost_nanos,
-        int(result.priced),
-        int(result.cache_hit),
-        result.latency_ms,
-        result.error_class,
-        result.error,
-        result.model,
+        *_result_fields(result),
         tx.now,
         point.actor or tx.actor,
         point.step_id,
